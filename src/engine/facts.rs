@@ -1,0 +1,334 @@
+//! Facts: the past-tense records of everything the engine decided. They are the event log;
+//! replaying them through `Engine::apply` rebuilds the exact state, whatever rules are loaded.
+//!
+//! Each record carries a format version (`v`). Version 1 is the only one so far; a record with
+//! an unknown version is refused loudly rather than misread.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Alert, Fingerprint, Millis, Severity};
+
+/// Current on-disk format version of a fact record.
+pub const FACT_VERSION: u32 = 1;
+
+/// Incident number; shown as `INC-000042`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IncidentId(pub u64);
+
+impl fmt::Display for IncidentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "INC-{:06}", self.0)
+    }
+}
+
+impl IncidentId {
+    /// Parses `INC-000042` (or a bare number).
+    pub fn parse(s: &str) -> Option<IncidentId> {
+        let digits = s.strip_prefix("INC-").unwrap_or(s);
+        digits.parse().ok().map(IncidentId)
+    }
+}
+
+/// ITIL priority, P1 (most urgent) to P5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Priority {
+    P1,
+    P2,
+    P3,
+    P4,
+    P5,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::P1 => "P1",
+            Priority::P2 => "P2",
+            Priority::P3 => "P3",
+            Priority::P4 => "P4",
+            Priority::P5 => "P5",
+        }
+    }
+
+    /// Impact × urgency, the ITIL matrix. Impact 0 (high) to 2 (low); urgency from the worst
+    /// severity: critical is high, major and minor medium, warning and info low.
+    pub fn from_matrix(impact: u8, severity: Severity) -> Priority {
+        let urgency: u8 = match severity {
+            Severity::Critical => 0,
+            Severity::Major | Severity::Minor => 1,
+            Severity::Warning | Severity::Info => 2,
+        };
+        match impact.min(2) + urgency {
+            0 => Priority::P1,
+            1 => Priority::P2,
+            2 => Priority::P3,
+            3 => Priority::P4,
+            _ => Priority::P5,
+        }
+    }
+}
+
+/// Lifecycle state of an incident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentState {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+impl IncidentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentState::Open => "open",
+            IncidentState::Acknowledged => "acknowledged",
+            IncidentState::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<IncidentState> {
+        match s {
+            "open" => Some(IncidentState::Open),
+            "acknowledged" => Some(IncidentState::Acknowledged),
+            "resolved" => Some(IncidentState::Resolved),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the engine can decide. `at` is engine time when it was decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Fact {
+    /// A new alert, or a resolved alert firing again too late to reopen its old incident.
+    AlertReceived { at: Millis, alert: Alert },
+    /// `count` more copies of a known firing alert (coalesced per engine batch).
+    AlertRepeated {
+        at: Millis,
+        fingerprint: Fingerprint,
+        count: u64,
+        severity: Severity,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ends_at: Option<Millis>,
+    },
+    AlertResolved {
+        at: Millis,
+        fingerprint: Fingerprint,
+        ends_at: Millis,
+        reason: String,
+    },
+    /// A resolved member alert fires again while its incident is open or being reopened.
+    AlertRefired {
+        at: Millis,
+        fingerprint: Fingerprint,
+        severity: Severity,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ends_at: Option<Millis>,
+    },
+    IncidentOpened {
+        at: Millis,
+        incident: IncidentId,
+        rule: String,
+        group_key: String,
+    },
+    AlertAttached {
+        at: Millis,
+        incident: IncidentId,
+        fingerprint: Fingerprint,
+        reason: String,
+    },
+    RootCauseChanged {
+        at: Millis,
+        incident: IncidentId,
+        fingerprint: Fingerprint,
+        reason: String,
+    },
+    PriorityChanged {
+        at: Millis,
+        incident: IncidentId,
+        priority: Priority,
+        reason: String,
+    },
+    IncidentAcknowledged {
+        at: Millis,
+        incident: IncidentId,
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    IncidentResolved {
+        at: Millis,
+        incident: IncidentId,
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    IncidentReopened {
+        at: Millis,
+        incident: IncidentId,
+        reason: String,
+    },
+    RulesLoaded {
+        at: Millis,
+        version: u64,
+        hash: String,
+    },
+}
+
+impl Fact {
+    pub fn at(&self) -> Millis {
+        match self {
+            Fact::AlertReceived { at, .. }
+            | Fact::AlertRepeated { at, .. }
+            | Fact::AlertResolved { at, .. }
+            | Fact::AlertRefired { at, .. }
+            | Fact::IncidentOpened { at, .. }
+            | Fact::AlertAttached { at, .. }
+            | Fact::RootCauseChanged { at, .. }
+            | Fact::PriorityChanged { at, .. }
+            | Fact::IncidentAcknowledged { at, .. }
+            | Fact::IncidentResolved { at, .. }
+            | Fact::IncidentReopened { at, .. }
+            | Fact::RulesLoaded { at, .. } => *at,
+        }
+    }
+
+    /// The incident a fact changes, if it names one directly.
+    pub fn incident(&self) -> Option<IncidentId> {
+        match self {
+            Fact::IncidentOpened { incident, .. }
+            | Fact::AlertAttached { incident, .. }
+            | Fact::RootCauseChanged { incident, .. }
+            | Fact::PriorityChanged { incident, .. }
+            | Fact::IncidentAcknowledged { incident, .. }
+            | Fact::IncidentResolved { incident, .. }
+            | Fact::IncidentReopened { incident, .. } => Some(*incident),
+            _ => None,
+        }
+    }
+
+    /// The alert a fact is about, if any.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        match self {
+            Fact::AlertReceived { alert, .. } => Some(alert.fingerprint),
+            Fact::AlertRepeated { fingerprint, .. }
+            | Fact::AlertResolved { fingerprint, .. }
+            | Fact::AlertRefired { fingerprint, .. }
+            | Fact::AlertAttached { fingerprint, .. }
+            | Fact::RootCauseChanged { fingerprint, .. } => Some(*fingerprint),
+            _ => None,
+        }
+    }
+
+    /// Snake-case name, as in the JSON `type` tag and NATS subjects.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fact::AlertReceived { .. } => "alert_received",
+            Fact::AlertRepeated { .. } => "alert_repeated",
+            Fact::AlertResolved { .. } => "alert_resolved",
+            Fact::AlertRefired { .. } => "alert_refired",
+            Fact::IncidentOpened { .. } => "incident_opened",
+            Fact::AlertAttached { .. } => "alert_attached",
+            Fact::RootCauseChanged { .. } => "root_cause_changed",
+            Fact::PriorityChanged { .. } => "priority_changed",
+            Fact::IncidentAcknowledged { .. } => "incident_acknowledged",
+            Fact::IncidentResolved { .. } => "incident_resolved",
+            Fact::IncidentReopened { .. } => "incident_reopened",
+            Fact::RulesLoaded { .. } => "rules_loaded",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("unsupported fact record version {0} (this build reads version {FACT_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("unreadable fact record: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    v: u32,
+    fact: &'a Fact,
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    v: u32,
+    fact: Fact,
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: u32,
+}
+
+/// Serializes a fact as a versioned log record into `buf` (cleared first).
+pub fn encode_record(fact: &Fact, buf: &mut Vec<u8>) -> Result<(), RecordError> {
+    buf.clear();
+    serde_json::to_writer(
+        &mut *buf,
+        &RecordOut {
+            v: FACT_VERSION,
+            fact,
+        },
+    )?;
+    Ok(())
+}
+
+/// Reads a versioned log record; unknown versions are refused, never guessed at.
+pub fn decode_record(bytes: &[u8]) -> Result<Fact, RecordError> {
+    match serde_json::from_slice::<RecordIn>(bytes) {
+        Ok(r) if r.v == FACT_VERSION => Ok(r.fact),
+        Ok(r) => Err(RecordError::UnsupportedVersion(r.v)),
+        Err(e) => match serde_json::from_slice::<VersionProbe>(bytes) {
+            Ok(p) if p.v != FACT_VERSION => Err(RecordError::UnsupportedVersion(p.v)),
+            _ => Err(RecordError::Malformed(e)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_unknown_versions_are_refused() {
+        let fact = Fact::IncidentAcknowledged {
+            at: 5,
+            incident: IncidentId(7),
+            by: "ana".into(),
+            comment: None,
+        };
+        let mut buf = Vec::new();
+        encode_record(&fact, &mut buf).expect("encode");
+        assert_eq!(
+            std::str::from_utf8(&buf).expect("utf8"),
+            r#"{"v":1,"fact":{"type":"incident_acknowledged","at":5,"incident":7,"by":"ana"}}"#
+        );
+        assert_eq!(decode_record(&buf).expect("decode"), fact);
+        let future = br#"{"v":2,"fact":{"type":"something_new"}}"#;
+        assert!(matches!(
+            decode_record(future),
+            Err(RecordError::UnsupportedVersion(2))
+        ));
+        assert!(matches!(
+            decode_record(b"{\"v\":1}"),
+            Err(RecordError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn priority_matrix() {
+        assert_eq!(Priority::from_matrix(0, Severity::Critical), Priority::P1);
+        assert_eq!(Priority::from_matrix(1, Severity::Critical), Priority::P2);
+        assert_eq!(Priority::from_matrix(1, Severity::Major), Priority::P3);
+        assert_eq!(Priority::from_matrix(2, Severity::Info), Priority::P5);
+        assert_eq!(IncidentId(42).to_string(), "INC-000042");
+        assert_eq!(IncidentId::parse("INC-000042"), Some(IncidentId(42)));
+    }
+}

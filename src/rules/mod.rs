@@ -1,0 +1,577 @@
+//! Correlation rules: TOML files in a directory, compiled once into matchers and policies.
+//!
+//! Files are read in file-name order and their `[[rule]]` tables concatenated; the first rule
+//! whose matchers all hold decides how an alert correlates. Regexes are compiled here, with a
+//! size limit, and never per alert. Every error names the file and line so `incidentd rules
+//! check` can point at it.
+//!
+//! ```toml
+//! [lifecycle]            # at most one file may set it
+//! hold_down = "5m"       # all alerts resolved this long => incident auto-resolves
+//! reopen_window = "30m"  # a member refiring this soon after resolution reopens it
+//!
+//! [[rule]]
+//! name = "kubernetes-by-namespace"
+//! match = [
+//!   { field = "source", equals = "prometheus" },
+//!   { field = "labels.namespace", exists = true },
+//!   { field = "severity", in = ["critical", "major"] },
+//!   { field = "name", regex = "Kube.*" },
+//! ]
+//! group_by = ["labels.namespace"]
+//! window = "15m"
+//! ```
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use regex::{Regex, RegexBuilder};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::model::{Alert, Millis, parse_duration};
+
+/// Upper bound on a compiled regex, so a hostile rule cannot eat memory.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Rules that ship with the binary, used when no rules directory exists (a fresh machine
+/// running `incidentd serve` outside the repository).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../rules/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{dir}: no rule files (*.toml) found")]
+    Empty { dir: PathBuf },
+}
+
+/// Lifecycle timings the engine applies to every incident.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub hold_down: Millis,
+    pub reopen_window: Millis,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            hold_down: 5 * 60_000,
+            reopen_window: 30 * 60_000,
+        }
+    }
+}
+
+/// A compiled, ordered rule set.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub rules: Vec<Rule>,
+    pub lifecycle: Lifecycle,
+    /// FNV-1a of every file name and content, in order: identifies the rule set in the log.
+    pub hash: String,
+}
+
+/// One compiled rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    matchers: Vec<Matcher>,
+    pub group_by: Vec<Field>,
+    pub window: Millis,
+}
+
+/// A field of an alert that rules can match and group on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Field {
+    Source,
+    Name,
+    Ci,
+    Severity,
+    Status,
+    Summary,
+    Label(String),
+}
+
+impl Field {
+    fn parse(s: &str) -> Option<Field> {
+        Some(match s {
+            "source" => Field::Source,
+            "name" => Field::Name,
+            "ci" => Field::Ci,
+            "severity" => Field::Severity,
+            "status" => Field::Status,
+            "summary" => Field::Summary,
+            _ => match s.strip_prefix("labels.") {
+                Some(label) if !label.is_empty() => Field::Label(label.to_string()),
+                _ => return None,
+            },
+        })
+    }
+
+    /// The field's value on an alert; `None` when absent.
+    pub fn get<'a>(&self, alert: &'a Alert) -> Option<&'a str> {
+        match self {
+            Field::Source => Some(&alert.source),
+            Field::Name => Some(&alert.name),
+            Field::Ci => alert.ci.as_deref(),
+            Field::Severity => Some(alert.severity.as_str()),
+            Field::Status => Some(alert.status.as_str()),
+            Field::Summary => alert.summary.as_deref(),
+            Field::Label(name) => alert.labels.get(name).map(String::as_str),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Field::Source => "source".into(),
+            Field::Name => "name".into(),
+            Field::Ci => "ci".into(),
+            Field::Severity => "severity".into(),
+            Field::Status => "status".into(),
+            Field::Summary => "summary".into(),
+            Field::Label(l) => format!("labels.{l}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Matcher {
+    field: Field,
+    op: Op,
+}
+
+/// A matcher's test. An absent field reads as the empty string, as in Prometheus matchers;
+/// `exists` tells absent from empty.
+#[derive(Clone, Debug)]
+enum Op {
+    Equals(String),
+    NotEquals(String),
+    Regex(Regex),
+    NotRegex(Regex),
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists(bool),
+}
+
+impl Matcher {
+    fn matches(&self, alert: &Alert) -> bool {
+        let value = self.field.get(alert);
+        let v = value.unwrap_or("");
+        match &self.op {
+            Op::Equals(x) => v == x,
+            Op::NotEquals(x) => v != x,
+            Op::Regex(r) => r.is_match(v),
+            Op::NotRegex(r) => !r.is_match(v),
+            Op::In(set) => set.iter().any(|x| x == v),
+            Op::NotIn(set) => !set.iter().any(|x| x == v),
+            Op::Exists(want) => value.is_some() == *want,
+        }
+    }
+}
+
+impl Rule {
+    pub fn matches(&self, alert: &Alert) -> bool {
+        self.matchers.iter().all(|m| m.matches(alert))
+    }
+
+    /// The group an alert falls in under this rule, e.g. `svc-by-ns{labels.namespace="pay"}`.
+    /// Doubles as the human explanation of why alerts were grouped.
+    pub fn group_key(&self, alert: &Alert) -> String {
+        let mut key = String::with_capacity(64);
+        key.push_str(&self.name);
+        key.push('{');
+        for (i, field) in self.group_by.iter().enumerate() {
+            if i > 0 {
+                key.push_str(", ");
+            }
+            let _ = write!(key, "{}={:?}", field.name(), field.get(alert).unwrap_or(""));
+        }
+        key.push('}');
+        key
+    }
+}
+
+impl Rules {
+    /// The rule that decides this alert's correlation, if any.
+    pub fn first_match(&self, alert: &Alert) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(alert))
+    }
+
+    /// Loads every `*.toml` file in `dir`, in file-name order.
+    pub fn load_dir(dir: &Path) -> Result<Rules, RulesError> {
+        let io = |source| RulesError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        paths.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+        paths.sort();
+        if paths.is_empty() {
+            return Err(RulesError::Empty {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|source| RulesError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            files.push((path.display().to_string(), text));
+        }
+        Rules::parse_files(&files)
+    }
+
+    /// Compiles rule files given as `(name, content)` pairs, in order.
+    pub fn parse_files(files: &[(String, String)]) -> Result<Rules, RulesError> {
+        let mut rules = Vec::new();
+        let mut lifecycle: Option<(String, Lifecycle)> = None;
+        let mut hash = Fnv::default();
+        for (file, text) in files {
+            hash.write(file.rsplit('/').next().unwrap_or(file).as_bytes());
+            hash.write(text.as_bytes());
+            let spec: FileSpec = toml::from_str(text).map_err(|e| {
+                let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+                RulesError::Invalid {
+                    file: file.clone(),
+                    line,
+                    column,
+                    message: e.message().to_string(),
+                }
+            })?;
+            let at = |offset: usize, message: String| {
+                let (line, column) = line_col(text, offset);
+                RulesError::Invalid {
+                    file: file.clone(),
+                    line,
+                    column,
+                    message,
+                }
+            };
+            if let Some(l) = spec.lifecycle {
+                if let Some((other, _)) = &lifecycle {
+                    return Err(at(0, format!("[lifecycle] is already set in {other}")));
+                }
+                lifecycle = Some((file.clone(), compile_lifecycle(l, &at)?));
+            }
+            for r in spec.rule {
+                let rule = compile_rule(r, &at)?;
+                if rules.iter().any(|x: &Rule| x.name == rule.name) {
+                    return Err(at(0, format!("duplicate rule name {:?}", rule.name)));
+                }
+                rules.push(rule);
+            }
+        }
+        Ok(Rules {
+            rules,
+            lifecycle: lifecycle.map(|(_, l)| l).unwrap_or_default(),
+            hash: format!("{:016x}", hash.0),
+        })
+    }
+
+    /// The rule set compiled into the binary.
+    pub fn embedded() -> Result<Rules, RulesError> {
+        Rules::parse_files(&[("default.toml".to_string(), EMBEDDED_DEFAULT.to_string())])
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    #[serde(default)]
+    lifecycle: Option<LifecycleSpec>,
+    #[serde(default)]
+    rule: Vec<RuleSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LifecycleSpec {
+    hold_down: Option<Spanned<String>>,
+    reopen_window: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    name: Spanned<String>,
+    #[serde(default)]
+    #[allow(dead_code)] // documentation for humans reading the file
+    description: Option<String>,
+    #[serde(default, rename = "match")]
+    matchers: Vec<Spanned<MatcherSpec>>,
+    group_by: Vec<Spanned<String>>,
+    window: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatcherSpec {
+    field: Spanned<String>,
+    equals: Option<String>,
+    not_equals: Option<String>,
+    regex: Option<String>,
+    not_regex: Option<String>,
+    #[serde(rename = "in")]
+    in_set: Option<Vec<String>>,
+    not_in: Option<Vec<String>>,
+    exists: Option<bool>,
+}
+
+fn compile_duration(
+    s: &Spanned<String>,
+    what: &str,
+    at: &impl Fn(usize, String) -> RulesError,
+) -> Result<Millis, RulesError> {
+    parse_duration(s.get_ref()).ok_or_else(|| {
+        at(
+            s.span().start,
+            format!(
+                "{what}: invalid duration {:?} (use e.g. 30s, 10m, 1h30m)",
+                s.get_ref()
+            ),
+        )
+    })
+}
+
+fn compile_lifecycle(
+    spec: LifecycleSpec,
+    at: &impl Fn(usize, String) -> RulesError,
+) -> Result<Lifecycle, RulesError> {
+    let mut l = Lifecycle::default();
+    if let Some(d) = &spec.hold_down {
+        l.hold_down = compile_duration(d, "hold_down", at)?;
+    }
+    if let Some(d) = &spec.reopen_window {
+        l.reopen_window = compile_duration(d, "reopen_window", at)?;
+    }
+    Ok(l)
+}
+
+fn compile_rule(
+    spec: RuleSpec,
+    at: &impl Fn(usize, String) -> RulesError,
+) -> Result<Rule, RulesError> {
+    let name = spec.name.get_ref().trim().to_string();
+    if name.is_empty() {
+        return Err(at(spec.name.span().start, "rule name is empty".into()));
+    }
+    let field = |s: &Spanned<String>| {
+        Field::parse(s.get_ref()).ok_or_else(|| {
+            at(
+                s.span().start,
+                format!(
+                    "rule {name:?}: unknown field {:?} (use source, name, ci, severity, status, summary or labels.<name>)",
+                    s.get_ref()
+                ),
+            )
+        })
+    };
+    let mut matchers = Vec::with_capacity(spec.matchers.len());
+    for m in &spec.matchers {
+        let offset = m.span().start;
+        let m = m.get_ref();
+        let regex = |pattern: &str| {
+            RegexBuilder::new(&format!("^(?:{pattern})$"))
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| at(offset, format!("rule {name:?}: invalid regex {pattern:?}: {e}")))
+        };
+        let mut ops = Vec::new();
+        if let Some(v) = &m.equals {
+            ops.push(Op::Equals(v.clone()));
+        }
+        if let Some(v) = &m.not_equals {
+            ops.push(Op::NotEquals(v.clone()));
+        }
+        if let Some(v) = &m.regex {
+            ops.push(Op::Regex(regex(v)?));
+        }
+        if let Some(v) = &m.not_regex {
+            ops.push(Op::NotRegex(regex(v)?));
+        }
+        if let Some(v) = &m.in_set {
+            ops.push(Op::In(v.clone()));
+        }
+        if let Some(v) = &m.not_in {
+            ops.push(Op::NotIn(v.clone()));
+        }
+        if let Some(v) = m.exists {
+            ops.push(Op::Exists(v));
+        }
+        if ops.len() != 1 {
+            return Err(at(
+                offset,
+                format!(
+                    "rule {name:?}: a matcher needs exactly one of equals, not_equals, regex, not_regex, in, not_in, exists (found {})",
+                    ops.len()
+                ),
+            ));
+        }
+        let field = field(&m.field)?;
+        matchers.extend(ops.into_iter().map(|op| Matcher {
+            field: field.clone(),
+            op,
+        }));
+    }
+    let group_by = spec.group_by.iter().map(field).collect::<Result<Vec<_>, _>>()?;
+    let window = compile_duration(&spec.window, &format!("rule {name:?}: window"), at)?;
+    Ok(Rule {
+        name,
+        matchers,
+        group_by,
+        window,
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = (self.0 ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Fingerprint, Severity, Status};
+    use std::collections::BTreeMap;
+
+    fn alert(name: &str, labels: &[(&str, &str)]) -> Alert {
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Alert {
+            fingerprint: Fingerprint(1),
+            source: "prometheus".into(),
+            name: name.into(),
+            ci: None,
+            severity: Severity::Critical,
+            status: Status::Firing,
+            summary: None,
+            labels,
+            annotations: BTreeMap::new(),
+            starts_at: 0,
+            ends_at: None,
+            dedup_key: None,
+            received_at: 0,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Rules, RulesError> {
+        Rules::parse_files(&[("r.toml".into(), text.into())])
+    }
+
+    #[test]
+    fn matchers_equality_regex_sets_negation_and_existence() {
+        let rules = parse(
+            r#"
+[[rule]]
+name = "k8s"
+match = [
+  { field = "source", equals = "prometheus" },
+  { field = "labels.namespace", exists = true },
+  { field = "severity", in = ["critical", "major"] },
+  { field = "name", regex = "Kube.*" },
+  { field = "labels.env", not_equals = "test" },
+  { field = "labels.team", not_in = ["sandbox"] },
+  { field = "name", not_regex = ".*Info" },
+]
+group_by = ["labels.namespace"]
+window = "15m"
+"#,
+        )
+        .expect("valid rules");
+        let r = &rules.rules[0];
+        assert_eq!(r.window, 900_000);
+        assert!(r.matches(&alert("KubePodCrash", &[("namespace", "pay")])));
+        assert!(!r.matches(&alert("KubePodCrash", &[])), "exists");
+        assert!(!r.matches(&alert("NodeDown", &[("namespace", "pay")])), "regex is anchored");
+        assert!(!r.matches(&alert("KubeInfo", &[("namespace", "pay")])), "not_regex");
+        assert!(!r.matches(&alert("KubeX", &[("namespace", "p"), ("env", "test")])));
+        assert!(!r.matches(&alert("KubeX", &[("namespace", "p"), ("team", "sandbox")])));
+        assert_eq!(
+            r.group_key(&alert("KubeX", &[("namespace", "pay")])),
+            r#"k8s{labels.namespace="pay"}"#
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_reason() {
+        let err = parse("[[rule]]\nname = \"a\"\ngroup_by = [\"bogus\"]\nwindow = \"5m\"\n")
+            .expect_err("unknown field");
+        assert_eq!(
+            err.to_string(),
+            "r.toml:3:13: rule \"a\": unknown field \"bogus\" (use source, name, ci, severity, status, summary or labels.<name>)"
+        );
+        let err = parse("[[rule]]\nname = \"a\"\ngroup_by = []\nwindow = \"5 min\"\n")
+            .expect_err("bad duration");
+        assert!(err.to_string().starts_with("r.toml:4:10: rule \"a\": window: invalid duration"));
+        let err = parse("[[rule]]\nname = \"a\"\nmatch = [{ field = \"name\", regex = \"(\" }]\ngroup_by = []\nwindow = \"5m\"\n")
+            .expect_err("bad regex");
+        assert!(err.to_string().starts_with("r.toml:3:10: rule \"a\": invalid regex"), "{err}");
+        let err = parse("[[rule]]\nname = \"a\"\nmatch = [{ field = \"name\" }]\ngroup_by = []\nwindow = \"5m\"\n")
+            .expect_err("no operator");
+        assert!(err.to_string().contains("exactly one of"), "{err}");
+        let err = parse("[[rule]]\nname = \"a\"\ngroupby = []\n").expect_err("typo");
+        assert!(err.to_string().starts_with("r.toml:3:1: unknown field `groupby`"), "{err}");
+        let err = parse("[[rule]]\nname = \"a\"\ngroup_by = []\nwindow = \"1m\"\n[[rule]]\nname = \"a\"\ngroup_by = []\nwindow = \"1m\"\n")
+            .expect_err("duplicate");
+        assert!(err.to_string().contains("duplicate rule name"), "{err}");
+    }
+
+    #[test]
+    fn regex_size_is_limited() {
+        let err = parse("[[rule]]\nname = \"a\"\nmatch = [{ field = \"name\", regex = \"(\\\\w{1000}){1000}\" }]\ngroup_by = []\nwindow = \"5m\"\n")
+            .expect_err("too big");
+        assert!(err.to_string().contains("size limit"), "{err}");
+    }
+
+    #[test]
+    fn embedded_and_shipped_defaults_compile() {
+        let rules = Rules::embedded().expect("embedded rules compile");
+        assert!(!rules.rules.is_empty());
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        Rules::load_dir(&dir).expect("shipped rules compile");
+    }
+
+    #[test]
+    fn hash_changes_with_content() {
+        let a = parse("[[rule]]\nname = \"a\"\ngroup_by = []\nwindow = \"1m\"\n").expect("ok");
+        let b = parse("[[rule]]\nname = \"a\"\ngroup_by = []\nwindow = \"2m\"\n").expect("ok");
+        assert_ne!(a.hash, b.hash);
+    }
+}
