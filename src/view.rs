@@ -1,0 +1,509 @@
+//! Read model: the incident views the HTTP API and `replay` render (CONTRACTS §4).
+//!
+//! It is a second projection of the same facts the engine applies, fed only after they are
+//! durable, so nothing an operator saw can vanish on restart. Unlike the engine's state it
+//! keeps what people read: alert details, reasons, the timeline. An alert that starts a new
+//! life in another incident leaves its old copy behind, so history stays as it was shown.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Serialize, Serializer};
+
+use crate::engine::{Fact, IncidentId, IncidentState, Priority};
+use crate::model::{Alert, Fingerprint, Millis, Severity, Status, format_time};
+
+/// One alert as shown inside an incident.
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertView {
+    pub fingerprint: Fingerprint,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
+    pub source: String,
+    pub name: String,
+    pub ci: Option<String>,
+    pub severity: Severity,
+    pub status: Status,
+    pub count: u64,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(serialize_with = "time")]
+    pub first_seen: Millis,
+    #[serde(serialize_with = "time")]
+    pub last_seen: Millis,
+    #[serde(serialize_with = "opt_time")]
+    pub ends_at: Option<Millis>,
+}
+
+impl AlertView {
+    fn new(alert: &Alert, at: Millis) -> AlertView {
+        AlertView {
+            fingerprint: alert.fingerprint,
+            dedup_key: alert.dedup_key.clone(),
+            source: alert.source.clone(),
+            name: alert.name.clone(),
+            ci: alert.ci.clone(),
+            severity: alert.severity,
+            status: alert.status,
+            count: 1,
+            reason: String::new(),
+            summary: alert.summary.clone(),
+            labels: alert.labels.clone(),
+            first_seen: at,
+            last_seen: at,
+            ends_at: alert.ends_at,
+        }
+    }
+
+    /// How the alert is named in titles and timelines: `sw-core-01: LinkDown`.
+    fn label(&self) -> String {
+        format!("{}: {}", self.ci.as_deref().unwrap_or(&self.source), self.name)
+    }
+}
+
+/// One entry of an incident's timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineEntry {
+    pub seq: u64,
+    #[serde(serialize_with = "time")]
+    pub at: Millis,
+    pub event: &'static str,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// An incident as operators see it.
+#[derive(Clone, Debug)]
+pub struct IncidentView {
+    pub id: IncidentId,
+    pub state: IncidentState,
+    pub priority: Priority,
+    pub rule: String,
+    pub group_key: String,
+    pub root: Option<Fingerprint>,
+    pub alerts: Vec<AlertView>,
+    index: HashMap<Fingerprint, usize>,
+    pub opened_at: Millis,
+    pub updated_at: Millis,
+    pub resolved_at: Option<Millis>,
+    pub acknowledged_by: Option<String>,
+    pub resolved_by: Option<String>,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+impl IncidentView {
+    fn root_alert(&self) -> Option<&AlertView> {
+        self.root
+            .and_then(|fp| self.index.get(&fp))
+            .and_then(|&i| self.alerts.get(i))
+    }
+
+    pub fn title(&self) -> String {
+        let Some(root) = self.root_alert() else {
+            return self.group_key.clone();
+        };
+        match self.alerts.len() {
+            0 | 1 => root.label(),
+            2 => format!("{} (+1 related alert)", root.label()),
+            n => format!("{} (+{} related alerts)", root.label(), n - 1),
+        }
+    }
+
+    /// The contract's incident document; `timeline` adds the history (detail view).
+    pub fn doc(&self, timeline: bool) -> IncidentDoc<'_> {
+        IncidentDoc {
+            id: self.id.to_string(),
+            state: self.state.as_str(),
+            priority: self.priority.as_str(),
+            title: self.title(),
+            root_cause: self.root_alert().map(|a| RootCause {
+                ci: a.ci.as_deref(),
+                fingerprint: a.fingerprint,
+                name: &a.name,
+            }),
+            impacted_services: &[],
+            alert_count: self.alerts.len(),
+            alerts: &self.alerts,
+            rule: &self.rule,
+            group_key: &self.group_key,
+            opened_at: format_time(self.opened_at),
+            updated_at: format_time(self.updated_at),
+            resolved_at: self.resolved_at.map(format_time),
+            acknowledged_by: self.acknowledged_by.as_deref(),
+            resolved_by: self.resolved_by.as_deref(),
+            timeline: timeline.then_some(&self.timeline[..]),
+        }
+    }
+}
+
+/// Serialized form of an incident (CONTRACTS §4, plus a few extra fields).
+#[derive(Serialize)]
+pub struct IncidentDoc<'a> {
+    pub id: String,
+    pub state: &'static str,
+    pub priority: &'static str,
+    pub title: String,
+    pub root_cause: Option<RootCause<'a>>,
+    pub impacted_services: &'a [String],
+    pub alert_count: usize,
+    pub alerts: &'a [AlertView],
+    pub rule: &'a str,
+    pub group_key: &'a str,
+    pub opened_at: String,
+    pub updated_at: String,
+    pub resolved_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<&'a [TimelineEntry]>,
+}
+
+#[derive(Serialize)]
+pub struct RootCause<'a> {
+    pub ci: Option<&'a str>,
+    pub fingerprint: Fingerprint,
+    pub name: &'a str,
+}
+
+/// Where an alert's current life is shown.
+#[derive(Debug)]
+enum Home {
+    /// Received but in no incident (a resolve for an alert never seen firing).
+    Loose(Box<AlertView>),
+    Attached(IncidentId, usize),
+}
+
+/// All incident views, plus the bookkeeping to route alert facts to them.
+#[derive(Debug, Default)]
+pub struct ReadModel {
+    incidents: BTreeMap<IncidentId, IncidentView>,
+    homes: HashMap<Fingerprint, Home>,
+    open: usize,
+    last_seq: u64,
+}
+
+impl ReadModel {
+    pub fn get(&self, id: IncidentId) -> Option<&IncidentView> {
+        self.incidents.get(&id)
+    }
+
+    /// Incidents in `state` (all when `None`), newest first, `offset`/`limit` paginated;
+    /// also returns how many matched in total.
+    pub fn list(
+        &self,
+        state: Option<IncidentState>,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<&IncidentView>) {
+        let matching = || {
+            self.incidents
+                .values()
+                .rev()
+                .filter(move |i| state.is_none_or(|s| i.state == s))
+        };
+        let page = matching().skip(offset).take(limit).collect();
+        (matching().count(), page)
+    }
+
+    /// Every incident, oldest first (the `replay` output order).
+    pub fn all(&self) -> impl Iterator<Item = &IncidentView> {
+        self.incidents.values()
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    fn alert_mut(&mut self, fp: &Fingerprint) -> Option<(&mut AlertView, Option<IncidentId>)> {
+        match self.homes.get_mut(fp)? {
+            Home::Loose(view) => Some((view, None)),
+            Home::Attached(id, idx) => {
+                let inc = self.incidents.get_mut(id)?;
+                let id = inc.id;
+                inc.alerts.get_mut(*idx).map(|v| (v, Some(id)))
+            }
+        }
+    }
+
+    /// Applies one durable fact. Returns the incident it changed, if any.
+    pub fn apply(&mut self, seq: u64, fact: &Fact) -> Option<IncidentId> {
+        self.last_seq = self.last_seq.max(seq);
+        let at = fact.at();
+        let mut note: Option<(&'static str, String)> = None;
+        let touched = match fact {
+            Fact::AlertReceived { alert, .. } => {
+                self.homes.insert(
+                    alert.fingerprint,
+                    Home::Loose(Box::new(AlertView::new(alert, at))),
+                );
+                None
+            }
+            Fact::AlertRepeated {
+                fingerprint,
+                count,
+                severity,
+                ends_at,
+                ..
+            } => {
+                let (view, id) = self.alert_mut(fingerprint)?;
+                view.count += count;
+                view.last_seen = view.last_seen.max(at);
+                view.severity = *severity;
+                view.ends_at = *ends_at;
+                id
+            }
+            Fact::AlertResolved {
+                fingerprint,
+                ends_at,
+                reason,
+                ..
+            } => {
+                let (view, id) = self.alert_mut(fingerprint)?;
+                view.status = Status::Resolved;
+                view.ends_at = Some(*ends_at);
+                note = Some(("alert_resolved", format!("{} resolved: {reason}", view.label())));
+                id
+            }
+            Fact::AlertRefired {
+                fingerprint,
+                severity,
+                ends_at,
+                ..
+            } => {
+                let (view, id) = self.alert_mut(fingerprint)?;
+                view.status = Status::Firing;
+                view.count += 1;
+                view.last_seen = view.last_seen.max(at);
+                view.severity = *severity;
+                view.ends_at = *ends_at;
+                note = Some(("alert_refired", format!("{} fired again", view.label())));
+                id
+            }
+            Fact::IncidentOpened {
+                incident,
+                rule,
+                group_key,
+                ..
+            } => {
+                self.incidents.insert(
+                    *incident,
+                    IncidentView {
+                        id: *incident,
+                        state: IncidentState::Open,
+                        priority: Priority::P5,
+                        rule: rule.clone(),
+                        group_key: group_key.clone(),
+                        root: None,
+                        alerts: Vec::new(),
+                        index: HashMap::new(),
+                        opened_at: at,
+                        updated_at: at,
+                        resolved_at: None,
+                        acknowledged_by: None,
+                        resolved_by: None,
+                        timeline: Vec::new(),
+                    },
+                );
+                self.open += 1;
+                note = Some(("incident_opened", format!("opened: {group_key}")));
+                Some(*incident)
+            }
+            Fact::AlertAttached {
+                incident,
+                fingerprint,
+                reason,
+                ..
+            } => {
+                let inc = self.incidents.get_mut(incident)?;
+                let Some(Home::Loose(mut view)) = self.homes.remove(fingerprint) else {
+                    return None;
+                };
+                view.reason = reason.clone();
+                note = Some(("alert_attached", format!("{} joined: {reason}", view.label())));
+                inc.index.insert(*fingerprint, inc.alerts.len());
+                self.homes
+                    .insert(*fingerprint, Home::Attached(*incident, inc.alerts.len()));
+                inc.alerts.push(*view);
+                Some(*incident)
+            }
+            Fact::RootCauseChanged {
+                incident,
+                fingerprint,
+                reason,
+                ..
+            } => {
+                let inc = self.incidents.get_mut(incident)?;
+                inc.root = Some(*fingerprint);
+                let name = inc.root_alert().map(AlertView::label).unwrap_or_default();
+                note = Some(("root_cause_changed", format!("root cause {name}: {reason}")));
+                Some(*incident)
+            }
+            Fact::PriorityChanged {
+                incident,
+                priority,
+                reason,
+                ..
+            } => {
+                let inc = self.incidents.get_mut(incident)?;
+                inc.priority = *priority;
+                note = Some((
+                    "priority_changed",
+                    format!("priority {}: {reason}", priority.as_str()),
+                ));
+                Some(*incident)
+            }
+            Fact::IncidentAcknowledged {
+                incident,
+                by,
+                comment,
+                ..
+            } => {
+                let inc = self.incidents.get_mut(incident)?;
+                inc.state = IncidentState::Acknowledged;
+                inc.acknowledged_by = Some(by.clone());
+                note = Some(("incident_acknowledged", comment.clone().unwrap_or_default()));
+                Some(*incident)
+            }
+            Fact::IncidentResolved {
+                incident,
+                by,
+                comment,
+                ..
+            } => {
+                let inc = self.incidents.get_mut(incident)?;
+                if inc.state != IncidentState::Resolved {
+                    self.open -= 1;
+                }
+                inc.state = IncidentState::Resolved;
+                inc.resolved_at = Some(at);
+                inc.resolved_by = Some(by.clone());
+                note = Some(("incident_resolved", comment.clone().unwrap_or_default()));
+                Some(*incident)
+            }
+            Fact::IncidentReopened {
+                incident, reason, ..
+            } => {
+                let inc = self.incidents.get_mut(incident)?;
+                if inc.state == IncidentState::Resolved {
+                    self.open += 1;
+                }
+                inc.state = IncidentState::Open;
+                inc.resolved_at = None;
+                inc.resolved_by = None;
+                note = Some(("incident_reopened", reason.clone()));
+                Some(*incident)
+            }
+            Fact::RulesLoaded { .. } => None,
+        };
+        let id = touched?;
+        let inc = self.incidents.get_mut(&id)?;
+        inc.updated_at = inc.updated_at.max(at);
+        if let Some((event, text)) = note {
+            let by = match fact {
+                Fact::IncidentAcknowledged { by, .. } | Fact::IncidentResolved { by, .. } => {
+                    Some(by.clone())
+                }
+                _ => None,
+            };
+            inc.timeline.push(TimelineEntry {
+                seq,
+                at,
+                event,
+                text,
+                by,
+            });
+        }
+        Some(id)
+    }
+}
+
+fn time<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_time(*ms))
+}
+
+fn opt_time<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => time(ms, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, Input};
+    use crate::rules::Rules;
+
+    fn alert(name: &str, ci: &str, at: Millis) -> Alert {
+        let labels = BTreeMap::new();
+        Alert {
+            fingerprint: Fingerprint::native("mon", name, Some(ci), &labels, None),
+            source: "mon".into(),
+            name: name.into(),
+            ci: Some(ci.into()),
+            severity: Severity::Critical,
+            status: Status::Firing,
+            summary: Some("down".into()),
+            labels,
+            annotations: BTreeMap::new(),
+            starts_at: at,
+            ends_at: None,
+            dedup_key: None,
+            received_at: at,
+        }
+    }
+
+    #[test]
+    fn renders_the_contract_shape_with_reasons_and_timeline() {
+        let mut engine = Engine::new(Rules::embedded().expect("rules"));
+        let mut facts = Vec::new();
+        let t = 1_795_000_000_000;
+        for a in [
+            alert("LinkDown", "sw-1", t),
+            alert("LinkDown", "sw-1", t + 1),
+            alert("PortFlap", "sw-1", t + 2),
+            alert("DiskFull", "host-9", t + 3),
+        ] {
+            engine.handle(Input::Alert(&a), &mut facts).expect("alert");
+        }
+        let mut model = ReadModel::default();
+        for (seq, f) in facts.iter().enumerate() {
+            model.apply(seq as u64 + 1, f);
+        }
+        assert_eq!(model.open_count(), 2);
+        let (total, page) = model.list(Some(IncidentState::Open), 0, 1);
+        assert_eq!((total, page.len()), (2, 1));
+        assert_eq!(page[0].id, IncidentId(2), "newest first");
+
+        let inc = model.get(IncidentId(1)).expect("incident 1");
+        let doc = serde_json::to_value(inc.doc(true)).expect("json");
+        assert_eq!(doc["id"], "INC-000001");
+        assert_eq!(doc["state"], "open");
+        assert_eq!(doc["priority"], "P2");
+        assert_eq!(doc["title"], "sw-1: LinkDown (+1 related alert)");
+        assert_eq!(doc["root_cause"]["ci"], "sw-1");
+        assert_eq!(doc["alerts"][0]["count"], 2);
+        assert_eq!(doc["alerts"][1]["name"], "PortFlap");
+        assert!(
+            doc["alerts"][1]["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("rule same-ci: same group same-ci{ci=\"sw-1\"}")),
+            "{}",
+            doc["alerts"][1]["reason"]
+        );
+        assert_eq!(doc["opened_at"], "2026-11-18T11:06:40.000Z");
+        assert!(doc["resolved_at"].is_null());
+        assert_eq!(doc["timeline"][0]["event"], "incident_opened");
+        let list_doc = serde_json::to_value(inc.doc(false)).expect("json");
+        assert!(list_doc.get("timeline").is_none());
+    }
+}
