@@ -1,11 +1,28 @@
 //! incidentd: turns alert storms into incidents.
 //!
 //! Module map, in the order data flows:
+//! - [`ingest`]: format decoders (native, Alertmanager) and the NATS subscriber; bad input is
+//!   rejected here with a precise error and never reaches the engine.
 //! - [`model`]: the normalized `Alert` every format decodes into, fingerprints, time helpers.
 //! - [`rules`]: correlation rules from TOML files, compiled once.
 //! - [`engine`]: the deterministic state machine (`decide` → facts → `apply`).
+//! - [`pipeline`]: the engine thread and the group-commit writer thread between ingest and disk.
+//! - [`eventlog`]: the segmented, checksummed, fsync'd append-only log of facts.
 //! - [`view`]: the read model (incident views with reasons and timelines) fed by durable facts.
+//! - [`api`]: the HTTP API; [`metrics`]: Prometheus metrics.
+//! - [`replay`]: the engine offline over recorded alerts (`incidentd replay`).
+//! - [`config`], [`clock`], [`app`]: configuration, the one wall clock, wiring and shutdown.
+
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
 pub mod engine;
+pub mod eventlog;
+pub mod ingest;
+pub mod metrics;
 pub mod model;
+pub mod pipeline;
+pub mod replay;
 pub mod rules;
 pub mod view;

@@ -139,7 +139,8 @@ impl Serialize for Fingerprint {
 impl<'de> Deserialize<'de> for Fingerprint {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Fingerprint::parse(&s).ok_or_else(|| serde::de::Error::custom("fingerprint must be 16 hex digits"))
+        Fingerprint::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom("fingerprint must be 16 hex digits"))
     }
 }
 
@@ -199,7 +200,9 @@ pub struct Alert {
 
 /// Parses an RFC 3339 timestamp into milliseconds since the epoch.
 pub fn parse_time(s: &str) -> Option<Millis> {
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 UTC with millisecond precision.
@@ -219,13 +222,17 @@ pub fn parse_duration(s: &str) -> Option<Millis> {
     let mut total: Millis = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let n: Millis = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1_000,
@@ -263,7 +270,10 @@ mod tests {
     #[test]
     fn alertmanager_fingerprint_matches_go_implementation() {
         // Empty label set: FNV-1a offset basis, as in prometheus/common model.Fingerprint.
-        assert_eq!(Fingerprint::alertmanager(&BTreeMap::new()).0, 0xcbf2_9ce4_8422_2325);
+        assert_eq!(
+            Fingerprint::alertmanager(&BTreeMap::new()).0,
+            0xcbf2_9ce4_8422_2325
+        );
         let mut labels = BTreeMap::new();
         labels.insert("alertname".to_string(), "Up".to_string());
         let a = Fingerprint::alertmanager(&labels);
@@ -277,7 +287,10 @@ mod tests {
         let a = Fingerprint::native("a", "x", None, &labels, Some("k"));
         let b = Fingerprint::native("b", "x", None, &labels, Some("k"));
         assert_ne!(a, b);
-        assert_eq!(a, Fingerprint::native("a", "other", Some("ci"), &labels, Some("k")));
+        assert_eq!(
+            a,
+            Fingerprint::native("a", "other", Some("ci"), &labels, Some("k"))
+        );
     }
 
     #[test]

@@ -59,7 +59,11 @@ impl AlertView {
 
     /// How the alert is named in titles and timelines: `sw-core-01: LinkDown`.
     fn label(&self) -> String {
-        format!("{}: {}", self.ci.as_deref().unwrap_or(&self.source), self.name)
+        format!(
+            "{}: {}",
+            self.ci.as_deref().unwrap_or(&self.source),
+            self.name
+        )
     }
 }
 
@@ -270,7 +274,10 @@ impl ReadModel {
                 let (view, id) = self.alert_mut(fingerprint)?;
                 view.status = Status::Resolved;
                 view.ends_at = Some(*ends_at);
-                note = Some(("alert_resolved", format!("{} resolved: {reason}", view.label())));
+                note = Some((
+                    "alert_resolved",
+                    format!("{} resolved: {reason}", view.label()),
+                ));
                 id
             }
             Fact::AlertRefired {
@@ -328,7 +335,10 @@ impl ReadModel {
                     return None;
                 };
                 view.reason = reason.clone();
-                note = Some(("alert_attached", format!("{} joined: {reason}", view.label())));
+                note = Some((
+                    "alert_attached",
+                    format!("{} joined: {reason}", view.label()),
+                ));
                 inc.index.insert(*fingerprint, inc.alerts.len());
                 self.homes
                     .insert(*fingerprint, Home::Attached(*incident, inc.alerts.len()));

@@ -36,7 +36,9 @@ pub enum Input<'a> {
         comment: Option<&'a str>,
     },
     /// Time passes: alerts time out, quiet incidents auto-resolve.
-    Tick { now: Millis },
+    Tick {
+        now: Millis,
+    },
 }
 
 /// Why an operator command was refused. Alerts are never refused by the engine.
@@ -132,6 +134,21 @@ impl Engine {
 
     pub fn rules(&self) -> &Rules {
         &self.rules
+    }
+
+    /// The earliest engine time at which a `Tick` would decide something (an alert timing
+    /// out, an incident's hold-down ending). Replay ticks exactly there.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let expiry = self.state.expiries.first().map(|&(t, _)| t);
+        let quiet = self
+            .state
+            .quiet
+            .first()
+            .map(|&(since, _)| since.saturating_add(self.rules.lifecycle.hold_down));
+        match (expiry, quiet) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Starts a batch: facts that `handle` appends to `out` from now on may be coalesced.
@@ -276,7 +293,9 @@ impl Engine {
             }
             return;
         };
-        let incident = current.incident.and_then(|id| self.state.incidents.get(&id));
+        let incident = current
+            .incident
+            .and_then(|id| self.state.incidents.get(&id));
         match (current.status, alert.status) {
             (Status::Firing, Status::Firing) => {
                 out.push(Fact::AlertRepeated {
@@ -310,9 +329,9 @@ impl Engine {
                         self.escalate(inc, alert, now, out);
                     }
                     Some(inc)
-                        if inc.resolved_at.is_some_and(|r| {
-                            now - r <= self.rules.lifecycle.reopen_window
-                        }) =>
+                        if inc
+                            .resolved_at
+                            .is_some_and(|r| now - r <= self.rules.lifecycle.reopen_window) =>
                     {
                         let ago = now - inc.resolved_at.unwrap_or(now);
                         out.push(Fact::IncidentReopened {
@@ -419,11 +438,7 @@ impl Engine {
     }
 
     fn decide_tick(&self, now: Millis, out: &mut Vec<Fact>) {
-        for &(ends_at, fingerprint) in self
-            .state
-            .expiries
-            .range(..=(now, Fingerprint(u64::MAX)))
-        {
+        for &(ends_at, fingerprint) in self.state.expiries.range(..=(now, Fingerprint(u64::MAX))) {
             out.push(Fact::AlertResolved {
                 at: now,
                 fingerprint,
@@ -571,10 +586,9 @@ impl Engine {
                 fingerprint,
                 ..
             } => {
-                let (Some(a), Some(inc)) = (
-                    s.alerts.get_mut(fingerprint),
-                    s.incidents.get_mut(incident),
-                ) else {
+                let (Some(a), Some(inc)) =
+                    (s.alerts.get_mut(fingerprint), s.incidents.get_mut(incident))
+                else {
                     return;
                 };
                 a.incident = Some(*incident);

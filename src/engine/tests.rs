@@ -177,7 +177,11 @@ fn alerts_of_one_group_share_an_incident_and_say_why() {
         r#"rule by-service: same group by-service{labels.service="payments"}, last activity 2m ago (window 10m)"#
     );
     s.alert(&alert("HighLatency", "search", T0 + 2 * MIN));
-    assert_eq!(s.engine.state().incidents.len(), 2, "other service, other incident");
+    assert_eq!(
+        s.engine.state().incidents.len(),
+        2,
+        "other service, other incident"
+    );
     assert_eq!(s.incident(1).members.len(), 2);
 }
 
@@ -204,8 +208,10 @@ fn incidents_auto_resolve_after_the_hold_down() {
     assert!(s.tick(T0 + 20 * MIN).is_empty(), "one member still fires");
     s.alert(&resolved(b.clone(), T0 + 2 * MIN));
     assert!(s.tick(T0 + 7 * MIN - 1).is_empty(), "hold-down not over");
+    assert_eq!(s.engine.next_deadline(), Some(T0 + 7 * MIN));
     let facts = s.tick(T0 + 7 * MIN);
     assert_eq!(kinds(&facts), ["incident_resolved"]);
+    assert_eq!(s.engine.next_deadline(), None);
     assert!(matches!(&facts[0], Fact::IncidentResolved { by, .. } if by == "incidentd"));
     assert_eq!(s.incident(1).state, IncidentState::Resolved);
     assert!(s.tick(T0 + 60 * MIN).is_empty(), "resolves once");
@@ -276,7 +282,9 @@ fn operators_acknowledge_and_resolve() {
     );
     s.engine.handle(ack(1), &mut out).expect("ack");
     assert_eq!(kinds(&out), ["incident_acknowledged"]);
-    s.engine.handle(ack(1), &mut out).expect("second ack is a no-op");
+    s.engine
+        .handle(ack(1), &mut out)
+        .expect("second ack is a no-op");
     assert_eq!(out.len(), 1);
     assert_eq!(s.incident(1).state, IncidentState::Acknowledged);
 
@@ -308,7 +316,10 @@ fn a_more_severe_alert_raises_the_priority() {
     let mut s = Scenario::given();
     s.alert(&alert("HighLatency", "payments", T0));
     assert_eq!(s.incident(1).priority, Priority::P4);
-    let facts = s.alert(&severe(alert("ErrorRate", "payments", T0), Severity::Critical));
+    let facts = s.alert(&severe(
+        alert("ErrorRate", "payments", T0),
+        Severity::Critical,
+    ));
     assert_eq!(facts.last().map(Fact::kind), Some("priority_changed"));
     assert_eq!(s.incident(1).priority, Priority::P2);
     // A milder alert later does not lower it.
@@ -323,7 +334,11 @@ fn severity_changes_are_not_coalesced_away() {
     s.alert(&a);
     let crit = severe(alert("HighLatency", "payments", T0 + 1), Severity::Critical);
     let warn = alert("HighLatency", "payments", T0 + 2);
-    s.when(&[Input::Alert(&crit), Input::Alert(&warn), Input::Alert(&warn)]);
+    s.when(&[
+        Input::Alert(&crit),
+        Input::Alert(&warn),
+        Input::Alert(&warn),
+    ]);
     assert_eq!(s.incident(1).max_severity, Severity::Critical);
     assert_eq!(s.replayed(), *s.engine.state());
 }

@@ -389,7 +389,12 @@ fn compile_rule(
             RegexBuilder::new(&format!("^(?:{pattern})$"))
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
-                .map_err(|e| at(offset, format!("rule {name:?}: invalid regex {pattern:?}: {e}")))
+                .map_err(|e| {
+                    at(
+                        offset,
+                        format!("rule {name:?}: invalid regex {pattern:?}: {e}"),
+                    )
+                })
         };
         let mut ops = Vec::new();
         if let Some(v) = &m.equals {
@@ -428,7 +433,11 @@ fn compile_rule(
             op,
         }));
     }
-    let group_by = spec.group_by.iter().map(field).collect::<Result<Vec<_>, _>>()?;
+    let group_by = spec
+        .group_by
+        .iter()
+        .map(field)
+        .collect::<Result<Vec<_>, _>>()?;
     let window = compile_duration(&spec.window, &format!("rule {name:?}: window"), at)?;
     Ok(Rule {
         name,
@@ -442,7 +451,10 @@ fn compile_rule(
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -519,8 +531,14 @@ window = "15m"
         assert_eq!(r.window, 900_000);
         assert!(r.matches(&alert("KubePodCrash", &[("namespace", "pay")])));
         assert!(!r.matches(&alert("KubePodCrash", &[])), "exists");
-        assert!(!r.matches(&alert("NodeDown", &[("namespace", "pay")])), "regex is anchored");
-        assert!(!r.matches(&alert("KubeInfo", &[("namespace", "pay")])), "not_regex");
+        assert!(
+            !r.matches(&alert("NodeDown", &[("namespace", "pay")])),
+            "regex is anchored"
+        );
+        assert!(
+            !r.matches(&alert("KubeInfo", &[("namespace", "pay")])),
+            "not_regex"
+        );
         assert!(!r.matches(&alert("KubeX", &[("namespace", "p"), ("env", "test")])));
         assert!(!r.matches(&alert("KubeX", &[("namespace", "p"), ("team", "sandbox")])));
         assert_eq!(
@@ -539,15 +557,26 @@ window = "15m"
         );
         let err = parse("[[rule]]\nname = \"a\"\ngroup_by = []\nwindow = \"5 min\"\n")
             .expect_err("bad duration");
-        assert!(err.to_string().starts_with("r.toml:4:10: rule \"a\": window: invalid duration"));
+        assert!(
+            err.to_string()
+                .starts_with("r.toml:4:10: rule \"a\": window: invalid duration")
+        );
         let err = parse("[[rule]]\nname = \"a\"\nmatch = [{ field = \"name\", regex = \"(\" }]\ngroup_by = []\nwindow = \"5m\"\n")
             .expect_err("bad regex");
-        assert!(err.to_string().starts_with("r.toml:3:10: rule \"a\": invalid regex"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("r.toml:3:10: rule \"a\": invalid regex"),
+            "{err}"
+        );
         let err = parse("[[rule]]\nname = \"a\"\nmatch = [{ field = \"name\" }]\ngroup_by = []\nwindow = \"5m\"\n")
             .expect_err("no operator");
         assert!(err.to_string().contains("exactly one of"), "{err}");
         let err = parse("[[rule]]\nname = \"a\"\ngroupby = []\n").expect_err("typo");
-        assert!(err.to_string().starts_with("r.toml:3:1: unknown field `groupby`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("r.toml:3:1: unknown field `groupby`"),
+            "{err}"
+        );
         let err = parse("[[rule]]\nname = \"a\"\ngroup_by = []\nwindow = \"1m\"\n[[rule]]\nname = \"a\"\ngroup_by = []\nwindow = \"1m\"\n")
             .expect_err("duplicate");
         assert!(err.to_string().contains("duplicate rule name"), "{err}");

@@ -1,0 +1,330 @@
+//! HTTP API (CONTRACTS §5): alert ingest, incidents, operator actions, health and metrics.
+//!
+//! Ingest answers 2xx only after the alerts' facts are durable. Batches follow Alertmanager's
+//! partial-acceptance rule: valid items are accepted, and if any item was rejected the answer
+//! is 400 listing each rejected index and field, with the accepted count.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::clock;
+use crate::engine::{CommandError, IncidentId, IncidentState};
+use crate::ingest::{self, Format, ItemError, Limits, Stamp};
+use crate::pipeline::{Action, Pipeline, PipelineError, Shared};
+
+/// Largest page of incidents one request may ask for.
+const MAX_PAGE: usize = 500;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub pipeline: Pipeline,
+    pub shared: Arc<Shared>,
+    pub limits: Arc<Limits>,
+    pub nats_enabled: bool,
+    pub max_body_bytes: usize,
+}
+
+/// Errors as JSON `{"error": ..., "details": [...]}`; 4xx for the caller, 5xx for us.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        accepted: Option<usize>,
+        details: Vec<ItemError>,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut body = json!({ "error": self.to_string(), "details": [] });
+        if let ApiError::BadRequest {
+            accepted, details, ..
+        } = &self
+        {
+            body["details"] = json!(details);
+            if let Some(n) = accepted {
+                body["accepted"] = json!(n);
+            }
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(e: PipelineError) -> Self {
+        match e {
+            PipelineError::Command(CommandError::NotFound(id)) => {
+                ApiError::NotFound(format!("incident {id} not found"))
+            }
+            PipelineError::Command(e @ CommandError::AlreadyResolved(_)) => {
+                ApiError::Conflict(e.to_string())
+            }
+            // Internals stay in the server log; the caller learns it may retry later.
+            PipelineError::LogStopped(_) => {
+                ApiError::Unavailable("event log is not writable; alerts were not stored".into())
+            }
+            PipelineError::Closed => ApiError::Unavailable("incidentd is shutting down".into()),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body_bytes = state.max_body_bytes;
+    Router::new()
+        .route("/api/v1/alerts", post(post_native))
+        .route("/api/v2/alerts", post(post_alertmanager))
+        .route("/api/v1/incidents", get(list_incidents))
+        .route("/api/v1/incidents/{id}", get(get_incident))
+        .route("/api/v1/incidents/{id}/ack", post(ack_incident))
+        .route("/api/v1/incidents/{id}/resolve", post(resolve_incident))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn post_native(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let accepted = ingest_body(&state, Format::Native, body).await?;
+    Ok(Json(json!({ "accepted": accepted })).into_response())
+}
+
+/// Alertmanager answers an empty 200; Prometheus and amtool expect nothing more.
+async fn post_alertmanager(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    ingest_body(&state, Format::Alertmanager, body).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn ingest_body(
+    state: &AppState,
+    format: Format,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<usize, ApiError> {
+    let rejected = &state.shared.metrics.alerts_rejected;
+    let body = body.map_err(|e| {
+        rejected.with_label_values(&["too_large"]).inc();
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.max_body_bytes),
+            _ => ApiError::BadRequest {
+                message: e.body_text(),
+                accepted: None,
+                details: Vec::new(),
+            },
+        }
+    })?;
+    let decoded =
+        ingest::decode(format, &body, Stamp::Live(clock::now()), &state.limits).map_err(|e| {
+            rejected.with_label_values(&[e.code]).inc();
+            ApiError::BadRequest {
+                message: e.message,
+                accepted: Some(0),
+                details: Vec::new(),
+            }
+        })?;
+    for e in &decoded.errors {
+        rejected.with_label_values(&[e.code]).inc();
+    }
+    let total = decoded.alerts.len() + decoded.errors.len();
+    let accepted = if decoded.alerts.is_empty() {
+        0
+    } else {
+        state.pipeline.submit(decoded.alerts).await?
+    };
+    if decoded.errors.is_empty() {
+        return Ok(accepted);
+    }
+    Err(ApiError::BadRequest {
+        message: format!(
+            "{} of {total} alerts rejected; {accepted} accepted",
+            decoded.errors.len()
+        ),
+        accepted: Some(accepted),
+        details: decoded.errors,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Page<T> {
+    total: usize,
+    offset: usize,
+    limit: usize,
+    items: Vec<T>,
+}
+
+async fn list_incidents(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest {
+        message: e.body_text(),
+        accepted: None,
+        details: Vec::new(),
+    })?;
+    let filter = match q.state.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some(s) => Some(IncidentState::parse(s).ok_or_else(|| ApiError::BadRequest {
+            message: format!("state must be open, acknowledged, resolved or all, got {s:?}"),
+            accepted: None,
+            details: Vec::new(),
+        })?),
+    };
+    let offset = q.offset.unwrap_or(0);
+    let limit = q.limit.unwrap_or(50).min(MAX_PAGE);
+    let view = state.shared.view();
+    let (total, incidents) = view.list(filter, offset, limit);
+    let page = Page {
+        total,
+        offset,
+        limit,
+        items: incidents.iter().map(|i| i.doc(false)).collect(),
+    };
+    // Serialize under the read lock: views borrow from the model.
+    Ok(Json(page).into_response())
+}
+
+fn parse_id(id: &str) -> Result<IncidentId, ApiError> {
+    IncidentId::parse(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no incident {id:?} (ids look like INC-000042)")))
+}
+
+async fn get_incident(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let view = state.shared.view();
+    let incident = view
+        .get(id)
+        .ok_or_else(|| ApiError::NotFound(format!("incident {id} not found")))?;
+    Ok(Json(incident.doc(true)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    by: String,
+    comment: Option<String>,
+}
+
+async fn ack_incident(
+    state: State<AppState>,
+    id: Path<String>,
+    body: Result<Json<ActionBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    operator(state, id, body, Action::Acknowledge).await
+}
+
+async fn resolve_incident(
+    state: State<AppState>,
+    id: Path<String>,
+    body: Result<Json<ActionBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    operator(state, id, body, Action::Resolve).await
+}
+
+async fn operator(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ActionBody>, axum::extract::rejection::JsonRejection>,
+    action: Action,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest {
+        message: format!(
+            "{} (expected {{\"by\": \"who\", \"comment\": \"optional\"}})",
+            e.body_text()
+        ),
+        accepted: None,
+        details: Vec::new(),
+    })?;
+    let by = body.by.trim();
+    if by.is_empty() || by.len() > 256 {
+        return Err(ApiError::BadRequest {
+            message: "`by` must name who acts (1 to 256 bytes)".into(),
+            accepted: None,
+            details: Vec::new(),
+        });
+    }
+    state
+        .pipeline
+        .operator(action, clock::now(), id, by.to_string(), body.comment)
+        .await?;
+    get_incident(State(state), Path(id.to_string())).await
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.shared.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Ready when the log is writable and, if NATS ingest is on, connected and subscribed.
+/// Degraded answers 503 with the reason, so load balancers and humans both understand.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let s = &state.shared;
+    let log = s.log_writable.load(Ordering::SeqCst);
+    let nats = if !state.nats_enabled {
+        "disabled"
+    } else if !s.nats_connected.load(Ordering::SeqCst) {
+        "disconnected"
+    } else if !s.nats_subscribed.load(Ordering::SeqCst) {
+        "subscribing"
+    } else {
+        "connected"
+    };
+    let ready = log && matches!(nats, "disabled" | "connected");
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "degraded" },
+        "log": if log { "writable" } else { "stopped" },
+        "nats": nats,
+    });
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,271 @@
+//! Wiring and shutdown order for `incidentd serve`.
+//!
+//! Start: load rules → open the event log and replay it into the engine and the read model →
+//! start the pipeline threads → record the rules → NATS (background reconnect) → HTTP.
+//! Stop (SIGINT/SIGTERM): NATS ingest drains → HTTP finishes in-flight requests within the
+//! grace period → the engine works off its queue → the writer's last fsync → exit. A second
+//! signal exits at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{self, AppState};
+use crate::clock;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::engine::facts::decode_record;
+use crate::eventlog::{EventLog, LogConfig, OpenError};
+use crate::ingest::Limits;
+use crate::ingest::nats::NatsIngest;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Outbound, Shared};
+use crate::rules::Rules;
+use crate::view::ReadModel;
+
+/// Queued outbound incident facts before new ones are dropped (and counted).
+const OUTBOUND_QUEUE: usize = 65_536;
+
+/// Loads rules from `dir`, else `./rules` when it exists, else the built-in set.
+pub fn load_rules(dir: Option<&Path>) -> anyhow::Result<(Rules, String)> {
+    let default_dir = PathBuf::from("rules");
+    match dir {
+        Some(dir) => Ok((Rules::load_dir(dir)?, dir.display().to_string())),
+        None if default_dir.is_dir() => Ok((
+            Rules::load_dir(&default_dir)?,
+            default_dir.display().to_string(),
+        )),
+        None => Ok((Rules::embedded()?, "built-in rules".to_string())),
+    }
+}
+
+/// Runs the service until a shutdown signal.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let (rules, rules_from) = load_rules(cfg.rules.as_deref())?;
+    tracing::info!(rules = rules.rules.len(), from = %rules_from, hash = %rules.hash, "rules loaded");
+
+    let log_dir = cfg.data_dir.join("log");
+    let mut engine = Engine::new(rules.clone());
+    let mut view = ReadModel::default();
+    let started = std::time::Instant::now();
+    let mut log_config = LogConfig::new(&log_dir);
+    log_config.segment_bytes = cfg.segment_bytes;
+    let (log, recovery) = EventLog::open(log_config, |seq, bytes| {
+        let fact = decode_record(bytes)?;
+        engine.apply(&fact);
+        view.apply(seq, &fact);
+        Ok::<(), crate::engine::facts::RecordError>(())
+    })
+    .map_err(|e| match e {
+        OpenError::Log(e) => anyhow::anyhow!(e),
+        OpenError::Visit(e) => anyhow::anyhow!("replaying {}: {e}", log_dir.display()),
+    })?;
+    tracing::info!(
+        facts = recovery.records,
+        segments = recovery.segments,
+        truncated_bytes = recovery.truncated_bytes,
+        incidents = engine.state().incidents.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "event log replayed"
+    );
+
+    let shared = Arc::new(Shared::new(view, metrics));
+    let nats = if cfg.nats_enabled {
+        Some(connect_nats(&cfg.nats_url, shared.clone()).await?)
+    } else {
+        None
+    };
+    let (outbound, publisher) = match &nats {
+        Some(client) => {
+            let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+            let publisher = tokio::spawn(publish_outbound(client.clone(), rx));
+            (
+                Some(Outbound {
+                    prefix: cfg.outbound_prefix.clone(),
+                    tx,
+                }),
+                Some(publisher),
+            )
+        }
+        None => (None, None),
+    };
+    let (pipeline, running) =
+        pipeline::start(engine, log, shared.clone(), outbound, cfg.engine_queue)?;
+    pipeline
+        .load_rules(rules, clock::now())
+        .await
+        .context("recording the rules in the event log")?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let limits = Arc::new(Limits::default());
+    let ingest = nats.clone().map(|client| {
+        let ingest = NatsIngest {
+            client,
+            subject: cfg.nats_subject.clone(),
+            deadletter_subject: cfg.deadletter_subject.clone(),
+            pipeline: pipeline.clone(),
+            shared: shared.clone(),
+            limits: limits.clone(),
+        };
+        tokio::spawn(ingest.run(shutdown_rx.clone()))
+    });
+    let ticker = tokio::spawn(tick(
+        pipeline.clone(),
+        cfg.tick_interval,
+        shutdown_rx.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding HTTP listener on {}", cfg.listen))?;
+    tracing::info!(addr = %cfg.listen, "http listening");
+    let router = api::router(AppState {
+        pipeline,
+        shared: shared.clone(),
+        limits,
+        nats_enabled: cfg.nats_enabled,
+        max_body_bytes: cfg.max_body_bytes,
+    })
+    .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        cfg.request_timeout,
+    ));
+    let mut http_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            })
+            .into_future(),
+    );
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining ingest");
+    let _ = shutdown_tx.send(true);
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+
+    if let Some(ingest) = ingest {
+        match ingest.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "nats ingest ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "nats ingest task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    let _ = ticker.await;
+    match tokio::time::timeout(cfg.shutdown_grace, server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
+        Err(_) => tracing::warn!("http requests still running after the grace period; dropped"),
+        _ => {}
+    }
+    // Every pipeline handle is gone now: the engine works off its queue, the writer commits
+    // the rest with a final fsync, and both threads end.
+    tokio::task::spawn_blocking(move || running.join()).await?;
+    if let Some(publisher) = publisher {
+        let _ = tokio::time::timeout(Duration::from_secs(5), publisher).await;
+    }
+    if let Some(client) = nats {
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    }
+    tracing::info!("stopped; event log synced");
+    Ok(())
+}
+
+/// Connects in the background: the service serves HTTP while NATS is away and reports
+/// itself degraded on /readyz.
+async fn connect_nats(url: &str, shared: Arc<Shared>) -> anyhow::Result<async_nats::Client> {
+    let events = shared.clone();
+    async_nats::ConnectOptions::new()
+        .name("incidentd")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let shared = events.clone();
+            async move {
+                let m = &shared.metrics;
+                let kind = match &event {
+                    async_nats::Event::Connected => {
+                        shared.nats_connected.store(true, Ordering::SeqCst);
+                        m.nats_connected.set(1);
+                        tracing::info!("nats connected");
+                        "connected"
+                    }
+                    async_nats::Event::Disconnected => {
+                        shared.nats_connected.store(false, Ordering::SeqCst);
+                        m.nats_connected.set(0);
+                        tracing::warn!("nats disconnected; reconnecting in the background");
+                        "disconnected"
+                    }
+                    async_nats::Event::SlowConsumer(_) => "slow_consumer",
+                    async_nats::Event::LameDuckMode => "lame_duck",
+                    async_nats::Event::Draining => "draining",
+                    async_nats::Event::Closed => "closed",
+                    async_nats::Event::ServerError(e) => {
+                        tracing::warn!(error = %e, "nats server error");
+                        "server_error"
+                    }
+                    async_nats::Event::ClientError(e) => {
+                        tracing::warn!(error = %e, "nats client error");
+                        "client_error"
+                    }
+                };
+                m.nats_events.with_label_values(&[kind]).inc();
+            }
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("nats url {url}"))
+}
+
+async fn publish_outbound(
+    client: async_nats::Client,
+    mut rx: mpsc::Receiver<(String, bytes::Bytes)>,
+) {
+    while let Some((subject, payload)) = rx.recv().await {
+        if let Err(e) = client.publish(subject, payload).await {
+            tracing::warn!(error = %e, "publishing incident fact failed");
+        }
+    }
+}
+
+/// Sends the engine the time at a fixed interval: alerts time out, incidents auto-resolve.
+async fn tick(pipeline: pipeline::Pipeline, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = interval.tick() => {
+                if pipeline.tick(clock::now()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

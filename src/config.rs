@@ -1,0 +1,288 @@
+//! Service configuration: a TOML file (every key optional), command-line flags on top, and
+//! defaults that run on a fresh machine with no file at all.
+//!
+//! ```toml
+//! listen = "127.0.0.1:9080"
+//! data_dir = "./data"
+//! rules = "rules"          # directory of rule files; the built-in rules when absent
+//!
+//! [nats]
+//! url = "nats://127.0.0.1:4222"
+//! enabled = true
+//! subject = "alerts.>"
+//! deadletter_subject = "alerts.deadletter"
+//! outbound_prefix = "incidents"
+//!
+//! [http]
+//! max_body_bytes = 10485760
+//! request_timeout = "30s"
+//! shutdown_grace = "10s"
+//!
+//! [log]
+//! segment_bytes = 67108864
+//!
+//! [engine]
+//! tick_interval = "1s"
+//! queue = 4096
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::parse_duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The file's shape. Durations are strings such as `30s`; they are checked in `validate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub rules: Option<PathBuf>,
+    pub nats: NatsFile,
+    pub http: HttpFile,
+    pub log: LogFile,
+    pub engine: EngineFile,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            listen: "127.0.0.1:9080".into(),
+            data_dir: PathBuf::from("./data"),
+            rules: None,
+            nats: NatsFile::default(),
+            http: HttpFile::default(),
+            log: LogFile::default(),
+            engine: EngineFile::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsFile {
+    pub url: String,
+    pub enabled: bool,
+    pub subject: String,
+    pub deadletter_subject: String,
+    pub outbound_prefix: String,
+}
+
+impl Default for NatsFile {
+    fn default() -> Self {
+        NatsFile {
+            url: "nats://127.0.0.1:4222".into(),
+            enabled: true,
+            subject: "alerts.>".into(),
+            deadletter_subject: "alerts.deadletter".into(),
+            outbound_prefix: "incidents".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpFile {
+    pub max_body_bytes: usize,
+    pub request_timeout: String,
+    pub shutdown_grace: String,
+}
+
+impl Default for HttpFile {
+    fn default() -> Self {
+        HttpFile {
+            max_body_bytes: 10 * 1024 * 1024,
+            request_timeout: "30s".into(),
+            shutdown_grace: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogFile {
+    pub segment_bytes: u64,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile {
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineFile {
+    pub tick_interval: String,
+    pub queue: usize,
+}
+
+impl Default for EngineFile {
+    fn default() -> Self {
+        EngineFile {
+            tick_interval: "1s".into(),
+            queue: 4096,
+        }
+    }
+}
+
+/// Overrides from the command line; `None` keeps the file's value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub nats_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub rules: Option<PathBuf>,
+}
+
+/// Validated configuration the service runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: the `rules/` directory if present, else the rules built into the binary.
+    pub rules: Option<PathBuf>,
+    pub nats_url: String,
+    pub nats_enabled: bool,
+    pub nats_subject: String,
+    pub deadletter_subject: String,
+    pub outbound_prefix: String,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub segment_bytes: u64,
+    pub tick_interval: Duration,
+    pub engine_queue: usize,
+}
+
+impl Config {
+    /// Reads `path` (if given), applies `overrides`, validates.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::validate(file, overrides)
+    }
+
+    pub fn validate(mut file: FileConfig, o: Overrides) -> Result<Config, ConfigError> {
+        if let Some(v) = o.listen {
+            file.listen = v;
+        }
+        if let Some(v) = o.nats_url {
+            file.nats.url = v;
+        }
+        if let Some(v) = o.data_dir {
+            file.data_dir = v;
+        }
+        if o.rules.is_some() {
+            file.rules = o.rules;
+        }
+        let duration = |field: &'static str, s: &str| {
+            parse_duration(s)
+                .map(|ms| Duration::from_millis(ms.unsigned_abs()))
+                .ok_or_else(|| ConfigError::Invalid {
+                    field,
+                    message: format!("invalid duration {s:?} (use e.g. 500ms, 30s, 5m)"),
+                })
+        };
+        let tick_interval = duration("engine.tick_interval", &file.engine.tick_interval)?;
+        if tick_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                field: "engine.tick_interval",
+                message: "must be greater than zero".into(),
+            });
+        }
+        Ok(Config {
+            listen: file.listen.parse().map_err(|e| ConfigError::Invalid {
+                field: "listen",
+                message: format!(
+                    "{:?} is not an address like 127.0.0.1:9080: {e}",
+                    file.listen
+                ),
+            })?,
+            data_dir: file.data_dir,
+            rules: file.rules,
+            nats_url: file.nats.url,
+            nats_enabled: file.nats.enabled,
+            nats_subject: file.nats.subject,
+            deadletter_subject: file.nats.deadletter_subject,
+            outbound_prefix: file.nats.outbound_prefix,
+            max_body_bytes: file.http.max_body_bytes,
+            request_timeout: duration("http.request_timeout", &file.http.request_timeout)?,
+            shutdown_grace: duration("http.shutdown_grace", &file.http.shutdown_grace)?,
+            segment_bytes: file.log.segment_bytes.max(4096),
+            tick_interval,
+            engine_queue: file.engine.queue.max(16),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_without_a_file() {
+        let c = Config::load(None, Overrides::default()).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9080");
+        assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.tick_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_typos_are_refused() {
+        let file: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:1\"\n[nats]\nurl = \"nats://h:1\"\n").expect("ok");
+        let c = Config::validate(
+            file,
+            Overrides {
+                listen: Some("127.0.0.1:2".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.nats_url, "nats://h:1");
+        let err = toml::from_str::<FileConfig>("lisen = \"x\"").expect_err("typo");
+        assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
+        let file: FileConfig =
+            toml::from_str("[engine]\ntick_interval = \"soon\"\n").expect("parses");
+        let err = Config::validate(file, Overrides::default()).expect_err("bad duration");
+        assert_eq!(
+            err.to_string(),
+            "engine.tick_interval: invalid duration \"soon\" (use e.g. 500ms, 30s, 5m)"
+        );
+    }
+}

@@ -1,0 +1,975 @@
+//! Event log: a local, segmented, append-only log of opaque byte records, and incidentd's
+//! durability boundary. A caller acknowledges ingest only after [`EventLog::sync`] returned Ok.
+//!
+//! Records are numbered by a global sequence number (`seq`), starting at 1 and contiguous
+//! across segments. The directory holds segment files named `{first_seq:020}.seg`:
+//!
+//! - header (20 bytes): magic `INCDLOG\0`, format version `u32` LE (= 1), segment id `u64` LE
+//!   (= first seq of the segment);
+//! - records: `len: u32 LE`, `crc: u32 LE`, `len` bytes of payload, where `crc` is CRC32C over
+//!   the len bytes and the payload, seeded with the CRC32C of the segment id so that stale
+//!   bytes from another segment never validate.
+//!
+//! Recovery follows Kafka/etcd practice: sealed segments must be perfect (any damage fails
+//! open loudly); only the tail of the last segment, which may hold an unacknowledged torn
+//! write, is truncated. Writes are fail-stop: after any failed write or fsync the log refuses
+//! all further calls, because retrying could acknowledge data the kernel already dropped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"INCDLOG\0";
+const VERSION: u32 = 1;
+const HEADER_LEN: u64 = 20;
+const FRAME_LEN: u64 = 8;
+
+/// Where and how the log is stored.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    /// A segment is rolled before a record would take it past this size (unless it is empty).
+    pub segment_bytes: u64,
+    /// Largest payload accepted; a larger length field on disk is never allocated.
+    pub max_record_bytes: u32,
+}
+
+impl LogConfig {
+    /// Defaults: 64 MiB segments, 16 MiB records.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LogConfig {
+            dir: dir.into(),
+            segment_bytes: 64 << 20,
+            max_record_bytes: 16 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("corrupt event log segment {path} at byte offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("record of {len} bytes exceeds max_record_bytes ({max})")]
+    RecordTooLarge { len: usize, max: u32 },
+    #[error("event log stopped after an earlier write or sync failure")]
+    Stopped,
+}
+
+/// Failure of [`EventLog::open`]: the log itself, or the caller's replay visitor.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError<E> {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("replaying event log: {0}")]
+    Visit(E),
+}
+
+/// What [`EventLog::open`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// Valid records replayed.
+    pub records: u64,
+    /// Seq the next append gets.
+    pub next_seq: u64,
+    /// Bytes dropped from a torn tail (or a torn last-segment header).
+    pub truncated_bytes: u64,
+    /// Segment files in the log after open.
+    pub segments: usize,
+}
+
+/// The open log; owns the current (last) segment for appending.
+pub struct EventLog {
+    cfg: LogConfig,
+    file: File,
+    path: PathBuf,
+    seed: u32,
+    /// Bytes of the current segment already written to the file.
+    seg_len: u64,
+    /// Records in the current segment, buffered ones included.
+    seg_records: u64,
+    /// Framed records not yet written.
+    buf: Vec<u8>,
+    next_seq: u64,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("segment", &self.path)
+            .field("next_seq", &self.next_seq)
+            .field("buffered_bytes", &self.buf.len())
+            .field("stopped", &self.stopped)
+            .finish()
+    }
+}
+
+impl EventLog {
+    /// Opens (creating the dir if absent), validates every segment, truncates a torn tail,
+    /// and calls `visit(seq, payload)` for every valid record in order (this is how the
+    /// caller replays state at startup). A visit error aborts open. If open fails, the visitor
+    /// may already have seen a prefix of the log; the caller must discard that state.
+    pub fn open<E>(
+        cfg: LogConfig,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(EventLog, Recovery), OpenError<E>> {
+        create_dir(&cfg.dir)?;
+        let segments = list_segments(&cfg.dir)?;
+        let Some((&(last_id, _), sealed)) = segments.split_last() else {
+            let (file, path) = create_segment(&cfg.dir, 1)?;
+            let log = EventLog::new(cfg, file, path, 1, HEADER_LEN, 0);
+            let recovery = Recovery {
+                records: 0,
+                next_seq: 1,
+                truncated_bytes: 0,
+                segments: 1,
+            };
+            return Ok((log, recovery));
+        };
+        let mut next_seq = segments[0].0;
+        let mut records = 0;
+        let mut scan = Scan::default();
+        for (i, (id, path)) in segments.iter().enumerate() {
+            if *id != next_seq {
+                return Err(corrupt(
+                    path,
+                    0,
+                    format!("segment starts at seq {id}, expected {next_seq}"),
+                )
+                .into());
+            }
+            let last = i == sealed.len();
+            scan = scan_segment(path, *id, last, cfg.max_record_bytes, &mut visit)?;
+            next_seq += scan.records;
+            records += scan.records;
+        }
+        let path = segment_path(&cfg.dir, last_id);
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let log = EventLog::new(cfg, file, path, last_id, scan.valid_len, scan.records);
+        let recovery = Recovery {
+            records,
+            next_seq,
+            truncated_bytes: scan.truncated,
+            segments: segments.len(),
+        };
+        tracing::debug!(?recovery, dir = %log.cfg.dir.display(), "event log opened");
+        Ok((log, recovery))
+    }
+
+    fn new(cfg: LogConfig, file: File, path: PathBuf, id: u64, len: u64, records: u64) -> Self {
+        EventLog {
+            cfg,
+            file,
+            path,
+            seed: seed(id),
+            seg_len: len,
+            seg_records: records,
+            buf: Vec::new(),
+            next_seq: id + records,
+            stopped: false,
+        }
+    }
+
+    /// Buffers one record; returns its seq. Not durable until `sync`. May roll to a new
+    /// segment, which writes and syncs the old one first (a failure there is fail-stop too).
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64, LogError> {
+        if self.stopped {
+            return Err(LogError::Stopped);
+        }
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|len| *len <= self.cfg.max_record_bytes)
+            .ok_or(LogError::RecordTooLarge {
+                len: payload.len(),
+                max: self.cfg.max_record_bytes,
+            })?;
+        let size = self.seg_len + self.buf.len() as u64 + FRAME_LEN + u64::from(len);
+        if self.seg_records > 0 && size > self.cfg.segment_bytes {
+            self.fail_stop(Self::roll)?;
+        }
+        let len = len.to_le_bytes();
+        let crc = crc32c::crc32c_append(crc32c::crc32c_append(self.seed, &len), payload);
+        self.buf.extend_from_slice(&len);
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(payload);
+        self.seg_records += 1;
+        self.next_seq += 1;
+        Ok(self.next_seq - 1)
+    }
+
+    /// Writes buffered records and fdatasyncs (group commit: one sync for many appends).
+    /// On any failure the log enters the stopped state permanently (fail-stop: never retry
+    /// and then acknowledge) and returns the error; later calls return `LogError::Stopped`.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.fail_stop(Self::flush)
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Runs a write step; any error stops the log for good.
+    fn fail_stop(&mut self, step: fn(&mut Self) -> Result<(), LogError>) -> Result<(), LogError> {
+        if self.stopped {
+            return Err(LogError::Stopped);
+        }
+        let result = step(self);
+        if let Err(e) = &result {
+            self.stopped = true;
+            tracing::error!(error = %e, "event log write failed; log stopped");
+        }
+        result
+    }
+
+    fn flush(&mut self) -> Result<(), LogError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&self.buf).map_err(io_err(&self.path))?;
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.seg_len += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Seals the current segment (its records durable) before the next one exists, so only
+    /// the last segment can ever hold a torn write.
+    fn roll(&mut self) -> Result<(), LogError> {
+        self.flush()?;
+        let (file, path) = create_segment(&self.cfg.dir, self.next_seq)?;
+        tracing::debug!(path = %path.display(), "event log rolled to new segment");
+        *self = EventLog::new(self.cfg.clone(), file, path, self.next_seq, HEADER_LEN, 0);
+        Ok(())
+    }
+
+    /// Test hook: swap the segment file handle, to inject real write errors (e.g. /dev/full).
+    #[cfg(test)]
+    fn replace_file(&mut self, file: File) {
+        self.file = file;
+    }
+}
+
+/// Result of scanning one segment.
+#[derive(Default)]
+struct Scan {
+    records: u64,
+    /// End of the last valid record (the file's length after any truncation).
+    valid_len: u64,
+    truncated: u64,
+}
+
+/// Validates one segment and visits its records. In the last segment a torn tail is
+/// truncated; everywhere else any damage is `Corrupt`.
+fn scan_segment<E>(
+    path: &Path,
+    id: u64,
+    last: bool,
+    max: u32,
+    visit: &mut impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<Scan, OpenError<E>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(last)
+        .open(path)
+        .map_err(io_err(path))?;
+    let file_len = file.metadata().map_err(io_err(path))?.len();
+    let mut r = BufReader::with_capacity(1 << 20, &file);
+    let read = |r: &mut BufReader<&File>, buf: &mut [u8]| r.read_exact(buf).map_err(io_err(path));
+
+    let mut header = [0u8; HEADER_LEN as usize];
+    if file_len >= HEADER_LEN {
+        read(&mut r, &mut header)?;
+    }
+    // A crash while creating the segment can leave a short or (before the data reached the
+    // disk) zero-filled header. Such a segment holds no records, so finish creating it.
+    if file_len < HEADER_LEN || (file_len == HEADER_LEN && header == [0; HEADER_LEN as usize]) {
+        if !last {
+            return Err(corrupt(path, 0, "torn segment header".into()).into());
+        }
+        tracing::warn!(
+            path = %path.display(),
+            bytes_dropped = file_len,
+            "rewriting torn segment header"
+        );
+        let mut file = &file;
+        file.set_len(0).map_err(io_err(path))?;
+        file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+        file.write_all(&header_bytes(id)).map_err(io_err(path))?;
+        sync_created(file, path)?;
+        return Ok(Scan {
+            records: 0,
+            valid_len: HEADER_LEN,
+            truncated: file_len,
+        });
+    }
+    let version = le_u32(&header[8..12]);
+    let header_id = u64::from_le_bytes(header[12..].try_into().unwrap_or_default());
+    let bad_header = if &header[..8] != MAGIC {
+        Some("bad magic (not an incidentd event log segment)".to_string())
+    } else if version != VERSION {
+        Some(format!("unsupported format version {version}"))
+    } else if header_id != id {
+        Some(format!("segment id {header_id} does not match file name"))
+    } else {
+        None
+    };
+    if let Some(reason) = bad_header {
+        return Err(corrupt(path, 0, reason).into());
+    }
+
+    let seed = seed(id);
+    let mut scan = Scan {
+        valid_len: HEADER_LEN,
+        ..Scan::default()
+    };
+    let mut payload = Vec::new();
+    let torn = loop {
+        let off = scan.valid_len;
+        if off == file_len {
+            break None;
+        }
+        if file_len - off < FRAME_LEN {
+            break Some((off, "incomplete record header".to_string()));
+        }
+        let mut frame = [0u8; FRAME_LEN as usize];
+        read(&mut r, &mut frame)?;
+        let (len, crc) = (le_u32(&frame[..4]), le_u32(&frame[4..]));
+        if len > max {
+            break Some((
+                off,
+                format!("record length {len} exceeds max_record_bytes ({max})"),
+            ));
+        }
+        let end = off + FRAME_LEN + u64::from(len);
+        if end > file_len {
+            break Some((
+                off,
+                format!("record of {len} bytes extends past end of file"),
+            ));
+        }
+        payload.resize(len as usize, 0);
+        read(&mut r, &mut payload)?;
+        if crc32c::crc32c_append(crc32c::crc32c_append(seed, &frame[..4]), &payload) != crc {
+            // A torn final write ends at EOF. A zero-filled tail (an extent the filesystem
+            // allocated but never wrote) cannot hold a valid record either: its first record
+            // is all zeros and failed, so every later all-zero record fails identically.
+            let zero_tail = frame == [0; 8] && rest_is_zero(&mut r).map_err(io_err(path))?;
+            if last && (end == file_len || zero_tail) {
+                break Some((off, "checksum mismatch in final record".to_string()));
+            }
+            return Err(corrupt(path, off, "checksum mismatch".into()).into());
+        }
+        visit(id + scan.records, &payload).map_err(OpenError::Visit)?;
+        scan.records += 1;
+        scan.valid_len = end;
+    };
+    if let Some((off, reason)) = torn {
+        if !last {
+            return Err(corrupt(path, off, reason).into());
+        }
+        scan.truncated = file_len - off;
+        tracing::warn!(
+            path = %path.display(),
+            offset = off,
+            bytes_dropped = scan.truncated,
+            %reason,
+            "truncating torn tail of event log"
+        );
+        file.set_len(off).map_err(io_err(path))?;
+        file.sync_all().map_err(io_err(path))?;
+    }
+    Ok(scan)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn rest_is_zero(r: &mut impl Read) -> io::Result<bool> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match r.read(&mut chunk)? {
+            0 => return Ok(true),
+            n if chunk[..n].iter().any(|b| *b != 0) => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
+/// Segment files sorted by first seq; other files are ignored.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".seg"))
+            .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(id) = id.filter(|id| *id > 0) {
+            segments.push((id, entry.path()));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+fn header_bytes(id: u64) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..].copy_from_slice(&id.to_le_bytes());
+    h
+}
+
+fn seed(id: u64) -> u32 {
+    crc32c::crc32c(&id.to_le_bytes())
+}
+
+/// Creates a segment: header, fsync of the file, then of the directory, so a segment that
+/// is visible after a crash has a durable header.
+fn create_segment(dir: &Path, id: u64) -> Result<(File, PathBuf), LogError> {
+    let path = segment_path(dir, id);
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    file.write_all(&header_bytes(id)).map_err(io_err(&path))?;
+    sync_created(&file, &path)?;
+    Ok((file, path))
+}
+
+/// Syncs a newly written segment file and then its directory entry.
+fn sync_created(file: &File, path: &Path) -> Result<(), LogError> {
+    file.sync_all().map_err(io_err(path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Creates the log directory if absent, making its entry in the parent durable too.
+fn create_dir(dir: &Path) -> Result<(), LogError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    sync_dir(dir.parent().unwrap_or(Path::new(".")))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: String) -> LogError {
+    LogError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::time::{Duration, Instant};
+
+    type Records = Vec<(u64, Vec<u8>)>;
+
+    fn cfg(dir: &Path) -> LogConfig {
+        LogConfig::new(dir)
+    }
+
+    fn small(dir: &Path, segment_bytes: u64) -> LogConfig {
+        LogConfig {
+            segment_bytes,
+            ..LogConfig::new(dir)
+        }
+    }
+
+    /// Opens and collects every replayed record.
+    fn open(cfg: LogConfig) -> Result<(EventLog, Recovery, Records), LogError> {
+        let mut seen = Vec::new();
+        let visit = |seq, p: &[u8]| {
+            seen.push((seq, p.to_vec()));
+            Ok::<(), Infallible>(())
+        };
+        match EventLog::open(cfg, visit) {
+            Ok((log, rec)) => Ok((log, rec, seen)),
+            Err(OpenError::Log(e)) => Err(e),
+            Err(OpenError::Visit(never)) => match never {},
+        }
+    }
+
+    fn open_err(cfg: LogConfig) -> LogError {
+        match open(cfg) {
+            Ok((_, rec, _)) => panic!("open succeeded: {rec:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Deterministic payloads of varying size (0 included).
+    fn payload(i: u64) -> Vec<u8> {
+        let mut p = format!("{{\"fact\":{i}}}").into_bytes();
+        p.resize((i as usize * 7) % 61, b'x');
+        p
+    }
+
+    /// Appends `range` payloads, syncing every `batch` appends and at the end.
+    fn write(log: &mut EventLog, range: std::ops::Range<u64>, batch: u64) -> Records {
+        let mut out = Vec::new();
+        for i in range {
+            let seq = log.append(&payload(i)).unwrap();
+            out.push((seq, payload(i)));
+            if i % batch == 0 {
+                log.sync().unwrap();
+            }
+        }
+        log.sync().unwrap();
+        out
+    }
+
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        list_segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// (offset, len) of each record, walking frames the way the format defines them.
+    fn frames(path: &Path) -> Vec<(u64, u32)> {
+        let bytes = fs::read(path).unwrap();
+        let mut off = HEADER_LEN as usize;
+        let mut out = Vec::new();
+        while off + 8 <= bytes.len() {
+            let len = le_u32(&bytes[off..]);
+            out.push((off as u64, len));
+            off += 8 + len as usize;
+        }
+        out
+    }
+
+    fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+        let mut f = OpenOptions::new().write(true).open(path).unwrap();
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    fn flip_bit(path: &Path, offset: u64) {
+        let mut bytes = fs::read(path).unwrap();
+        bytes[offset as usize] ^= 0x10;
+        fs::write(path, bytes).unwrap();
+    }
+
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+
+    fn assert_corrupt(err: LogError, want_path: &Path, want_offset: u64, reason_has: &str) {
+        let LogError::Corrupt {
+            path,
+            offset,
+            reason,
+        } = &err
+        else {
+            panic!("expected Corrupt, got {err:?}");
+        };
+        assert_eq!((path.as_path(), *offset), (want_path, want_offset), "{err}");
+        assert!(
+            reason.contains(reason_has),
+            "reason {reason:?} lacks {reason_has:?}"
+        );
+        let msg = err.to_string();
+        let name = want_path.file_name().unwrap().to_str().unwrap();
+        assert!(
+            msg.contains(name) && msg.contains(&want_offset.to_string()),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn new_log_creates_first_segment_and_ignores_other_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let (log, rec, seen) = open(cfg(&dir)).unwrap();
+        let want = Recovery {
+            records: 0,
+            next_seq: 1,
+            truncated_bytes: 0,
+            segments: 1,
+        };
+        assert_eq!((rec, seen.len(), log.next_seq()), (want, 0, 1));
+        let first = dir.join("00000000000000000001.seg");
+        assert_eq!(fs::read(&first).unwrap(), header_bytes(1));
+        drop(log);
+        fs::write(dir.join("README"), "x").unwrap();
+        fs::write(dir.join("7.seg"), "not a segment").unwrap();
+        let (_, rec, _) = open(cfg(&dir)).unwrap();
+        assert_eq!(rec.segments, 1);
+    }
+
+    #[test]
+    fn round_trip_across_syncs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(cfg(tmp.path())).unwrap();
+        let written = write(&mut log, 1..301, 17);
+        assert_eq!(written.first().map(|r| r.0), Some(1));
+        drop(log);
+        let (mut log, rec, seen) = open(cfg(tmp.path())).unwrap();
+        assert_eq!(seen, written);
+        assert_eq!(
+            (rec.records, rec.next_seq, rec.truncated_bytes),
+            (300, 301, 0)
+        );
+        assert_eq!(log.append(b"next").unwrap(), 301);
+    }
+
+    #[test]
+    fn rolls_segments_named_by_first_seq() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(small(tmp.path(), 200)).unwrap();
+        let mut written = write(&mut log, 1..101, 9);
+        // A record larger than a whole segment still fits: it gets a segment of its own.
+        written.push((101, vec![7; 300]));
+        assert_eq!(log.append(&[7; 300]).unwrap(), 101);
+        log.sync().unwrap();
+        drop(log);
+        let (_, rec, seen) = open(small(tmp.path(), 200)).unwrap();
+        assert_eq!(seen, written);
+        let segs = segments(tmp.path());
+        assert!(segs.len() > 20, "{} segments", segs.len());
+        assert_eq!(rec.segments, segs.len());
+        let mut seq = 1;
+        for path in &segs {
+            let name = format!("{seq:020}.seg");
+            assert_eq!(path.file_name().unwrap().to_str(), Some(name.as_str()));
+            let len = fs::metadata(path).unwrap().len();
+            let records = frames(path).len() as u64;
+            assert!(
+                len <= 200 || records == 1,
+                "{name}: {len} bytes, {records} records"
+            );
+            seq += records;
+        }
+        assert_eq!(seq, 102);
+    }
+
+    #[test]
+    fn torn_tail_at_every_offset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let (mut log, _, _) = open(cfg(&src)).unwrap();
+        let mut written = write(&mut log, 1..5, 2);
+        let seg = segments(&src).remove(0);
+        let good_len = fs::metadata(&seg).unwrap().len();
+        log.append(&[0x5A; 40]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let full_len = fs::metadata(&seg).unwrap().len();
+        for cut in good_len..full_len {
+            let dir = tmp.path().join(format!("cut{cut}"));
+            copy_dir(&src, &dir);
+            let seg = segments(&dir).remove(0);
+            OpenOptions::new()
+                .write(true)
+                .open(&seg)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            let (mut log, rec, seen) = open(cfg(&dir)).unwrap();
+            assert_eq!(seen, written, "cut at {cut}");
+            assert_eq!((rec.truncated_bytes, rec.next_seq), (cut - good_len, 5));
+            assert_eq!(fs::metadata(&seg).unwrap().len(), good_len);
+            assert_eq!(log.append(b"after").unwrap(), 5);
+            log.sync().unwrap();
+            drop(log);
+            let (_, rec, seen) = open(cfg(&dir)).unwrap();
+            written.push((5, b"after".to_vec()));
+            assert_eq!((seen, rec.truncated_bytes), (written.clone(), 0));
+            written.pop();
+        }
+    }
+
+    #[test]
+    fn trailing_garbage_is_truncated() {
+        let mut small_len = 5u32.to_le_bytes().to_vec();
+        small_len.extend_from_slice(&[1, 2, 3, 4, 9, 9]); // crc + 2 of 5 payload bytes
+        let zeros = [0u8; 4096]; // zero-filled extent after a crash
+        for garbage in [&[0xAB; 37][..], &small_len, &zeros] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (mut log, _, _) = open(cfg(tmp.path())).unwrap();
+            let written = write(&mut log, 1..11, 3);
+            drop(log);
+            append_bytes(&segments(tmp.path())[0], garbage);
+            let (mut log, rec, seen) = open(cfg(tmp.path())).unwrap();
+            assert_eq!((seen, rec.truncated_bytes), (written, garbage.len() as u64));
+            assert_eq!(log.append(b"x").unwrap(), 11);
+        }
+    }
+
+    #[test]
+    fn bit_flip_in_sealed_segment_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(small(tmp.path(), 200)).unwrap();
+        write(&mut log, 1..40, 5);
+        drop(log);
+        let seg = segments(tmp.path()).remove(1);
+        let (offset, _) = frames(&seg)[1];
+        flip_bit(&seg, offset + 4); // in the stored CRC, so whatever the payload length
+        assert_corrupt(open_err(small(tmp.path(), 200)), &seg, offset, "checksum");
+    }
+
+    #[test]
+    fn huge_length_in_sealed_segment_is_corrupt_without_allocating() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(small(tmp.path(), 200)).unwrap();
+        write(&mut log, 1..40, 5);
+        drop(log);
+        let seg = segments(tmp.path()).remove(0);
+        let (offset, _) = frames(&seg)[1];
+        patch(&seg, offset, &0xFFFF_FFF0u32.to_le_bytes());
+        let start = Instant::now();
+        let err = open_err(small(tmp.path(), 200));
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_corrupt(err, &seg, offset, "exceeds max_record_bytes");
+    }
+
+    #[test]
+    fn huge_length_in_final_record_is_torn_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(small(tmp.path(), 200)).unwrap();
+        let mut written = write(&mut log, 1..40, 5);
+        drop(log);
+        let seg = segments(tmp.path()).pop().unwrap();
+        let (offset, len) = *frames(&seg).last().unwrap();
+        patch(&seg, offset, &0xFFFF_FFF0u32.to_le_bytes());
+        let (_, rec, seen) = open(small(tmp.path(), 200)).unwrap();
+        written.pop();
+        assert_eq!((seen, rec.truncated_bytes), (written, 8 + u64::from(len)));
+    }
+
+    #[test]
+    fn checksum_failure_in_last_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let (mut log, _, _) = open(cfg(&dir)).unwrap();
+        let mut written = write(&mut log, 1..6, 10);
+        drop(log);
+        let seg = segments(&dir).remove(0);
+        let frames = frames(&seg);
+
+        // Followed by a valid record: that one may have been acknowledged, so fail loudly.
+        let copy = tmp.path().join("copy");
+        copy_dir(&dir, &copy);
+        let mid = segments(&copy).remove(0);
+        flip_bit(&mid, frames[2].0 + 8);
+        assert_corrupt(open_err(cfg(&copy)), &mid, frames[2].0, "checksum");
+
+        // The final record ending exactly at EOF: a torn write, truncated.
+        let (offset, len) = frames[4];
+        flip_bit(&seg, offset + 8);
+        let (_, rec, seen) = open(cfg(&dir)).unwrap();
+        written.pop();
+        assert_eq!((seen, rec.truncated_bytes), (written, 8 + u64::from(len)));
+    }
+
+    #[test]
+    fn bad_headers_are_corrupt() {
+        let cases: [(&[u8], u64, &str); 3] = [
+            (b"NOTALOG\0", 0, "bad magic"),
+            (&2u32.to_le_bytes(), 8, "unsupported format version 2"),
+            (&99u64.to_le_bytes(), 12, "segment id 99 does not match"),
+        ];
+        for (bytes, at, reason) in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            let (mut log, _, _) = open(cfg(tmp.path())).unwrap();
+            write(&mut log, 1..3, 10);
+            drop(log);
+            let seg = segments(tmp.path()).remove(0);
+            patch(&seg, at, bytes);
+            assert_corrupt(open_err(cfg(tmp.path())), &seg, 0, reason);
+        }
+    }
+
+    #[test]
+    fn record_copied_from_another_segment_fails_checksum() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(small(tmp.path(), 100)).unwrap();
+        for i in 0..9u8 {
+            log.append(&[i; 30]).unwrap(); // 38 framed bytes: two records per segment
+        }
+        log.sync().unwrap();
+        drop(log);
+        let segs = list_segments(tmp.path()).unwrap();
+        let ((a_id, a), (b_id, b)) = (&segs[0], &segs[1]);
+        let a_bytes = fs::read(a).unwrap();
+        let record = &a_bytes[20..58];
+        patch(b, 20, record);
+        // The copied frame itself is intact: only the segment-id seed tells it apart.
+        let crc =
+            |id| crc32c::crc32c_append(crc32c::crc32c_append(seed(id), &record[..4]), &record[8..]);
+        assert_eq!(crc(*a_id), le_u32(&record[4..]));
+        assert_ne!(crc(*b_id), le_u32(&record[4..]));
+        assert_corrupt(open_err(small(tmp.path(), 100)), b, 20, "checksum");
+    }
+
+    #[test]
+    fn record_too_large_is_not_fail_stop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            max_record_bytes: 64,
+            ..cfg(tmp.path())
+        };
+        let (mut log, _, _) = open(config.clone()).unwrap();
+        let err = log.append(&[1; 65]).unwrap_err();
+        assert!(
+            matches!(err, LogError::RecordTooLarge { len: 65, max: 64 }),
+            "{err:?}"
+        );
+        assert!(!log.is_stopped());
+        assert_eq!(log.append(&[2; 64]).unwrap(), 1);
+        log.sync().unwrap();
+        drop(log);
+        let (_, _, seen) = open(config).unwrap();
+        assert_eq!(seen, vec![(1, vec![2; 64])]);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn failed_write_stops_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(cfg(tmp.path())).unwrap();
+        let written = write(&mut log, 1..4, 10);
+        log.append(b"lost").unwrap();
+        // A real ENOSPC from the kernel: the segment handle now points at /dev/full.
+        log.replace_file(OpenOptions::new().write(true).open("/dev/full").unwrap());
+        let err = log.sync().unwrap_err();
+        assert!(
+            matches!(&err, LogError::Io { source, .. } if source.raw_os_error() == Some(28)),
+            "{err:?}"
+        );
+        assert!(log.is_stopped());
+        assert!(matches!(log.append(b"x"), Err(LogError::Stopped)));
+        assert!(matches!(log.sync(), Err(LogError::Stopped)));
+        drop(log);
+        let (_, _, seen) = open(cfg(tmp.path())).unwrap();
+        assert_eq!(seen, written);
+    }
+
+    #[test]
+    fn failed_roll_stops_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let (mut log, _, _) = open(small(&dir, 60)).unwrap();
+        log.append(&[1; 30]).unwrap();
+        log.sync().unwrap();
+        fs::remove_dir_all(&dir).unwrap(); // creating the next segment now fails
+        let err = log.append(&[2; 30]).unwrap_err();
+        assert!(matches!(err, LogError::Io { .. }), "{err:?}");
+        assert!(log.is_stopped());
+        assert!(matches!(log.append(b"x"), Err(LogError::Stopped)));
+        assert!(matches!(log.sync(), Err(LogError::Stopped)));
+    }
+
+    #[test]
+    fn torn_last_segment_header_is_reinitialised() {
+        for torn in [&b"INCDL"[..], &[0; 20]] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (mut log, _, _) = open(cfg(tmp.path())).unwrap();
+            let mut written = write(&mut log, 1..4, 10);
+            drop(log);
+            let next = segment_path(tmp.path(), 4);
+            fs::write(&next, torn).unwrap();
+            let (mut log, rec, seen) = open(cfg(tmp.path())).unwrap();
+            assert_eq!(
+                (&seen, rec.truncated_bytes, rec.segments),
+                (&written, torn.len() as u64, 2)
+            );
+            assert_eq!(log.append(b"four").unwrap(), 4);
+            log.sync().unwrap();
+            drop(log);
+            written.push((4, b"four".to_vec()));
+            assert_eq!(open(cfg(tmp.path())).unwrap().2, written);
+            assert_eq!(frames(&next).len(), 1);
+        }
+    }
+
+    #[test]
+    fn torn_header_or_gap_before_last_segment_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(small(tmp.path(), 100)).unwrap();
+        write(&mut log, 1..20, 5);
+        drop(log);
+        let segs = segments(tmp.path());
+        fs::remove_file(&segs[1]).unwrap();
+        assert_corrupt(open_err(small(tmp.path(), 100)), &segs[2], 0, "expected");
+        fs::write(&segs[1], b"INC").unwrap();
+        assert_corrupt(
+            open_err(small(tmp.path(), 100)),
+            &segs[1],
+            0,
+            "torn segment header",
+        );
+    }
+
+    #[test]
+    fn visit_error_aborts_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(cfg(tmp.path())).unwrap();
+        write(&mut log, 1..10, 10);
+        drop(log);
+        let result = EventLog::open(cfg(tmp.path()), |seq, _| {
+            if seq == 5 { Err("bad fact") } else { Ok(()) }
+        });
+        let Err(err) = result else {
+            panic!("open succeeded")
+        };
+        assert!(matches!(err, OpenError::Visit("bad fact")));
+        assert_eq!(err.to_string(), "replaying event log: bad fact");
+    }
+}

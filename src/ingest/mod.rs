@@ -1,0 +1,509 @@
+//! Alert decoders: turn one raw payload (an HTTP body or a NATS message) into normalized
+//! [`Alert`]s.
+//!
+//! A payload is rejected whole only when nothing in it can be read (not JSON, wrong top-level
+//! shape, too many items, too deep); otherwise each item stands alone, so one broken alert never
+//! drops its neighbours. Decoders parse into `serde_json::Value` and pick fields by hand rather
+//! than deriving `Deserialize`: that way every rejection names its exact field and reason, and
+//! strings are moved out of the parsed tree instead of being copied.
+
+pub mod alertmanager;
+pub mod native;
+pub mod nats;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::model::{Alert, Millis};
+
+/// Which decoder a payload needs; NATS subject token `alerts.<format>.>` and HTTP routes map to this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// incidentd's own JSON: one alert object or an array of them.
+    Native,
+    /// Prometheus `postableAlerts` (`/api/v2/alerts`) or an Alertmanager webhook (version 4).
+    Alertmanager,
+}
+
+impl Format {
+    /// Maps the `<format>` token of a subject such as `alerts.native.zabbix` to a decoder.
+    pub fn from_subject_token(s: &str) -> Option<Format> {
+        match s {
+            "native" => Some(Format::Native),
+            "alertmanager" => Some(Format::Alertmanager),
+            _ => None,
+        }
+    }
+
+    /// The subject token and metric label for this format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Native => "native",
+            Format::Alertmanager => "alertmanager",
+        }
+    }
+}
+
+/// Limits checked while decoding, so one hostile or buggy sender cannot make the engine hold
+/// unbounded state. Deserializable so the service config can override single values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Alerts per payload.
+    pub max_items: usize,
+    /// Entries in `labels`, and separately in `annotations`.
+    pub max_labels: usize,
+    /// Bytes in one label or annotation key.
+    pub max_key_bytes: usize,
+    /// Bytes in one label or annotation value.
+    pub max_value_bytes: usize,
+    /// Bytes in `source`, `name`, `ci` and `dedup_key`.
+    pub max_name_bytes: usize,
+    /// Bytes in `summary`.
+    pub max_summary_bytes: usize,
+    /// Nesting of JSON arrays and objects, counting the top level as 1.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_items: 10_000,
+            max_labels: 64,
+            max_key_bytes: 256,
+            max_value_bytes: 8192,
+            max_name_bytes: 256,
+            max_summary_bytes: 8192,
+            max_depth: 32,
+        }
+    }
+}
+
+/// How the decoder stamps time. Live ingest stamps `received_at` with the receive time and
+/// ignores any sender-supplied value; replay uses the line's `received_at`, else `starts_at`,
+/// else `ends_at` (for a resolved alert) — an item with none of them is rejected there.
+#[derive(Clone, Copy, Debug)]
+pub enum Stamp {
+    Live(Millis),
+    Replay,
+}
+
+/// Why an item or a payload was rejected. `code` is a short stable label for the metric
+/// `incidentd_alerts_rejected_total{reason}`: one of "malformed_json", "wrong_shape",
+/// "missing_field", "wrong_type", "invalid_value", "too_large", "inconsistent".
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ItemError {
+    /// Position in the payload's array (0 for a single object).
+    pub index: usize,
+    /// JSON-path-like name of the offending field (`labels.ifname`); `$` for the item itself.
+    pub field: String,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ItemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "alert {}: {}", self.index, self.message)
+    }
+}
+
+/// Whole-payload failure: nothing in it could be read (not JSON, wrong top-level shape, too many items, too deep).
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct PayloadError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Decoded payload: valid alerts in input order, and one error per rejected item.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decoded {
+    pub alerts: Vec<Alert>,
+    pub errors: Vec<ItemError>,
+}
+
+impl Decoded {
+    fn with_capacity(n: usize) -> Self {
+        Decoded {
+            alerts: Vec::with_capacity(n),
+            errors: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, item: Result<Alert, ItemError>) {
+        match item {
+            Ok(alert) => self.alerts.push(alert),
+            Err(e) => self.errors.push(e),
+        }
+    }
+}
+
+/// Decodes one payload in `format`. `Err` only when the payload as a whole is unreadable;
+/// per-item rejections are in [`Decoded::errors`].
+pub fn decode(
+    format: Format,
+    body: &[u8],
+    stamp: Stamp,
+    limits: &Limits,
+) -> Result<Decoded, PayloadError> {
+    let value = parse_json(body, limits)?;
+    match format {
+        Format::Native => native::decode_value(value, stamp, limits),
+        Format::Alertmanager => alertmanager::decode_value(value, stamp, limits),
+    }
+}
+
+/// Checks depth first, because serde_json's own recursion limit (128) is above ours and a
+/// deep payload should be refused before any allocation.
+fn parse_json(body: &[u8], limits: &Limits) -> Result<Value, PayloadError> {
+    check_depth(body, limits.max_depth)?;
+    serde_json::from_slice(body).map_err(|e| PayloadError {
+        code: "malformed_json",
+        message: format!("malformed JSON: {e}"),
+    })
+}
+
+/// Counts bracket nesting outside strings. Byte-wise is safe for UTF-8: `"`, `\`, brackets
+/// never occur inside a multi-byte sequence. Malformed input is left for the parser to name.
+fn check_depth(body: &[u8], max_depth: usize) -> Result<(), PayloadError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(PayloadError {
+                        code: "too_large",
+                        message: format!("JSON nesting is deeper than {max_depth} levels"),
+                    });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_item_count(n: usize, limits: &Limits) -> Result<(), PayloadError> {
+    if n > limits.max_items {
+        return Err(PayloadError {
+            code: "too_large",
+            message: format!("payload has {n} alerts, limit {}", limits.max_items),
+        });
+    }
+    Ok(())
+}
+
+fn wrong_shape(message: String) -> PayloadError {
+    PayloadError {
+        code: "wrong_shape",
+        message,
+    }
+}
+
+/// JSON type name of a value, for "must be X, got Y" messages.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Quotes a sender's value for a message, cut short so an 8 KiB value cannot bloat logs.
+fn quote(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return format!("{s:?}");
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}…", &s[..end])
+}
+
+/// RFC 3339 with only as many fractional digits as needed, so messages echo what was sent.
+fn show_time(ms: Millis) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        None => ms.to_string(),
+    }
+}
+
+fn item_error(index: usize, field: &str, code: &'static str, message: String) -> ItemError {
+    ItemError {
+        index,
+        field: field.to_string(),
+        code,
+        message,
+    }
+}
+
+fn not_an_object(index: usize, item: &Value) -> ItemError {
+    item_error(
+        index,
+        "$",
+        "wrong_type",
+        format!("alert must be an object, got {}", type_name(item)),
+    )
+}
+
+fn missing(index: usize, field: &str) -> ItemError {
+    item_error(
+        index,
+        field,
+        "missing_field",
+        format!("missing required field `{field}`"),
+    )
+}
+
+fn wrong_type(index: usize, field: &str, expected: &str, got: &Value) -> ItemError {
+    item_error(
+        index,
+        field,
+        "wrong_type",
+        format!("field `{field}` must be {expected}, got {}", type_name(got)),
+    )
+}
+
+fn check_len(index: usize, field: &str, s: &str, limit: usize) -> Result<(), ItemError> {
+    if s.len() > limit {
+        return Err(item_error(
+            index,
+            field,
+            "too_large",
+            format!("field `{field}` is {} bytes, limit {limit}", s.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes `key` from the item; JSON `null` counts as absent.
+fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    obj.remove(key).filter(|v| !v.is_null())
+}
+
+/// An optional string field of at most `limit` bytes.
+fn opt_string(
+    index: usize,
+    obj: &mut Map<String, Value>,
+    field: &str,
+    limit: usize,
+) -> Result<Option<String>, ItemError> {
+    match take(obj, field) {
+        None => Ok(None),
+        Some(Value::String(s)) => {
+            check_len(index, field, &s, limit)?;
+            Ok(Some(s))
+        }
+        Some(other) => Err(wrong_type(index, field, "a string", &other)),
+    }
+}
+
+/// An optional RFC 3339 timestamp field.
+fn opt_time(
+    index: usize,
+    obj: &mut Map<String, Value>,
+    field: &str,
+) -> Result<Option<Millis>, ItemError> {
+    match take(obj, field) {
+        None => Ok(None),
+        Some(Value::String(s)) => match crate::model::parse_time(&s) {
+            Some(ms) => Ok(Some(ms)),
+            None => Err(item_error(
+                index,
+                field,
+                "invalid_value",
+                format!(
+                    "field `{field}` must be an RFC 3339 timestamp, got {}",
+                    quote(&s)
+                ),
+            )),
+        },
+        Some(other) => Err(wrong_type(
+            index,
+            field,
+            "an RFC 3339 timestamp string",
+            &other,
+        )),
+    }
+}
+
+/// A `labels`/`annotations` object of string to string, within the key, value and count
+/// limits. `drop_empty` removes empty values, as Alertmanager does before fingerprinting.
+fn string_map(
+    index: usize,
+    field: &str,
+    value: Value,
+    limits: &Limits,
+    drop_empty: bool,
+) -> Result<BTreeMap<String, String>, ItemError> {
+    let obj = match value {
+        Value::Object(obj) => obj,
+        other => return Err(wrong_type(index, field, "an object", &other)),
+    };
+    if obj.len() > limits.max_labels {
+        return Err(item_error(
+            index,
+            field,
+            "too_large",
+            format!(
+                "field `{field}` has {} entries, limit {}",
+                obj.len(),
+                limits.max_labels
+            ),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (key, value) in obj {
+        if key.is_empty() {
+            return Err(item_error(
+                index,
+                field,
+                "invalid_value",
+                format!("field `{field}` has an empty key"),
+            ));
+        }
+        if key.len() > limits.max_key_bytes {
+            return Err(item_error(
+                index,
+                field,
+                "too_large",
+                format!(
+                    "field `{field}` has a key of {} bytes, limit {}",
+                    key.len(),
+                    limits.max_key_bytes
+                ),
+            ));
+        }
+        let value = match value {
+            Value::String(s) => s,
+            other => {
+                return Err(wrong_type(
+                    index,
+                    &format!("{field}.{key}"),
+                    "a string",
+                    &other,
+                ));
+            }
+        };
+        if value.len() > limits.max_value_bytes {
+            let path = format!("{field}.{key}");
+            let message = format!(
+                "field `{path}` value is {} bytes, limit {}",
+                value.len(),
+                limits.max_value_bytes
+            );
+            return Err(ItemError {
+                index,
+                field: path,
+                code: "too_large",
+                message,
+            });
+        }
+        if drop_empty && value.is_empty() {
+            continue;
+        }
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+/// When the alert started if the sender did not say: receipt, or the end if that came first,
+/// so a late resolve that omits its start is not rejected as ending before it began.
+fn default_start(received_at: Millis, ends_at: Option<Millis>) -> Millis {
+    match ends_at {
+        Some(end) => end.min(received_at),
+        None => received_at,
+    }
+}
+
+fn ends_before_starts(
+    index: usize,
+    (start_field, starts_at): (&str, Millis),
+    (end_field, ends_at): (&str, Millis),
+) -> ItemError {
+    item_error(
+        index,
+        end_field,
+        "inconsistent",
+        format!(
+            "{end_field} ({}) is before {start_field} ({})",
+            show_time(ends_at),
+            show_time(starts_at)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_tokens_round_trip() {
+        for f in [Format::Native, Format::Alertmanager] {
+            assert_eq!(Format::from_subject_token(f.as_str()), Some(f));
+        }
+        assert_eq!(Format::from_subject_token("zabbix"), None);
+    }
+
+    #[test]
+    fn depth_scan_ignores_brackets_in_strings() {
+        assert!(check_depth(br#"[[["]]]]]]]\"[[[[[[[[[["]]]"#, 3).is_ok());
+        assert_eq!(
+            check_depth(b"[[[[]]]]", 3).map_err(|e| e.code),
+            Err("too_large")
+        );
+        assert!(check_depth(b"[[[]]]", 3).is_ok());
+    }
+
+    #[test]
+    fn non_utf8_body_is_malformed_json() {
+        let err = decode(
+            Format::Native,
+            b"{\"source\":\"a\xff\"}",
+            Stamp::Live(0),
+            &Limits::default(),
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(err.code, "malformed_json");
+        assert!(err.message.contains("line 1 column"), "{}", err.message);
+    }
+
+    #[test]
+    fn quote_cuts_long_values_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let q = quote(&long);
+        assert!(q.ends_with('…'));
+        assert!(q.len() < 80);
+        assert_eq!(quote("urgent"), "\"urgent\"");
+    }
+
+    #[test]
+    fn limits_deserialize_partially() {
+        let l: Limits = serde_json::from_str(r#"{"max_items":5}"#).unwrap();
+        assert_eq!(l.max_items, 5);
+        assert_eq!(l.max_depth, 32);
+    }
+}

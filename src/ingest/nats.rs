@@ -1,0 +1,177 @@
+//! NATS ingest: subscribes to `alerts.>`, decodes by the subject's format token, hands valid
+//! alerts to the engine and republishes rejected messages to the dead-letter subject with the
+//! reason in a header.
+//!
+//! Core NATS has no acknowledgement, so alerts are queued to the engine without waiting for
+//! durability; when the engine queue is full this task waits, the subscription buffer fills
+//! and the client reports a slow consumer (counted in metrics), never unbounded memory.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap, Message};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use crate::clock;
+use crate::ingest::{self, Format, Limits, Stamp};
+use crate::pipeline::{Pipeline, Shared};
+
+/// Header naming why a dead-lettered message was rejected.
+pub const REASON_HEADER: &str = "Incidentd-Reject-Reason";
+/// Header carrying the subject the rejected message arrived on.
+pub const SUBJECT_HEADER: &str = "Incidentd-Original-Subject";
+/// Messages decoded together and handed to the engine as one command.
+const CHUNK: usize = 256;
+/// How long shutdown waits for the server to confirm the subscription is drained.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("subscribing to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        source: async_nats::SubscribeError,
+    },
+}
+
+pub struct NatsIngest {
+    pub client: Client,
+    pub subject: String,
+    pub deadletter_subject: String,
+    pub pipeline: Pipeline,
+    pub shared: Arc<Shared>,
+    pub limits: Arc<Limits>,
+}
+
+impl NatsIngest {
+    /// Runs until `shutdown` turns true, then drains what the server already sent.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), NatsError> {
+        let sub = self
+            .client
+            .subscribe(self.subject.clone())
+            .await
+            .map_err(|source| NatsError::Subscribe {
+                subject: self.subject.clone(),
+                source,
+            })?;
+        // The flush round-trip proves the server registered the subscription; only then is
+        // the service ready, so nothing published after /readyz turned green is missed.
+        let client = self.client.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            loop {
+                if client.flush().await.is_ok() {
+                    shared.nats_subscribed.store(true, Ordering::SeqCst);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let mut chunks = sub.ready_chunks(CHUNK);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                chunk = chunks.next() => match chunk {
+                    Some(messages) => self.handle(messages).await,
+                    None => return Ok(()),
+                },
+            }
+        }
+        if let Err(e) = chunks.get_mut().drain().await {
+            tracing::warn!(error = %e, "nats drain request failed");
+        }
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(messages) = chunks.next().await {
+                self.handle(messages).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("nats drain timed out; undelivered messages stay with the server");
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, messages: Vec<Message>) {
+        let now = clock::now();
+        let mut alerts = Vec::new();
+        for msg in messages {
+            let subject = msg.subject.as_str();
+            if subject == self.deadletter_subject {
+                continue; // our own output, inside `alerts.>`
+            }
+            let token = subject.split('.').nth(1).unwrap_or("");
+            let Some(format) = Format::from_subject_token(token) else {
+                let reason = format!(
+                    "unknown_format: subject {subject:?} names no known format (use alerts.native.> or alerts.alertmanager.>)"
+                );
+                self.reject(&msg, "unknown_format", reason).await;
+                continue;
+            };
+            match ingest::decode(format, &msg.payload, Stamp::Live(now), &self.limits) {
+                Err(e) => {
+                    let reason = format!("{}: {}", e.code, e.message);
+                    self.reject(&msg, e.code, reason).await;
+                }
+                Ok(decoded) => {
+                    alerts.extend(decoded.alerts);
+                    if let Some(first) = decoded.errors.first() {
+                        for e in &decoded.errors[1..] {
+                            self.shared
+                                .metrics
+                                .alerts_rejected
+                                .with_label_values(&[e.code])
+                                .inc();
+                        }
+                        let reason = decoded
+                            .errors
+                            .iter()
+                            .map(|e| format!("{}: alert {}: {}", e.code, e.index, e.message))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        self.reject(&msg, first.code, reason).await;
+                    }
+                }
+            }
+        }
+        if !alerts.is_empty() && self.pipeline.enqueue(alerts).await.is_err() {
+            tracing::warn!("engine closed while nats ingest was running");
+        }
+    }
+
+    /// Counts a rejection and republishes the message, untouched, to the dead letter.
+    async fn reject(&self, msg: &Message, code: &'static str, reason: String) {
+        self.shared
+            .metrics
+            .alerts_rejected
+            .with_label_values(&[code])
+            .inc();
+        let mut headers = HeaderMap::new();
+        // Header values are single-line and bounded.
+        let mut reason: String = reason.replace(['\r', '\n'], " ");
+        if reason.len() > 1024 {
+            let mut end = 1024;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        headers.insert(REASON_HEADER, reason.as_str());
+        headers.insert(SUBJECT_HEADER, msg.subject.as_str());
+        match self
+            .client
+            .publish_with_headers(
+                self.deadletter_subject.clone(),
+                headers,
+                msg.payload.clone(),
+            )
+            .await
+        {
+            Ok(()) => self.shared.metrics.deadletter_published.inc(),
+            Err(e) => tracing::warn!(error = %e, "dead-letter publish failed"),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The `incidentd` command: a thin shell over the library (see `lib.rs` for the module map).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use incidentd::config::{Config, Overrides};
+use incidentd::rules::Rules;
+
+#[derive(Parser)]
+#[command(
+    name = "incidentd",
+    version,
+    about = "Turns alert storms into incidents."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline: NATS and HTTP ingest, correlation, event log, HTTP API.
+    Serve {
+        /// TOML configuration file; flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// HTTP listen address [default: 127.0.0.1:9080].
+        #[arg(long)]
+        listen: Option<String>,
+        /// NATS server URL [default: nats://127.0.0.1:4222].
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Directory of the event log [default: ./data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Directory of rule files [default: ./rules, else the built-in rules].
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Run the engine offline over recorded alerts and write the incidents it would open.
+    Replay {
+        /// Directory of rule files [default: ./rules, else the built-in rules].
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Recorded alerts: one native alert JSON per line, in arrival order.
+        #[arg(long)]
+        alerts: PathBuf,
+        /// Where to write one incident JSON per line.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Publish one alert payload (a JSON object or array, from FILE or stdin) over NATS.
+    Publish {
+        /// NATS server URL.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// Subject; its second token names the format (native, alertmanager).
+        #[arg(long, default_value = "alerts.native.cli")]
+        subject: String,
+        /// File with the payload; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+    },
+    /// Validate rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Check every rule file in DIR; exit non-zero with file:line and reason on the first error.
+    Check { dir: PathBuf },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("incidentd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            nats_url,
+            data_dir,
+            rules,
+        } => {
+            let overrides = Overrides {
+                listen,
+                nats_url,
+                data_dir,
+                rules,
+            };
+            let cfg = Config::load(config.as_deref(), overrides)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(incidentd::app::serve(cfg))
+        }
+        Command::Replay { rules, alerts, out } => {
+            let (rules, _) = incidentd::app::load_rules(rules.as_deref())?;
+            let input =
+                File::open(&alerts).with_context(|| format!("opening {}", alerts.display()))?;
+            let output =
+                File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            let summary =
+                incidentd::replay::run(rules, BufReader::new(input), BufWriter::new(output))?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::Publish {
+            nats_url,
+            subject,
+            file,
+        } => {
+            let payload = match file.filter(|f| f.as_os_str() != "-") {
+                Some(f) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                    buf
+                }
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let client = async_nats::connect(&nats_url)
+                        .await
+                        .with_context(|| format!("connecting to {nats_url}"))?;
+                    client.publish(subject.clone(), payload.into()).await?;
+                    client.flush().await?;
+                    println!("published to {subject}");
+                    anyhow::Ok(())
+                })
+        }
+        Command::Rules {
+            command: RulesCommand::Check { dir },
+        } => {
+            let rules = Rules::load_dir(&dir)?;
+            println!(
+                "{}: {} rules ok (hash {})",
+                dir.display(),
+                rules.rules.len(),
+                rules.hash
+            );
+            Ok(())
+        }
+    }
+}

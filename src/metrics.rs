@@ -1,0 +1,116 @@
+//! Prometheus metrics. Handles are registered once at start and bumped on the hot path;
+//! nothing is registered per alert.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric incidentd exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Alerts accepted into the engine on any path, counted after their facts are durable.
+    pub alerts_received: IntCounter,
+    /// Alerts (or whole payloads) rejected at decode, by reason code.
+    pub alerts_rejected: IntCounterVec,
+    pub incidents_open: IntGauge,
+    pub facts_appended: IntCounter,
+    /// Time to write and fsync one group-commit batch.
+    pub log_append_seconds: Histogram,
+    pub log_batch_facts: Histogram,
+    /// 1 while the event log accepts writes; 0 after a failed write or fsync (fail-stop).
+    pub log_writable: IntGauge,
+    /// 1 while connected to NATS.
+    pub nats_connected: IntGauge,
+    /// NATS client events (connected, disconnected, slow_consumer, ...).
+    pub nats_events: IntCounterVec,
+    pub deadletter_published: IntCounter,
+    /// Outbound incident facts not published because the publish queue was full.
+    pub outbound_dropped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter_vec =
+            |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, prometheus::Error> {
+                let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        Ok(Metrics {
+            alerts_received: counter(
+                "incidentd_alerts_received_total",
+                "Alerts accepted into the engine (all paths), counted after durable append.",
+            )?,
+            alerts_rejected: counter_vec(
+                "incidentd_alerts_rejected_total",
+                "Alerts or payloads rejected at decode, by reason.",
+                "reason",
+            )?,
+            incidents_open: gauge(
+                "incidentd_incidents_open",
+                "Incidents open or acknowledged.",
+            )?,
+            facts_appended: counter(
+                "incidentd_facts_appended_total",
+                "Facts appended to the event log.",
+            )?,
+            log_append_seconds: histogram(
+                "incidentd_log_append_seconds",
+                "Write plus fsync time of one group-commit batch.",
+                prometheus::exponential_buckets(0.000_05, 2.0, 16)?,
+            )?,
+            log_batch_facts: histogram(
+                "incidentd_log_batch_facts",
+                "Facts per group-commit batch.",
+                prometheus::exponential_buckets(1.0, 4.0, 10)?,
+            )?,
+            log_writable: gauge(
+                "incidentd_log_writable",
+                "1 while the event log accepts writes, 0 after a failed write or fsync.",
+            )?,
+            nats_connected: gauge("incidentd_nats_connected", "1 while connected to NATS.")?,
+            nats_events: counter_vec(
+                "incidentd_nats_events_total",
+                "NATS client events by kind.",
+                "event",
+            )?,
+            deadletter_published: counter(
+                "incidentd_deadletter_published_total",
+                "Rejected NATS messages republished to the dead-letter subject.",
+            )?,
+            outbound_dropped: counter(
+                "incidentd_outbound_dropped_total",
+                "Incident facts not published on NATS because the publish queue was full.",
+            )?,
+            registry,
+        })
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

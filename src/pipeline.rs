@@ -1,0 +1,443 @@
+//! The engine thread and the log writer thread, and the handle the rest of the service uses
+//! to reach them.
+//!
+//! ```text
+//! ingest tasks ─► mpsc ─► engine thread ─► sync_channel ─► writer thread ─► read model, metrics,
+//!                          decide+apply      (batches)      append+fsync     replies, NATS out
+//! ```
+//!
+//! The engine is single-owner and never blocks on I/O; the writer commits whole batches with
+//! one fsync (group commit) while the engine already works on the next one. Nothing is
+//! acknowledged, counted or shown before the facts it caused are on disk. A failed write or
+//! fsync stops the writer for good (fail-stop): every later request gets an error.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, mpsc as std_mpsc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::facts::encode_record;
+use crate::engine::{CommandError, Engine, Fact, IncidentId, Input};
+use crate::eventlog::{EventLog, LogError};
+use crate::metrics::Metrics;
+use crate::model::{Alert, Millis};
+use crate::rules::Rules;
+use crate::view::ReadModel;
+
+/// Most commands the engine takes into one batch.
+const MAX_COMMANDS: usize = 512;
+/// Most alerts the engine takes into one batch, so a batch's latency stays bounded.
+const MAX_ALERTS: usize = 8192;
+/// Engine batches the writer may have queued before the engine waits (backpressure).
+const WRITER_QUEUE: usize = 8;
+/// Most engine batches the writer commits with one fsync.
+const MAX_GROUP: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("event log stopped after a write failure: {0}")]
+    LogStopped(String),
+    #[error("incidentd is shutting down")]
+    Closed,
+}
+
+/// An operator's action on an incident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Acknowledge,
+    Resolve,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, PipelineError>>;
+
+enum Command {
+    Alerts {
+        alerts: Vec<Alert>,
+        done: Option<Reply<usize>>,
+    },
+    Operator {
+        action: Action,
+        now: Millis,
+        incident: IncidentId,
+        by: String,
+        comment: Option<String>,
+        done: Reply<()>,
+    },
+    Rules {
+        rules: Box<Rules>,
+        now: Millis,
+        done: Reply<()>,
+    },
+    Tick {
+        now: Millis,
+    },
+}
+
+/// State shared between the pipeline threads and the HTTP handlers.
+pub struct Shared {
+    pub view: RwLock<ReadModel>,
+    pub metrics: Metrics,
+    pub log_writable: AtomicBool,
+    pub nats_connected: AtomicBool,
+    pub nats_subscribed: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(view: ReadModel, metrics: Metrics) -> Shared {
+        metrics.incidents_open.set(view.open_count() as i64);
+        metrics.log_writable.set(1);
+        Shared {
+            view: RwLock::new(view),
+            metrics,
+            log_writable: AtomicBool::new(true),
+            nats_connected: AtomicBool::new(false),
+            nats_subscribed: AtomicBool::new(false),
+        }
+    }
+
+    /// Read access to the read model; a panicked writer cannot poison readers.
+    pub fn view(&self) -> RwLockReadGuard<'_, ReadModel> {
+        self.view.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where durable incident facts are published (NATS `incidents.<fact>.<id>`).
+pub struct Outbound {
+    pub prefix: String,
+    pub tx: mpsc::Sender<(String, Bytes)>,
+}
+
+/// Cheap, cloneable handle to the engine.
+#[derive(Clone)]
+pub struct Pipeline {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Pipeline {
+    /// Submits alerts and waits until the facts they caused are durable.
+    pub async fn submit(&self, alerts: Vec<Alert>) -> Result<usize, PipelineError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Alerts {
+            alerts,
+            done: Some(done),
+        })
+        .await?;
+        rx.await.map_err(|_| PipelineError::Closed)?
+    }
+
+    /// Queues alerts without waiting for durability (core NATS has nothing to acknowledge).
+    /// Waits only while the engine's queue is full.
+    pub async fn enqueue(&self, alerts: Vec<Alert>) -> Result<(), PipelineError> {
+        self.send(Command::Alerts { alerts, done: None }).await
+    }
+
+    /// Acknowledges or resolves an incident; returns once the fact is durable.
+    pub async fn operator(
+        &self,
+        action: Action,
+        now: Millis,
+        incident: IncidentId,
+        by: String,
+        comment: Option<String>,
+    ) -> Result<(), PipelineError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Operator {
+            action,
+            now,
+            incident,
+            by,
+            comment,
+            done,
+        })
+        .await?;
+        rx.await.map_err(|_| PipelineError::Closed)?
+    }
+
+    /// Loads a rule set through the engine (recorded as `RulesLoaded` when it changed).
+    pub async fn load_rules(&self, rules: Rules, now: Millis) -> Result<(), PipelineError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Rules {
+            rules: Box::new(rules),
+            now,
+            done,
+        })
+        .await?;
+        rx.await.map_err(|_| PipelineError::Closed)?
+    }
+
+    pub async fn tick(&self, now: Millis) -> Result<(), PipelineError> {
+        self.send(Command::Tick { now }).await
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), PipelineError> {
+        self.tx.send(cmd).await.map_err(|_| PipelineError::Closed)
+    }
+}
+
+/// The running threads; `join` returns once every queued command is durable or refused.
+pub struct Running {
+    engine: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl Running {
+    /// Blocks until both threads finish (after every `Pipeline` handle was dropped).
+    pub fn join(self) {
+        for (name, handle) in [("engine", self.engine), ("writer", self.writer)] {
+            if handle.join().is_err() {
+                tracing::error!(thread = name, "pipeline thread panicked");
+            }
+        }
+    }
+}
+
+/// Starts the engine and writer threads over an opened log and a replayed engine.
+pub fn start(
+    engine: Engine,
+    log: EventLog,
+    shared: Arc<Shared>,
+    outbound: Option<Outbound>,
+    queue: usize,
+) -> std::io::Result<(Pipeline, Running)> {
+    let (tx, rx) = mpsc::channel(queue);
+    let (batch_tx, batch_rx) = std_mpsc::sync_channel(WRITER_QUEUE);
+    let engine = std::thread::Builder::new()
+        .name("incidentd-engine".into())
+        .spawn(move || engine_loop(engine, rx, batch_tx))?;
+    let writer = std::thread::Builder::new()
+        .name("incidentd-writer".into())
+        .spawn(move || {
+            Writer {
+                log,
+                shared,
+                outbound,
+                buf: Vec::new(),
+            }
+            .run(batch_rx)
+        })?;
+    Ok((Pipeline { tx }, Running { engine, writer }))
+}
+
+/// One engine batch on its way to disk.
+#[derive(Default)]
+struct Batch {
+    facts: Vec<Fact>,
+    alerts: usize,
+    replies: Vec<Done>,
+}
+
+enum Done {
+    Alerts(Reply<usize>, usize),
+    Unit(Reply<()>),
+}
+
+impl Done {
+    fn send(self, result: Result<(), PipelineError>) {
+        // A requester that went away (client disconnected) is no error of ours.
+        match self {
+            Done::Alerts(tx, n) => {
+                let _ = tx.send(result.map(|()| n));
+            }
+            Done::Unit(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+fn engine_loop(
+    mut engine: Engine,
+    mut rx: mpsc::Receiver<Command>,
+    writer: std_mpsc::SyncSender<Batch>,
+) {
+    let mut cmds = Vec::with_capacity(MAX_COMMANDS);
+    while let Some(first) = rx.blocking_recv() {
+        let mut alerts = command_alerts(&first);
+        cmds.push(first);
+        while cmds.len() < MAX_COMMANDS && alerts < MAX_ALERTS {
+            let Ok(cmd) = rx.try_recv() else { break };
+            alerts += command_alerts(&cmd);
+            cmds.push(cmd);
+        }
+        let mut batch = Batch::default();
+        engine.begin_batch();
+        for cmd in cmds.drain(..) {
+            run_command(&mut engine, cmd, &mut batch);
+        }
+        if batch.facts.is_empty() && batch.replies.is_empty() {
+            continue;
+        }
+        if writer.send(batch).is_err() {
+            tracing::error!("log writer is gone; engine stops");
+            break;
+        }
+    }
+}
+
+fn command_alerts(cmd: &Command) -> usize {
+    match cmd {
+        Command::Alerts { alerts, .. } => alerts.len(),
+        _ => 1,
+    }
+}
+
+fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
+    match cmd {
+        Command::Alerts { alerts, done } => {
+            for alert in &alerts {
+                // Alerts are never refused by the engine.
+                let _ = engine.handle(Input::Alert(alert), &mut batch.facts);
+            }
+            batch.alerts += alerts.len();
+            if let Some(done) = done {
+                batch.replies.push(Done::Alerts(done, alerts.len()));
+            }
+        }
+        Command::Operator {
+            action,
+            now,
+            incident,
+            by,
+            comment,
+            done,
+        } => {
+            let comment = comment.as_deref();
+            let input = match action {
+                Action::Acknowledge => Input::Acknowledge {
+                    now,
+                    incident,
+                    by: &by,
+                    comment,
+                },
+                Action::Resolve => Input::Resolve {
+                    now,
+                    incident,
+                    by: &by,
+                    comment,
+                },
+            };
+            match engine.handle(input, &mut batch.facts) {
+                Ok(()) => batch.replies.push(Done::Unit(done)),
+                Err(e) => {
+                    let _ = done.send(Err(e.into()));
+                }
+            }
+        }
+        Command::Rules { rules, now, done } => {
+            engine.load_rules(*rules, now, &mut batch.facts);
+            batch.replies.push(Done::Unit(done));
+        }
+        Command::Tick { now } => {
+            let _ = engine.handle(Input::Tick { now }, &mut batch.facts);
+        }
+    }
+}
+
+struct Writer {
+    log: EventLog,
+    shared: Arc<Shared>,
+    outbound: Option<Outbound>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self, rx: std_mpsc::Receiver<Batch>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut seqs = Vec::new();
+        while let Ok(first) = rx.recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                let Ok(batch) = rx.try_recv() else { break };
+                group.push(batch);
+            }
+            seqs.clear();
+            match self.commit(&group, &mut seqs) {
+                Ok(()) => self.publish(&mut group, &seqs),
+                Err(e) => {
+                    tracing::error!(error = %e, "event log write failed; refusing all further writes");
+                    self.shared.log_writable.store(false, Ordering::SeqCst);
+                    self.shared.metrics.log_writable.set(0);
+                    for batch in group.drain(..) {
+                        for done in batch.replies {
+                            done.send(Err(PipelineError::LogStopped(e.to_string())));
+                        }
+                    }
+                }
+            }
+            group.clear();
+        }
+    }
+
+    /// Appends every fact of the group and fsyncs once.
+    fn commit(&mut self, group: &[Batch], seqs: &mut Vec<u64>) -> Result<(), LogError> {
+        let started = Instant::now();
+        let mut facts = 0;
+        for fact in group.iter().flat_map(|b| &b.facts) {
+            if let Err(e) = encode_record(fact, &mut self.buf) {
+                // Facts are plain data; failing to encode one is a bug, and must not be
+                // acknowledged as stored.
+                return Err(LogError::Io {
+                    path: Default::default(),
+                    source: std::io::Error::other(e),
+                });
+            }
+            seqs.push(self.log.append(&self.buf)?);
+            facts += 1;
+        }
+        if facts > 0 {
+            self.log.sync()?;
+            let m = &self.shared.metrics;
+            m.log_append_seconds
+                .observe(started.elapsed().as_secs_f64());
+            m.log_batch_facts.observe(facts as f64);
+            m.facts_appended.inc_by(facts as u64);
+        }
+        Ok(())
+    }
+
+    /// After durability: show, count, publish, acknowledge, in that order.
+    fn publish(&mut self, group: &mut Vec<Batch>, seqs: &[u64]) {
+        let facts = || group.iter().flat_map(|b| &b.facts).zip(seqs);
+        let mut touched = Vec::new();
+        {
+            let mut view = self.shared.view.write().unwrap_or_else(|e| e.into_inner());
+            for (fact, &seq) in facts() {
+                touched.push(view.apply(seq, fact));
+            }
+            self.shared
+                .metrics
+                .incidents_open
+                .set(view.open_count() as i64);
+        }
+        let alerts: usize = group.iter().map(|b| b.alerts).sum();
+        self.shared.metrics.alerts_received.inc_by(alerts as u64);
+        if let Some(out) = &self.outbound {
+            for ((fact, &seq), incident) in facts().zip(touched) {
+                let Some(incident) = incident.or_else(|| fact.incident()) else {
+                    continue;
+                };
+                let subject = format!("{}.{}.{incident}", out.prefix, fact.kind());
+                let payload = serde_json::json!({
+                    "seq": seq,
+                    "incident": incident.to_string(),
+                    "fact": fact,
+                });
+                let payload = Bytes::from(payload.to_string());
+                if out.tx.try_send((subject, payload)).is_err() {
+                    self.shared.metrics.outbound_dropped.inc();
+                }
+            }
+        }
+        // Replies last: a caller that sees 2xx finds its alerts in the read model.
+        for batch in group.drain(..) {
+            for done in batch.replies {
+                done.send(Ok(()));
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! 10,000 alerts over a real NATS server, heavily duplicated across several groups, in both
+//! the native and the Alertmanager format: the API shows exactly the expected incidents.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use serde_json::{Value, json};
+
+const SERVICES: [&str; 4] = ["payments", "search", "checkout", "ledger"];
+const NAMES: [&str; 4] = ["HighLatency", "ErrorRate", "QueueDepth", "DiskFull"];
+const NATIVE_REPEATS: usize = 500; // 4 services x 4 names x 500 = 8,000 messages
+const AM_REPEATS: usize = 1_000; // 2 alertnames x 1,000 = 2,000 messages
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_alerts_over_nats_become_the_expected_incidents() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Incidentd::start(&dir.path().join("data"), &nats.url());
+    let c = client();
+    eventually(20, "incidentd ready", || async {
+        (get_json(&c, &d.url("/readyz")).await.0 == 200).then_some(())
+    })
+    .await;
+
+    let nc = async_nats::connect(nats.url()).await.expect("connect");
+    let mut published = 0;
+    for round in 0..NATIVE_REPEATS {
+        for service in SERVICES {
+            for name in NAMES {
+                let alert = json!({
+                    "source": "synthetic",
+                    "name": name,
+                    "severity": if name == "ErrorRate" { "critical" } else { "warning" },
+                    "labels": {"service": service},
+                    "summary": format!("{name} on {service}, round {round}"),
+                });
+                nc.publish(format!("alerts.native.{service}"), alert.to_string().into())
+                    .await
+                    .expect("publish");
+                published += 1;
+            }
+        }
+        if round % 50 == 0 {
+            nc.flush().await.expect("flush");
+        }
+    }
+    for _ in 0..AM_REPEATS {
+        for alertname in ["KubePodCrashLooping", "KubeDeploymentReplicasMismatch"] {
+            let body = json!([{
+                "labels": {"alertname": alertname, "namespace": "shop", "severity": "critical"},
+                "annotations": {"summary": "pods failing"},
+            }]);
+            nc.publish("alerts.alertmanager.prom1", body.to_string().into())
+                .await
+                .expect("publish");
+            published += 1;
+        }
+    }
+    nc.flush().await.expect("flush");
+    assert_eq!(published, 10_000);
+
+    eventually(60, "all 10,000 alerts durable", || async {
+        (metric(&c, &d, "incidentd_alerts_received_total").await >= 10_000.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&c, &d, "incidentd_alerts_received_total").await,
+        10_000.0
+    );
+    assert_eq!(metric(&c, &d, "incidentd_alerts_rejected_total").await, 0.0);
+
+    let incidents = incidents(&c, &d).await;
+    assert_eq!(
+        incidents.len(),
+        5,
+        "one incident per service plus the namespace"
+    );
+    assert_eq!(metric(&c, &d, "incidentd_incidents_open").await, 5.0);
+
+    // group key -> (alert name -> count)
+    let mut seen: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for inc in &incidents {
+        assert_eq!(inc["state"], "open");
+        let counts = inc["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .map(|a| {
+                (
+                    a["name"].as_str().unwrap_or_default().to_string(),
+                    a["count"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        seen.insert(
+            inc["group_key"].as_str().unwrap_or_default().to_string(),
+            counts,
+        );
+    }
+    for service in SERVICES {
+        let key = format!("same-service{{labels.service=\"{service}\"}}");
+        let counts = seen
+            .get(&key)
+            .unwrap_or_else(|| panic!("no incident {key}: {seen:?}"));
+        assert_eq!(counts.len(), NAMES.len(), "{key}");
+        assert!(
+            counts.values().all(|&n| n == NATIVE_REPEATS as u64),
+            "{key}: {counts:?}"
+        );
+    }
+    let key = "kubernetes-namespace{source=\"prometheus\", labels.namespace=\"shop\"}";
+    let counts = seen
+        .get(key)
+        .unwrap_or_else(|| panic!("no incident {key}: {seen:?}"));
+    assert_eq!(counts.len(), 2);
+    assert!(
+        counts.values().all(|&n| n == AM_REPEATS as u64),
+        "{counts:?}"
+    );
+
+    // The critical ErrorRate raised each service incident to P2; the warnings alone are P4.
+    let payments = incidents
+        .iter()
+        .find(|i| {
+            i["group_key"]
+                .as_str()
+                .is_some_and(|k| k.contains("payments"))
+        })
+        .expect("payments incident");
+    assert_eq!(payments["priority"], "P2");
+    let detail: Value = get_json(
+        &c,
+        &d.url(&format!(
+            "/api/v1/incidents/{}",
+            payments["id"].as_str().unwrap_or_default()
+        )),
+    )
+    .await
+    .1;
+    assert!(
+        detail["timeline"].as_array().is_some_and(|t| t.len() >= 5),
+        "timeline: {detail}"
+    );
+}
