@@ -194,12 +194,14 @@ async fn connect_nats(url: &str, shared: Arc<Shared>) -> anyhow::Result<async_na
                 let kind = match &event {
                     async_nats::Event::Connected => {
                         shared.nats_connected.store(true, Ordering::SeqCst);
+                        shared.nats_reconnected.notify_one();
                         m.nats_connected.set(1);
                         tracing::info!("nats connected");
                         "connected"
                     }
                     async_nats::Event::Disconnected => {
                         shared.nats_connected.store(false, Ordering::SeqCst);
+                        shared.nats_subscribed.store(false, Ordering::SeqCst);
                         m.nats_connected.set(0);
                         tracing::warn!("nats disconnected; reconnecting in the background");
                         "disconnected"

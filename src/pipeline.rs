@@ -85,6 +85,8 @@ pub struct Shared {
     pub log_writable: AtomicBool,
     pub nats_connected: AtomicBool,
     pub nats_subscribed: AtomicBool,
+    /// Signalled on every NATS (re)connect, so ingest can re-prove its subscription.
+    pub nats_reconnected: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -97,6 +99,7 @@ impl Shared {
             log_writable: AtomicBool::new(true),
             nats_connected: AtomicBool::new(false),
             nats_subscribed: AtomicBool::new(false),
+            nats_reconnected: tokio::sync::Notify::new(),
         }
     }
 

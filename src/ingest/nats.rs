@@ -56,19 +56,30 @@ impl NatsIngest {
                 subject: self.subject.clone(),
                 source,
             })?;
-        // The flush round-trip proves the server registered the subscription; only then is
-        // the service ready, so nothing published after /readyz turned green is missed.
+        // After every (re)connect, a flush round-trip proves the server registered the
+        // (re-sent) subscription; only then is the service ready, so nothing published after
+        // /readyz turned green is missed.
         let client = self.client.clone();
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        let readiness = tokio::spawn(async move {
             loop {
-                if client.flush().await.is_ok() {
-                    shared.nats_subscribed.store(true, Ordering::SeqCst);
-                    break;
+                shared.nats_reconnected.notified().await;
+                while client.flush().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                shared.nats_subscribed.store(true, Ordering::SeqCst);
             }
         });
+        let result = self.consume(sub, &mut shutdown).await;
+        readiness.abort();
+        result
+    }
+
+    async fn consume(
+        &self,
+        sub: async_nats::Subscriber,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), NatsError> {
         let mut chunks = sub.ready_chunks(CHUNK);
         loop {
             tokio::select! {
@@ -79,6 +90,10 @@ impl NatsIngest {
                     None => return Ok(()),
                 },
             }
+        }
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            // Nothing can be in flight from a server we are not connected to.
+            return Ok(());
         }
         if let Err(e) = chunks.get_mut().drain().await {
             tracing::warn!(error = %e, "nats drain request failed");
