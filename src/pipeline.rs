@@ -19,7 +19,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::facts::encode_record;
+use crate::engine::facts::{RecordError, encode_record};
 use crate::engine::{CommandError, Engine, Fact, IncidentId, Input};
 use crate::eventlog::{EventLog, LogError};
 use crate::metrics::Metrics;
@@ -124,13 +124,11 @@ pub struct Pipeline {
 impl Pipeline {
     /// Submits alerts and waits until the facts they caused are durable.
     pub async fn submit(&self, alerts: Vec<Alert>) -> Result<usize, PipelineError> {
-        let (done, rx) = oneshot::channel();
-        self.send(Command::Alerts {
+        self.request(|done| Command::Alerts {
             alerts,
             done: Some(done),
         })
-        .await?;
-        rx.await.map_err(|_| PipelineError::Closed)?
+        .await
     }
 
     /// Queues alerts without waiting for durability (core NATS has nothing to acknowledge).
@@ -148,8 +146,7 @@ impl Pipeline {
         by: String,
         comment: Option<String>,
     ) -> Result<(), PipelineError> {
-        let (done, rx) = oneshot::channel();
-        self.send(Command::Operator {
+        self.request(|done| Command::Operator {
             action,
             now,
             incident,
@@ -157,24 +154,31 @@ impl Pipeline {
             comment,
             done,
         })
-        .await?;
-        rx.await.map_err(|_| PipelineError::Closed)?
+        .await
     }
 
     /// Loads a rule set through the engine (recorded as `RulesLoaded` when it changed).
     pub async fn load_rules(&self, rules: Rules, now: Millis) -> Result<(), PipelineError> {
-        let (done, rx) = oneshot::channel();
-        self.send(Command::Rules {
+        self.request(|done| Command::Rules {
             rules: Box::new(rules),
             now,
             done,
         })
-        .await?;
-        rx.await.map_err(|_| PipelineError::Closed)?
+        .await
     }
 
     pub async fn tick(&self, now: Millis) -> Result<(), PipelineError> {
         self.send(Command::Tick { now }).await
+    }
+
+    /// Sends a command carrying a reply slot and waits for the (post-durability) answer.
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, PipelineError> {
+        let (done, rx) = oneshot::channel();
+        self.send(command(done)).await?;
+        rx.await.map_err(|_| PipelineError::Closed)?
     }
 
     async fn send(&self, cmd: Command) -> Result<(), PipelineError> {
@@ -341,6 +345,16 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
     }
 }
 
+/// Why a group could not be committed. Either way nothing in it is acknowledged.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Facts are plain data, so this is a bug; it must still never be acknowledged as stored.
+    #[error("encoding a fact: {0}")]
+    Encode(#[from] RecordError),
+}
+
 struct Writer {
     log: EventLog,
     shared: Arc<Shared>,
@@ -377,18 +391,11 @@ impl Writer {
     }
 
     /// Appends every fact of the group and fsyncs once.
-    fn commit(&mut self, group: &[Batch], seqs: &mut Vec<u64>) -> Result<(), LogError> {
+    fn commit(&mut self, group: &[Batch], seqs: &mut Vec<u64>) -> Result<(), WriteError> {
         let started = Instant::now();
         let mut facts = 0;
         for fact in group.iter().flat_map(|b| &b.facts) {
-            if let Err(e) = encode_record(fact, &mut self.buf) {
-                // Facts are plain data; failing to encode one is a bug, and must not be
-                // acknowledged as stored.
-                return Err(LogError::Io {
-                    path: Default::default(),
-                    source: std::io::Error::other(e),
-                });
-            }
+            encode_record(fact, &mut self.buf)?;
             seqs.push(self.log.append(&self.buf)?);
             facts += 1;
         }

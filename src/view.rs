@@ -188,7 +188,6 @@ pub struct ReadModel {
     incidents: BTreeMap<IncidentId, IncidentView>,
     homes: HashMap<Fingerprint, Home>,
     open: usize,
-    last_seq: u64,
 }
 
 impl ReadModel {
@@ -223,10 +222,6 @@ impl ReadModel {
         self.open
     }
 
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq
-    }
-
     fn alert_mut(&mut self, fp: &Fingerprint) -> Option<(&mut AlertView, Option<IncidentId>)> {
         match self.homes.get_mut(fp)? {
             Home::Loose(view) => Some((view, None)),
@@ -240,7 +235,6 @@ impl ReadModel {
 
     /// Applies one durable fact. Returns the incident it changed, if any.
     pub fn apply(&mut self, seq: u64, fact: &Fact) -> Option<IncidentId> {
-        self.last_seq = self.last_seq.max(seq);
         let at = fact.at();
         let mut note: Option<(&'static str, String)> = None;
         let touched = match fact {

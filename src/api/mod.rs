@@ -135,14 +135,15 @@ async fn ingest_body(
 ) -> Result<usize, ApiError> {
     let rejected = &state.shared.metrics.alerts_rejected;
     let body = body.map_err(|e| {
-        rejected.with_label_values(&["too_large"]).inc();
-        match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.max_body_bytes),
-            _ => ApiError::BadRequest {
-                message: e.body_text(),
-                accepted: None,
-                details: Vec::new(),
-            },
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            rejected.with_label_values(&["too_large"]).inc();
+            return ApiError::TooLarge(state.max_body_bytes);
+        }
+        rejected.with_label_values(&["unreadable_body"]).inc();
+        ApiError::BadRequest {
+            message: e.body_text(),
+            accepted: None,
+            details: Vec::new(),
         }
     })?;
     let decoded =

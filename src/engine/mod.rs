@@ -100,15 +100,6 @@ pub struct State {
     pub rules_hash: String,
 }
 
-impl State {
-    pub fn open_incidents(&self) -> usize {
-        self.incidents
-            .values()
-            .filter(|i| i.state != IncidentState::Resolved)
-            .count()
-    }
-}
-
 /// The engine: current rules plus the state they act on.
 pub struct Engine {
     rules: Rules,
@@ -130,10 +121,6 @@ impl Engine {
 
     pub fn state(&self) -> &State {
         &self.state
-    }
-
-    pub fn rules(&self) -> &Rules {
-        &self.rules
     }
 
     /// The earliest engine time at which a `Tick` would decide something (an alert timing
