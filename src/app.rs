@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, AppState};
 use crate::clock;
+use crate::cmdb::CmdbSpec;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::engine::facts::decode_record;
@@ -43,11 +44,39 @@ pub fn load_rules(dir: Option<&Path>) -> anyhow::Result<(Rules, String)> {
     }
 }
 
+/// The example CMDB shipped in the repository, used when no CMDB is named.
+const EXAMPLE_CMDB: &str = "fixtures/cmdb/example.json";
+
+/// Loads the CMDB from `path`, else the example CMDB when present, else an empty one.
+pub fn load_cmdb(path: Option<&Path>) -> anyhow::Result<(CmdbSpec, String)> {
+    let example = PathBuf::from(EXAMPLE_CMDB);
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None if example.is_file() => example,
+        None => return Ok((CmdbSpec::default(), "no CMDB".to_string())),
+    };
+    let spec = CmdbSpec::load(&path)?;
+    let problems = spec.check();
+    if let Some(first) = problems.first() {
+        anyhow::bail!(
+            "{}: {} problem(s), first: {}: {} (run `incidentd cmdb check {}`)",
+            path.display(),
+            problems.len(),
+            first.location,
+            first.message,
+            path.display()
+        );
+    }
+    Ok((spec, path.display().to_string()))
+}
+
 /// Runs the service until a shutdown signal.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("registering metrics")?;
     let (rules, rules_from) = load_rules(cfg.rules.as_deref())?;
     tracing::info!(rules = rules.rules.len(), from = %rules_from, hash = %rules.hash, "rules loaded");
+    let (cmdb, cmdb_from) = load_cmdb(cfg.cmdb.as_deref())?;
+    tracing::info!(cis = cmdb.cis.len(), relations = cmdb.relations.len(), from = %cmdb_from, "cmdb loaded");
 
     let log_dir = cfg.data_dir.join("log");
     let mut engine = Engine::new(rules.clone());
@@ -100,14 +129,26 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .load_rules(rules, clock::now())
         .await
         .context("recording the rules in the event log")?;
+    pipeline
+        .load_cmdb(cmdb, cmdb_from, clock::now())
+        .await
+        .context("recording the CMDB in the event log")?;
+    let reloader = Arc::new(Reloader {
+        rules: cfg.rules.clone(),
+        pipeline: pipeline.clone(),
+        shared: shared.clone(),
+    });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let hangup = tokio::spawn(reload_on_sighup(reloader.clone(), shutdown_rx.clone()));
     let limits = Arc::new(Limits::default());
     let ingest = nats.clone().map(|client| {
         let ingest = NatsIngest {
             client,
             subject: cfg.nats_subject.clone(),
             deadletter_subject: cfg.deadletter_subject.clone(),
+            cmdb_subject: cfg.cmdb_subject.clone(),
+            cmdb_deadletter_subject: cfg.cmdb_deadletter_subject.clone(),
             pipeline: pipeline.clone(),
             shared: shared.clone(),
             limits: limits.clone(),
@@ -130,6 +171,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         limits,
         nats_enabled: cfg.nats_enabled,
         max_body_bytes: cfg.max_body_bytes,
+        reloader,
     })
     .layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -161,6 +203,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let _ = ticker.await;
+    let _ = hangup.await;
     match tokio::time::timeout(cfg.shutdown_grace, server).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
         Err(_) => tracing::warn!("http requests still running after the grace period; dropped"),
@@ -177,6 +220,75 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped; event log synced");
     Ok(())
+}
+
+/// Reloads the rule files through the engine (SIGHUP, `POST /api/v1/rules/reload`). A broken
+/// file keeps the old rules running and says why.
+pub struct Reloader {
+    rules: Option<PathBuf>,
+    pipeline: pipeline::Pipeline,
+    shared: Arc<Shared>,
+}
+
+/// What a successful reload loaded.
+#[derive(Debug, serde::Serialize)]
+pub struct Reloaded {
+    pub from: String,
+    pub rules: usize,
+    pub hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RulesError),
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::PipelineError),
+}
+
+impl Reloader {
+    pub async fn reload_rules(&self) -> Result<Reloaded, ReloadError> {
+        let loaded = match &self.rules {
+            Some(dir) => Rules::load_dir(dir).map(|r| (r, dir.display().to_string())),
+            None if Path::new("rules").is_dir() => {
+                Rules::load_dir(Path::new("rules")).map(|r| (r, "rules".to_string()))
+            }
+            None => Rules::embedded().map(|r| (r, "built-in rules".to_string())),
+        };
+        let (rules, from) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.shared.metrics.rules_reload_failures.inc();
+                tracing::error!(error = %e, "rules reload failed; the previous rules stay in force");
+                return Err(e.into());
+            }
+        };
+        let reloaded = Reloaded {
+            from,
+            rules: rules.rules.len(),
+            hash: rules.hash.clone(),
+        };
+        self.pipeline.load_rules(rules, clock::now()).await?;
+        tracing::info!(rules = reloaded.rules, from = %reloaded.from, hash = %reloaded.hash, "rules reloaded");
+        Ok(reloaded)
+    }
+}
+
+async fn reload_on_sighup(reloader: Arc<Reloader>, mut shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload rules over HTTP instead");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = hup.recv() => {
+                // Errors are logged and counted inside; the old rules keep running.
+                let _ = reloader.reload_rules().await;
+            }
+        }
+    }
 }
 
 /// Connects in the background: the service serves HTTP while NATS is away and reports

@@ -5,12 +5,15 @@
 //! listen = "127.0.0.1:9080"
 //! data_dir = "./data"
 //! rules = "rules"          # directory of rule files; the built-in rules when absent
+//! cmdb = "fixtures/cmdb/example.json"  # JSON, or a directory with cis.csv + relations.csv
 //!
 //! [nats]
 //! url = "nats://127.0.0.1:4222"
 //! enabled = true
 //! subject = "alerts.>"
 //! deadletter_subject = "alerts.deadletter"
+//! cmdb_subject = "cmdb.>"                # live CMDB changes: JSON arrays of operations
+//! cmdb_deadletter_subject = "cmdb.deadletter"
 //! outbound_prefix = "incidents"
 //!
 //! [http]
@@ -57,6 +60,7 @@ pub struct FileConfig {
     pub listen: String,
     pub data_dir: PathBuf,
     pub rules: Option<PathBuf>,
+    pub cmdb: Option<PathBuf>,
     pub nats: NatsFile,
     pub http: HttpFile,
     pub log: LogFile,
@@ -69,6 +73,7 @@ impl Default for FileConfig {
             listen: "127.0.0.1:9080".into(),
             data_dir: PathBuf::from("./data"),
             rules: None,
+            cmdb: None,
             nats: NatsFile::default(),
             http: HttpFile::default(),
             log: LogFile::default(),
@@ -84,6 +89,8 @@ pub struct NatsFile {
     pub enabled: bool,
     pub subject: String,
     pub deadletter_subject: String,
+    pub cmdb_subject: String,
+    pub cmdb_deadletter_subject: String,
     pub outbound_prefix: String,
 }
 
@@ -94,6 +101,8 @@ impl Default for NatsFile {
             enabled: true,
             subject: "alerts.>".into(),
             deadletter_subject: "alerts.deadletter".into(),
+            cmdb_subject: "cmdb.>".into(),
+            cmdb_deadletter_subject: "cmdb.deadletter".into(),
             outbound_prefix: "incidents".into(),
         }
     }
@@ -154,6 +163,7 @@ pub struct Overrides {
     pub nats_url: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub rules: Option<PathBuf>,
+    pub cmdb: Option<PathBuf>,
 }
 
 /// Validated configuration the service runs with.
@@ -163,10 +173,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `None`: the `rules/` directory if present, else the rules built into the binary.
     pub rules: Option<PathBuf>,
+    /// `None`: the example CMDB shipped in the repository if present, else an empty one.
+    pub cmdb: Option<PathBuf>,
     pub nats_url: String,
     pub nats_enabled: bool,
     pub nats_subject: String,
     pub deadletter_subject: String,
+    pub cmdb_subject: String,
+    pub cmdb_deadletter_subject: String,
     pub outbound_prefix: String,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -208,6 +222,9 @@ impl Config {
         if o.rules.is_some() {
             file.rules = o.rules;
         }
+        if o.cmdb.is_some() {
+            file.cmdb = o.cmdb;
+        }
         let duration = |field: &'static str, s: &str| {
             parse_duration(s)
                 .map(|ms| Duration::from_millis(ms.unsigned_abs()))
@@ -233,10 +250,13 @@ impl Config {
             })?,
             data_dir: file.data_dir,
             rules: file.rules,
+            cmdb: file.cmdb,
             nats_url: file.nats.url,
             nats_enabled: file.nats.enabled,
             nats_subject: file.nats.subject,
             deadletter_subject: file.nats.deadletter_subject,
+            cmdb_subject: file.nats.cmdb_subject,
+            cmdb_deadletter_subject: file.nats.cmdb_deadletter_subject,
             outbound_prefix: file.nats.outbound_prefix,
             max_body_bytes: file.http.max_body_bytes,
             request_timeout: duration("http.request_timeout", &file.http.request_timeout)?,

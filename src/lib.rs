@@ -5,6 +5,7 @@
 //!   rejected here with a precise error and never reaches the engine.
 //! - [`model`]: the normalized `Alert` every format decodes into, fingerprints, time helpers.
 //! - [`rules`]: correlation rules from TOML files, compiled once.
+//! - [`cmdb`]: the CMDB topology graph (JSON/CSV load, lookup keys, bounded neighbourhoods).
 //! - [`engine`]: the deterministic state machine (`decide` → facts → `apply`).
 //! - [`pipeline`]: the engine thread and the group-commit writer thread between ingest and disk.
 //! - [`eventlog`]: the segmented, checksummed, fsync'd append-only log of facts.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod app;
 pub mod clock;
+pub mod cmdb;
 pub mod config;
 pub mod engine;
 pub mod eventlog;

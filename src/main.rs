@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use incidentd::cmdb::CmdbSpec;
 use incidentd::config::{Config, Overrides};
 use incidentd::rules::Rules;
 
@@ -40,12 +41,20 @@ enum Command {
         /// Directory of rule files [default: ./rules, else the built-in rules].
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// CMDB: a JSON file, or a directory with cis.csv and relations.csv
+        /// [default: fixtures/cmdb/example.json if present, else empty].
+        #[arg(long)]
+        cmdb: Option<PathBuf>,
     },
     /// Run the engine offline over recorded alerts and write the incidents it would open.
     Replay {
         /// Directory of rule files [default: ./rules, else the built-in rules].
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// CMDB: a JSON file, or a directory with cis.csv and relations.csv
+        /// [default: fixtures/cmdb/example.json if present, else empty].
+        #[arg(long)]
+        cmdb: Option<PathBuf>,
         /// Recorded alerts: one native alert JSON per line, in arrival order.
         #[arg(long)]
         alerts: PathBuf,
@@ -69,6 +78,18 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Validate a CMDB.
+    Cmdb {
+        #[command(subcommand)]
+        command: CmdbCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CmdbCommand {
+    /// Check a CMDB (JSON file, or directory with cis.csv and relations.csv): duplicate ids,
+    /// unknown relation endpoints, forbidden cycles. Lists every problem; non-zero exit if any.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -103,12 +124,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             nats_url,
             data_dir,
             rules,
+            cmdb,
         } => {
             let overrides = Overrides {
                 listen,
                 nats_url,
                 data_dir,
                 rules,
+                cmdb,
             };
             let cfg = Config::load(config.as_deref(), overrides)?;
             tokio::runtime::Builder::new_multi_thread()
@@ -116,14 +139,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?
                 .block_on(incidentd::app::serve(cfg))
         }
-        Command::Replay { rules, alerts, out } => {
+        Command::Replay {
+            rules,
+            cmdb,
+            alerts,
+            out,
+        } => {
             let (rules, _) = incidentd::app::load_rules(rules.as_deref())?;
+            let (cmdb, _) = incidentd::app::load_cmdb(cmdb.as_deref())?;
             let input =
                 File::open(&alerts).with_context(|| format!("opening {}", alerts.display()))?;
             let output =
                 File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-            let summary =
-                incidentd::replay::run(rules, BufReader::new(input), BufWriter::new(output))?;
+            let (summary, _) = incidentd::replay::run(
+                rules,
+                &cmdb,
+                BufReader::new(input),
+                BufWriter::new(output),
+            )?;
             println!("{summary}");
             Ok(())
         }
@@ -152,6 +185,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("published to {subject}");
                     anyhow::Ok(())
                 })
+        }
+        Command::Cmdb {
+            command: CmdbCommand::Check { file },
+        } => {
+            let spec = CmdbSpec::load(&file)?;
+            let problems = spec.check();
+            for p in &problems {
+                eprintln!("{}: {}: {}", file.display(), p.location, p.message);
+            }
+            if !problems.is_empty() {
+                anyhow::bail!("{} problem(s) in {}", problems.len(), file.display());
+            }
+            println!(
+                "{}: {} CIs, {} relations ok",
+                file.display(),
+                spec.cis.len(),
+                spec.relations.len()
+            );
+            Ok(())
         }
         Command::Rules {
             command: RulesCommand::Check { dir },

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub deadletter_published: IntCounter,
     /// Outbound incident facts not published because the publish queue was full.
     pub outbound_dropped: IntCounter,
+    /// Rule reloads refused because a file was broken (the old rules stayed in force).
+    pub rules_reload_failures: IntCounter,
 }
 
 impl Metrics {
@@ -100,6 +102,10 @@ impl Metrics {
             outbound_dropped: counter(
                 "incidentd_outbound_dropped_total",
                 "Incident facts not published on NATS because the publish queue was full.",
+            )?,
+            rules_reload_failures: counter(
+                "incidentd_rules_reload_failures_total",
+                "Rule reloads refused because a rule file was broken.",
             )?,
             registry,
         })

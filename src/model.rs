@@ -48,6 +48,39 @@ impl Severity {
     }
 }
 
+/// ITIL priority, P1 (most urgent) to P5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Priority {
+    P1,
+    P2,
+    P3,
+    P4,
+    P5,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::P1 => "P1",
+            Priority::P2 => "P2",
+            Priority::P3 => "P3",
+            Priority::P4 => "P4",
+            Priority::P5 => "P5",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        Some(match s {
+            "P1" => Priority::P1,
+            "P2" => Priority::P2,
+            "P3" => Priority::P3,
+            "P4" => Priority::P4,
+            "P5" => Priority::P5,
+            _ => return None,
+        })
+    }
+}
+
 /// Whether the condition an alert reports is still present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -19,6 +19,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cmdb::{CmdbOp, CmdbSpec};
 use crate::engine::facts::{RecordError, encode_record};
 use crate::engine::{CommandError, Engine, Fact, IncidentId, Input};
 use crate::eventlog::{EventLog, LogError};
@@ -70,6 +71,20 @@ enum Command {
     },
     Rules {
         rules: Box<Rules>,
+        now: Millis,
+        done: Reply<()>,
+    },
+    /// Live topology changes, validated by the engine.
+    Cmdb {
+        ops: Vec<CmdbOp>,
+        source: String,
+        now: Millis,
+        done: Reply<()>,
+    },
+    /// The CMDB file at start: the engine records only the differences.
+    LoadCmdb {
+        spec: Box<CmdbSpec>,
+        source: String,
         now: Millis,
         done: Reply<()>,
     },
@@ -161,6 +176,38 @@ impl Pipeline {
     pub async fn load_rules(&self, rules: Rules, now: Millis) -> Result<(), PipelineError> {
         self.request(|done| Command::Rules {
             rules: Box::new(rules),
+            now,
+            done,
+        })
+        .await
+    }
+
+    /// Applies live CMDB changes through the engine; returns once they are durable.
+    pub async fn cmdb_change(
+        &self,
+        ops: Vec<CmdbOp>,
+        source: String,
+        now: Millis,
+    ) -> Result<(), PipelineError> {
+        self.request(|done| Command::Cmdb {
+            ops,
+            source,
+            now,
+            done,
+        })
+        .await
+    }
+
+    /// Brings the engine's topology to the CMDB file's content.
+    pub async fn load_cmdb(
+        &self,
+        spec: CmdbSpec,
+        source: String,
+        now: Millis,
+    ) -> Result<(), PipelineError> {
+        self.request(|done| Command::LoadCmdb {
+            spec: Box::new(spec),
+            source,
             now,
             done,
         })
@@ -337,6 +384,33 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
         }
         Command::Rules { rules, now, done } => {
             engine.load_rules(*rules, now, &mut batch.facts);
+            batch.replies.push(Done::Unit(done));
+        }
+        Command::Cmdb {
+            ops,
+            source,
+            now,
+            done,
+        } => {
+            let input = Input::Cmdb {
+                now,
+                source: &source,
+                ops: &ops,
+            };
+            match engine.handle(input, &mut batch.facts) {
+                Ok(()) => batch.replies.push(Done::Unit(done)),
+                Err(e) => {
+                    let _ = done.send(Err(e.into()));
+                }
+            }
+        }
+        Command::LoadCmdb {
+            spec,
+            source,
+            now,
+            done,
+        } => {
+            engine.load_cmdb(&spec, &source, now, &mut batch.facts);
             batch.replies.push(Done::Unit(done));
         }
         Command::Tick { now } => {

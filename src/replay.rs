@@ -5,12 +5,15 @@
 //! moves backwards. Between alerts the engine gets a `Tick` at each moment something falls
 //! due (a timeout, a hold-down ending), so time-driven decisions happen as they would have
 //! live. Output is one incident JSON per line in incident order: identical input gives
-//! byte-identical output.
+//! byte-identical output. A line `{"cmdb_change": [ops], "received_at": "..."}` changes the
+//! CMDB at that time, as a live change over the API or NATS would.
 
 use std::io::{BufRead, Write};
 
+use crate::cmdb::{CmdbOp, CmdbSpec};
 use crate::engine::{Engine, Input};
 use crate::ingest::{self, Format, Limits, Stamp};
+use crate::model::parse_time;
 use crate::rules::Rules;
 use crate::view::ReadModel;
 
@@ -51,14 +54,32 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Replays `input` through an engine with `rules`, writing incidents to `out`.
-pub fn run(rules: Rules, input: impl BufRead, mut out: impl Write) -> Result<Summary, ReplayError> {
+/// A replay input line that changes the CMDB instead of carrying an alert.
+#[derive(serde::Deserialize)]
+struct CmdbLine {
+    cmdb_change: Vec<CmdbOp>,
+    received_at: String,
+}
+
+/// Replays `input` through an engine with `rules` and the CMDB `cmdb`, writing incidents to
+/// `out`. Returns the summary and the engine, whose final state tests may inspect.
+pub fn run(
+    rules: Rules,
+    cmdb: &CmdbSpec,
+    input: impl BufRead,
+    mut out: impl Write,
+) -> Result<(Summary, Engine), ReplayError> {
     let limits = Limits::default();
     let mut engine = Engine::new(rules);
     let mut view = ReadModel::default();
     let mut facts = Vec::new();
     let mut seq = 0u64;
     let mut summary = Summary::default();
+    engine.load_cmdb(cmdb, "replay --cmdb", 0, &mut facts);
+    for fact in &facts {
+        seq += 1;
+        view.apply(seq, fact);
+    }
     for (i, line) in input.lines().enumerate() {
         let line = line.map_err(ReplayError::Read)?;
         if line.trim().is_empty() {
@@ -68,6 +89,31 @@ pub fn run(rules: Rules, input: impl BufRead, mut out: impl Write) -> Result<Sum
             line: i + 1,
             message,
         };
+        if line.contains("\"cmdb_change\"") {
+            let change: CmdbLine =
+                serde_json::from_str(&line).map_err(|e| at_line(e.to_string()))?;
+            let now = parse_time(&change.received_at).ok_or_else(|| {
+                at_line(format!(
+                    "received_at {:?} is not RFC 3339",
+                    change.received_at
+                ))
+            })?;
+            engine.begin_batch();
+            facts.clear();
+            let input = Input::Cmdb {
+                now,
+                source: "replay input",
+                ops: &change.cmdb_change,
+            };
+            engine
+                .handle(input, &mut facts)
+                .map_err(|e| at_line(e.to_string()))?;
+            for fact in &facts {
+                seq += 1;
+                view.apply(seq, fact);
+            }
+            continue;
+        }
         let decoded = ingest::decode(Format::Native, line.as_bytes(), Stamp::Replay, &limits)
             .map_err(|e| at_line(e.message))?;
         if let Some(e) = decoded.errors.first() {
@@ -89,13 +135,13 @@ pub fn run(rules: Rules, input: impl BufRead, mut out: impl Write) -> Result<Sum
             summary.alerts += 1;
         }
     }
-    for incident in view.all() {
-        serde_json::to_writer(&mut out, &incident.doc(false))
+    for incident in view.surviving() {
+        serde_json::to_writer(&mut out, &incident.doc(&view.topology, false))
             .map_err(|e| ReplayError::Write(e.into()))?;
         out.write_all(b"\n").map_err(ReplayError::Write)?;
         summary.incidents += 1;
     }
     out.flush().map_err(ReplayError::Write)?;
     summary.distinct_alerts = engine.state().alerts.len() as u64;
-    Ok(summary)
+    Ok((summary, engine))
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Serialize, Serializer};
 
+use crate::cmdb::Topology;
 use crate::engine::{Fact, IncidentId, IncidentState, Priority};
 use crate::model::{Alert, Fingerprint, Millis, Severity, Status, format_time};
 
@@ -35,6 +36,11 @@ pub struct AlertView {
     pub last_seen: Millis,
     #[serde(serialize_with = "opt_time")]
     pub ends_at: Option<Millis>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub flapping: bool,
+    /// Why the alert is suppressed, while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<String>,
 }
 
 impl AlertView {
@@ -54,6 +60,8 @@ impl AlertView {
             first_seen: at,
             last_seen: at,
             ends_at: alert.ends_at,
+            flapping: false,
+            suppressed: None,
         }
     }
 
@@ -88,6 +96,8 @@ pub struct IncidentView {
     pub rule: String,
     pub group_key: String,
     pub root: Option<Fingerprint>,
+    pub services: Vec<String>,
+    pub merged_into: Option<IncidentId>,
     pub alerts: Vec<AlertView>,
     index: HashMap<Fingerprint, usize>,
     pub opened_at: Millis,
@@ -117,18 +127,27 @@ impl IncidentView {
     }
 
     /// The contract's incident document; `timeline` adds the history (detail view).
-    pub fn doc(&self, timeline: bool) -> IncidentDoc<'_> {
+    /// `topology` supplies the root CI's owner group.
+    pub fn doc<'a>(&'a self, topology: &'a Topology, timeline: bool) -> IncidentDoc<'a> {
+        let root = self.root_alert();
+        let owner_group = root
+            .and_then(|a| a.ci.as_deref())
+            .and_then(|id| topology.index(id))
+            .and_then(|i| topology.ci(i))
+            .and_then(|c| c.owner_group.as_deref());
         IncidentDoc {
             id: self.id.to_string(),
             state: self.state.as_str(),
             priority: self.priority.as_str(),
             title: self.title(),
-            root_cause: self.root_alert().map(|a| RootCause {
+            root_cause: root.map(|a| RootCause {
                 ci: a.ci.as_deref(),
                 fingerprint: a.fingerprint,
                 name: &a.name,
             }),
-            impacted_services: &[],
+            impacted_services: &self.services,
+            owner_group,
+            merged_into: self.merged_into.map(|id| id.to_string()),
             alert_count: self.alerts.len(),
             alerts: &self.alerts,
             rule: &self.rule,
@@ -152,6 +171,9 @@ pub struct IncidentDoc<'a> {
     pub title: String,
     pub root_cause: Option<RootCause<'a>>,
     pub impacted_services: &'a [String],
+    pub owner_group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
     pub alert_count: usize,
     pub alerts: &'a [AlertView],
     pub rule: &'a str,
@@ -186,6 +208,8 @@ enum Home {
 #[derive(Debug, Default)]
 pub struct ReadModel {
     incidents: BTreeMap<IncidentId, IncidentView>,
+    /// The CMDB as the durable facts describe it (owner groups, the CMDB API).
+    pub topology: Topology,
     homes: HashMap<Fingerprint, Home>,
     open: usize,
 }
@@ -213,9 +237,9 @@ impl ReadModel {
         (matching().count(), page)
     }
 
-    /// Every incident, oldest first (the `replay` output order).
-    pub fn all(&self) -> impl Iterator<Item = &IncidentView> {
-        self.incidents.values()
+    /// Every incident that was not merged into another, oldest first (`replay` output).
+    pub fn surviving(&self) -> impl Iterator<Item = &IncidentView> {
+        self.incidents.values().filter(|i| i.merged_into.is_none())
     }
 
     pub fn open_count(&self) -> usize {
@@ -304,6 +328,8 @@ impl ReadModel {
                         rule: rule.clone(),
                         group_key: group_key.clone(),
                         root: None,
+                        services: Vec::new(),
+                        merged_into: None,
                         alerts: Vec::new(),
                         index: HashMap::new(),
                         opened_at: at,
@@ -406,6 +432,80 @@ impl ReadModel {
                 note = Some(("incident_reopened", reason.clone()));
                 Some(*incident)
             }
+            Fact::AlertSuppressed {
+                fingerprint,
+                reason,
+                ..
+            } => {
+                let (view, id) = self.alert_mut(fingerprint)?;
+                view.suppressed = Some(reason.clone());
+                id
+            }
+            Fact::AlertFlapping {
+                fingerprint,
+                reason,
+                ..
+            } => {
+                let (view, id) = self.alert_mut(fingerprint)?;
+                view.flapping = true;
+                note = Some((
+                    "alert_flapping",
+                    format!("{} is flapping: {reason}", view.label()),
+                ));
+                id
+            }
+            Fact::ImpactChanged {
+                incident,
+                services,
+                reason,
+                ..
+            } => {
+                let inc = self.incidents.get_mut(incident)?;
+                inc.services = services.clone();
+                note = Some(("impact_changed", reason.clone()));
+                Some(*incident)
+            }
+            Fact::IncidentsMerged {
+                into, from, reason, ..
+            } => {
+                let mut gone = std::mem::take(&mut self.incidents.get_mut(from)?.alerts);
+                let target = self.incidents.get_mut(into)?;
+                for view in gone.drain(..) {
+                    let idx = target.alerts.len();
+                    target.index.insert(view.fingerprint, idx);
+                    self.homes
+                        .insert(view.fingerprint, Home::Attached(*into, idx));
+                    target.alerts.push(view);
+                }
+                target.timeline.push(TimelineEntry {
+                    seq,
+                    at,
+                    event: "incidents_merged",
+                    text: format!("{from} merged in: {reason}"),
+                    by: None,
+                });
+                let merged = self.incidents.get_mut(from)?;
+                merged.index.clear();
+                if merged.state != IncidentState::Resolved {
+                    self.open -= 1;
+                }
+                merged.state = IncidentState::Resolved;
+                merged.resolved_at = Some(at);
+                merged.merged_into = Some(*into);
+                merged.updated_at = at;
+                merged.timeline.push(TimelineEntry {
+                    seq,
+                    at,
+                    event: "incidents_merged",
+                    text: format!("merged into {into}: {reason}"),
+                    by: None,
+                });
+                Some(*into)
+            }
+            Fact::CmdbChanged { ops, .. } => {
+                self.topology.apply(ops);
+                None
+            }
             Fact::RulesLoaded { .. } => None,
         };
         let id = touched?;
@@ -489,7 +589,7 @@ mod tests {
         assert_eq!(page[0].id, IncidentId(2), "newest first");
 
         let inc = model.get(IncidentId(1)).expect("incident 1");
-        let doc = serde_json::to_value(inc.doc(true)).expect("json");
+        let doc = serde_json::to_value(inc.doc(&model.topology, true)).expect("json");
         assert_eq!(doc["id"], "INC-000001");
         assert_eq!(doc["state"], "open");
         assert_eq!(doc["priority"], "P2");
@@ -507,7 +607,7 @@ mod tests {
         assert_eq!(doc["opened_at"], "2026-11-18T11:06:40.000Z");
         assert!(doc["resolved_at"].is_null());
         assert_eq!(doc["timeline"][0]["event"], "incident_opened");
-        let list_doc = serde_json::to_value(inc.doc(false)).expect("json");
+        let list_doc = serde_json::to_value(inc.doc(&model.topology, false)).expect("json");
         assert!(list_doc.get("timeline").is_none());
     }
 }

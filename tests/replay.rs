@@ -13,6 +13,8 @@ fn replay(out: &std::path::Path) -> String {
         .arg("replay")
         .arg("--rules")
         .arg(repo_path("rules"))
+        .arg("--cmdb")
+        .arg(repo_path("fixtures/cmdb/example.json"))
         .arg("--alerts")
         .arg(repo_path("fixtures/replay/storm.jsonl"))
         .arg("--out")

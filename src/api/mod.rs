@@ -17,7 +17,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::app::{ReloadError, Reloader};
 use crate::clock;
+use crate::cmdb::{CiSpec, CmdbOp, RelationSpec};
 use crate::engine::{CommandError, IncidentId, IncidentState};
 use crate::ingest::{self, Format, ItemError, Limits, Stamp};
 use crate::pipeline::{Action, Pipeline, PipelineError, Shared};
@@ -33,6 +35,7 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub nats_enabled: bool,
     pub max_body_bytes: usize,
+    pub reloader: Arc<Reloader>,
 }
 
 /// Errors as JSON `{"error": ..., "details": [...]}`; 4xx for the caller, 5xx for us.
@@ -86,6 +89,11 @@ impl From<PipelineError> for ApiError {
             PipelineError::Command(e @ CommandError::AlreadyResolved(_)) => {
                 ApiError::Conflict(e.to_string())
             }
+            PipelineError::Command(e @ CommandError::InvalidCmdb(_)) => ApiError::BadRequest {
+                message: e.to_string(),
+                accepted: None,
+                details: Vec::new(),
+            },
             // Internals stay in the server log; the caller learns it may retry later.
             PipelineError::LogStopped(_) => {
                 ApiError::Unavailable("event log is not writable; alerts were not stored".into())
@@ -104,6 +112,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/ack", post(ack_incident))
         .route("/api/v1/incidents/{id}/resolve", post(resolve_incident))
+        .route("/api/v1/rules/reload", post(reload_rules))
+        .route("/api/v1/cmdb/changes", post(cmdb_changes))
+        .route(
+            "/api/v1/cmdb/cis/{id}",
+            get(get_ci).put(put_ci).delete(delete_ci),
+        )
+        .route(
+            "/api/v1/cmdb/relations",
+            post(add_relation).delete(remove_relation),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -218,7 +236,10 @@ async fn list_incidents(
         total,
         offset,
         limit,
-        items: incidents.iter().map(|i| i.doc(false)).collect(),
+        items: incidents
+            .iter()
+            .map(|i| i.doc(&view.topology, false))
+            .collect(),
     };
     // Serialize under the read lock: views borrow from the model.
     Ok(Json(page).into_response())
@@ -238,7 +259,7 @@ async fn get_incident(
     let incident = view
         .get(id)
         .ok_or_else(|| ApiError::NotFound(format!("incident {id} not found")))?;
-    Ok(Json(incident.doc(true)).into_response())
+    Ok(Json(incident.doc(&view.topology, true)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -292,6 +313,118 @@ async fn operator(
         .operator(action, clock::now(), id, by.to_string(), body.comment)
         .await?;
     get_incident(State(state), Path(id.to_string())).await
+}
+
+fn bad_request(message: String) -> ApiError {
+    ApiError::BadRequest {
+        message,
+        accepted: None,
+        details: Vec::new(),
+    }
+}
+
+/// Reloads the rule files; a broken file keeps the old rules and answers 400 with file:line.
+async fn reload_rules(State(state): State<AppState>) -> Result<Response, ApiError> {
+    match state.reloader.reload_rules().await {
+        Ok(reloaded) => Ok(Json(reloaded).into_response()),
+        Err(ReloadError::Rules(e)) => Err(bad_request(format!(
+            "{e} (the previous rules stay in force)"
+        ))),
+        Err(ReloadError::Pipeline(e)) => Err(e.into()),
+    }
+}
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn json_body<T>(body: JsonBody<T>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| bad_request(e.body_text()))
+}
+
+async fn apply_cmdb(state: &AppState, ops: Vec<CmdbOp>) -> Result<Response, ApiError> {
+    let count = ops.len();
+    state
+        .pipeline
+        .cmdb_change(ops, "http api".into(), clock::now())
+        .await?;
+    Ok(Json(json!({ "applied": count })).into_response())
+}
+
+/// A batch of CMDB operations: `[{"op": "upsert_ci", "ci": {...}}, {"op": "add_relation",
+/// "relation": {...}}, ...]`, applied atomically through the engine.
+async fn cmdb_changes(
+    State(state): State<AppState>,
+    body: JsonBody<Vec<CmdbOp>>,
+) -> Result<Response, ApiError> {
+    let ops = json_body(body)?;
+    apply_cmdb(&state, ops).await
+}
+
+async fn get_ci(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let view = state.shared.view();
+    let topo = &view.topology;
+    let ci = topo
+        .index(&id)
+        .and_then(|i| topo.ci(i))
+        .ok_or_else(|| ApiError::NotFound(format!("CI {id:?} not in the CMDB")))?;
+    // An operator's lookup, not a hot path: filtering the whole spec is fine.
+    let relations: Vec<RelationSpec> = topo
+        .to_spec()
+        .relations
+        .into_iter()
+        .filter(|r| r.from == id || r.to == id)
+        .collect();
+    Ok(Json(json!({
+        "id": ci.id,
+        "type": ci.kind,
+        "name": ci.name,
+        "criticality": ci.criticality,
+        "owner_group": ci.owner_group,
+        "attrs": ci.attrs,
+        "relations": relations,
+    }))
+    .into_response())
+}
+
+async fn put_ci(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: JsonBody<CiSpec>,
+) -> Result<Response, ApiError> {
+    let ci = json_body(body)?;
+    if ci.id != id {
+        return Err(bad_request(format!(
+            "CI id in the body ({:?}) differs from the path ({id:?})",
+            ci.id
+        )));
+    }
+    apply_cmdb(&state, vec![CmdbOp::UpsertCi { ci }]).await
+}
+
+async fn delete_ci(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    apply_cmdb(&state, vec![CmdbOp::RemoveCi { id }]).await
+}
+
+async fn add_relation(
+    State(state): State<AppState>,
+    body: JsonBody<RelationSpec>,
+) -> Result<Response, ApiError> {
+    let relation = json_body(body)?;
+    apply_cmdb(&state, vec![CmdbOp::AddRelation { relation }]).await
+}
+
+async fn remove_relation(
+    State(state): State<AppState>,
+    body: JsonBody<RelationSpec>,
+) -> Result<Response, ApiError> {
+    let relation = json_body(body)?;
+    apply_cmdb(&state, vec![CmdbOp::RemoveRelation { relation }]).await
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cmdb::CmdbOp;
+pub use crate::model::Priority;
 use crate::model::{Alert, Fingerprint, Millis, Severity};
 
 /// Current on-disk format version of a fact record.
@@ -29,45 +31,6 @@ impl IncidentId {
     pub fn parse(s: &str) -> Option<IncidentId> {
         let digits = s.strip_prefix("INC-").unwrap_or(s);
         digits.parse().ok().map(IncidentId)
-    }
-}
-
-/// ITIL priority, P1 (most urgent) to P5.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Priority {
-    P1,
-    P2,
-    P3,
-    P4,
-    P5,
-}
-
-impl Priority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::P1 => "P1",
-            Priority::P2 => "P2",
-            Priority::P3 => "P3",
-            Priority::P4 => "P4",
-            Priority::P5 => "P5",
-        }
-    }
-
-    /// Impact × urgency, the ITIL matrix. Impact 0 (high) to 2 (low); urgency from the worst
-    /// severity: critical is high, major and minor medium, warning and info low.
-    pub fn from_matrix(impact: u8, severity: Severity) -> Priority {
-        let urgency: u8 = match severity {
-            Severity::Critical => 0,
-            Severity::Major | Severity::Minor => 1,
-            Severity::Warning | Severity::Info => 2,
-        };
-        match impact.min(2) + urgency {
-            0 => Priority::P1,
-            1 => Priority::P2,
-            2 => Priority::P3,
-            3 => Priority::P4,
-            _ => Priority::P5,
-        }
     }
 }
 
@@ -133,6 +96,10 @@ pub enum Fact {
         incident: IncidentId,
         rule: String,
         group_key: String,
+        /// Opened by a topology rule: only such incidents are found by CMDB neighbourhood
+        /// search (a full disk is no evidence of a network fault nearby).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        topology: bool,
     },
     AlertAttached {
         at: Millis,
@@ -176,6 +143,39 @@ pub enum Fact {
         version: u64,
         hash: String,
     },
+    /// The topology changed (file reload, API, NATS `cmdb.>`); replay sees it as it was.
+    CmdbChanged {
+        at: Millis,
+        source: String,
+        ops: Vec<CmdbOp>,
+    },
+    /// Recorded, not correlated: a maintenance window covers the alert.
+    AlertSuppressed {
+        at: Millis,
+        fingerprint: Fingerprint,
+        by: String,
+        reason: String,
+    },
+    /// The alert changes state too often; shown as flapping rather than churning incidents.
+    AlertFlapping {
+        at: Millis,
+        fingerprint: Fingerprint,
+        reason: String,
+    },
+    /// `from` joined `into` because a new alert's CI is upstream of both roots.
+    IncidentsMerged {
+        at: Millis,
+        into: IncidentId,
+        from: IncidentId,
+        reason: String,
+    },
+    /// The business services the incident hits (CI ids, sorted).
+    ImpactChanged {
+        at: Millis,
+        incident: IncidentId,
+        services: Vec<String>,
+        reason: String,
+    },
 }
 
 impl Fact {
@@ -192,7 +192,12 @@ impl Fact {
             | Fact::IncidentAcknowledged { at, .. }
             | Fact::IncidentResolved { at, .. }
             | Fact::IncidentReopened { at, .. }
-            | Fact::RulesLoaded { at, .. } => *at,
+            | Fact::RulesLoaded { at, .. }
+            | Fact::CmdbChanged { at, .. }
+            | Fact::AlertSuppressed { at, .. }
+            | Fact::AlertFlapping { at, .. }
+            | Fact::IncidentsMerged { at, .. }
+            | Fact::ImpactChanged { at, .. } => *at,
         }
     }
 
@@ -205,7 +210,9 @@ impl Fact {
             | Fact::PriorityChanged { incident, .. }
             | Fact::IncidentAcknowledged { incident, .. }
             | Fact::IncidentResolved { incident, .. }
-            | Fact::IncidentReopened { incident, .. } => Some(*incident),
+            | Fact::IncidentReopened { incident, .. }
+            | Fact::ImpactChanged { incident, .. }
+            | Fact::IncidentsMerged { into: incident, .. } => Some(*incident),
             _ => None,
         }
     }
@@ -218,7 +225,9 @@ impl Fact {
             | Fact::AlertResolved { fingerprint, .. }
             | Fact::AlertRefired { fingerprint, .. }
             | Fact::AlertAttached { fingerprint, .. }
-            | Fact::RootCauseChanged { fingerprint, .. } => Some(*fingerprint),
+            | Fact::RootCauseChanged { fingerprint, .. }
+            | Fact::AlertSuppressed { fingerprint, .. }
+            | Fact::AlertFlapping { fingerprint, .. } => Some(*fingerprint),
             _ => None,
         }
     }
@@ -238,6 +247,11 @@ impl Fact {
             Fact::IncidentResolved { .. } => "incident_resolved",
             Fact::IncidentReopened { .. } => "incident_reopened",
             Fact::RulesLoaded { .. } => "rules_loaded",
+            Fact::CmdbChanged { .. } => "cmdb_changed",
+            Fact::AlertSuppressed { .. } => "alert_suppressed",
+            Fact::AlertFlapping { .. } => "alert_flapping",
+            Fact::IncidentsMerged { .. } => "incidents_merged",
+            Fact::ImpactChanged { .. } => "impact_changed",
         }
     }
 }
@@ -323,11 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn priority_matrix() {
-        assert_eq!(Priority::from_matrix(0, Severity::Critical), Priority::P1);
-        assert_eq!(Priority::from_matrix(1, Severity::Critical), Priority::P2);
-        assert_eq!(Priority::from_matrix(1, Severity::Major), Priority::P3);
-        assert_eq!(Priority::from_matrix(2, Severity::Info), Priority::P5);
+    fn incident_ids() {
         assert_eq!(IncidentId(42).to_string(), "INC-000042");
         assert_eq!(IncidentId::parse("INC-000042"), Some(IncidentId(42)));
     }

@@ -361,3 +361,379 @@ fn resolved_alerts_never_seen_firing_are_kept_but_open_nothing() {
     assert_eq!(kinds(&facts), ["alert_received"]);
     assert!(s.engine.state().incidents.is_empty());
 }
+
+mod topology {
+    //! Topology correlation on a small data centre:
+    //! ```text
+    //! svc-pay(critical) -depends_on-> app-pay -runs_on-> vm-1 -hosted_on-> h1 -connected_to-> tor-1
+    //! svc-web(low)      -depends_on-> app-web -runs_on-> vm-2 -hosted_on-> h2 -connected_to-> tor-1
+    //!                                                            h3 -connected_to-> tor-2
+    //! h1..h3 -powered_by-> pdu-1;  vm-1, vm-2 -depends_on-> ds-1 -hosted_on-> san (hub: 60 datastores)
+    //! ```
+    use super::*;
+    use crate::cmdb::{CmdbOp, CmdbSpec, RelationSpec};
+
+    fn cmdb() -> CmdbSpec {
+        let mut cis = vec![
+            serde_json::json!({"id": "svc-pay", "type": "service", "criticality": "critical"}),
+            serde_json::json!({"id": "svc-web", "type": "service", "criticality": "low"}),
+            serde_json::json!({"id": "app-pay", "type": "application", "owner_group": "payments"}),
+            serde_json::json!({"id": "app-web", "type": "application"}),
+            serde_json::json!({"id": "vm-1", "type": "vm"}),
+            serde_json::json!({"id": "vm-2", "type": "vm"}),
+            serde_json::json!({"id": "h1", "type": "host", "attrs": {"hostname": "h1.dc1.example.net"}}),
+            serde_json::json!({"id": "h2", "type": "host"}),
+            serde_json::json!({"id": "h3", "type": "host"}),
+            serde_json::json!({"id": "tor-1", "type": "switch", "owner_group": "network"}),
+            serde_json::json!({"id": "tor-2", "type": "switch"}),
+            serde_json::json!({"id": "pdu-1", "type": "pdu"}),
+            serde_json::json!({"id": "ds-1", "type": "datastore"}),
+            serde_json::json!({"id": "san", "type": "storage_array"}),
+        ];
+        let mut rels = vec![
+            ("svc-pay", "depends_on", "app-pay"),
+            ("svc-web", "depends_on", "app-web"),
+            ("app-pay", "runs_on", "vm-1"),
+            ("app-web", "runs_on", "vm-2"),
+            ("vm-1", "hosted_on", "h1"),
+            ("vm-2", "hosted_on", "h2"),
+            ("h1", "connected_to", "tor-1"),
+            ("h2", "connected_to", "tor-1"),
+            ("h3", "connected_to", "tor-2"),
+            ("h1", "powered_by", "pdu-1"),
+            ("h2", "powered_by", "pdu-1"),
+            ("h3", "powered_by", "pdu-1"),
+            ("vm-1", "depends_on", "ds-1"),
+            ("vm-2", "depends_on", "ds-1"),
+            ("ds-1", "hosted_on", "san"),
+        ]
+        .into_iter()
+        .map(|(f, t, to)| serde_json::json!({"from": f, "type": t, "to": to}))
+        .collect::<Vec<_>>();
+        for i in 0..60 {
+            cis.push(serde_json::json!({"id": format!("ds-x{i}"), "type": "datastore"}));
+            rels.push(
+                serde_json::json!({"from": format!("ds-x{i}"), "type": "hosted_on", "to": "san"}),
+            );
+        }
+        let doc = serde_json::json!({"cis": cis, "relations": rels});
+        CmdbSpec::from_json(&doc.to_string()).expect("test cmdb")
+    }
+
+    fn engine(extra_rules: &str) -> Scenario {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/default.toml"))
+                .expect("default rules");
+        let mut files = vec![("default.toml".to_string(), text)];
+        if !extra_rules.is_empty() {
+            files.push(("extra.toml".to_string(), extra_rules.to_string()));
+        }
+        let mut engine = Engine::new(Rules::parse_files(&files).expect("rules"));
+        let mut out = Vec::new();
+        engine.load_cmdb(&cmdb(), "test", T0, &mut out);
+        Scenario { engine, log: out }
+    }
+
+    fn on(name: &str, ci: &str, at: Millis) -> Alert {
+        let labels = BTreeMap::new();
+        Alert {
+            fingerprint: Fingerprint::native("mon", name, Some(ci), &labels, None),
+            source: "mon".into(),
+            name: name.into(),
+            ci: Some(ci.into()),
+            severity: Severity::Critical,
+            status: Status::Firing,
+            summary: None,
+            labels,
+            annotations: BTreeMap::new(),
+            starts_at: at,
+            ends_at: None,
+            dedup_key: None,
+            received_at: at,
+        }
+    }
+
+    fn incident_of(s: &Scenario, a: &Alert) -> IncidentId {
+        s.engine.state().alerts[&a.fingerprint]
+            .incident
+            .expect("alert is in an incident")
+    }
+
+    fn root_name(s: &Scenario, id: IncidentId) -> String {
+        let inc = &s.engine.state().incidents[&id];
+        s.engine.state().alerts[&inc.root.expect("root")]
+            .name
+            .clone()
+    }
+
+    fn reason_of(facts: &[Fact], a: &Alert) -> String {
+        facts
+            .iter()
+            .find_map(|f| match f {
+                Fact::AlertAttached {
+                    fingerprint,
+                    reason,
+                    ..
+                } if *fingerprint == a.fingerprint => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("attached")
+    }
+
+    #[test]
+    fn symptoms_first_then_the_switch_merges_them_with_the_switch_as_root() {
+        let mut s = engine("");
+        let h1 = on("HostUnreachable", "h1", T0);
+        let h2 = on("HostUnreachable", "h2", T0 + 1_000);
+        let app = on("ErrorRate", "app-pay", T0 + 2_000);
+        s.alert(&h1);
+        let facts = s.alert(&h2);
+        assert_eq!(
+            incident_of(&s, &h2),
+            incident_of(&s, &h1),
+            "siblings on one switch"
+        );
+        assert!(
+            reason_of(&facts, &h2).contains("h2 -connected_to-> tor-1 <-connected_to- h1"),
+            "{}",
+            reason_of(&facts, &h2)
+        );
+        s.alert(&app);
+        assert_ne!(
+            incident_of(&s, &app),
+            incident_of(&s, &h1),
+            "apps do not follow hosted_on"
+        );
+
+        let tor = on("SwitchDown", "tor-1", T0 + 3_000);
+        let facts = s.alert(&tor);
+        let merged: Vec<_> = facts
+            .iter()
+            .filter(|f| f.kind() == "incidents_merged")
+            .collect();
+        assert_eq!(merged.len(), 1, "{facts:?}");
+        let id = incident_of(&s, &tor);
+        for a in [&h1, &h2, &app] {
+            assert_eq!(incident_of(&s, a), id);
+        }
+        assert_eq!(root_name(&s, id), "SwitchDown");
+        let inc = &s.engine.state().incidents[&id];
+        assert_eq!(inc.services.len(), 2, "svc-pay and svc-web");
+        assert_eq!(
+            inc.priority,
+            Priority::P1,
+            "critical service x critical alert"
+        );
+        assert_eq!(s.replayed(), *s.engine.state());
+    }
+
+    #[test]
+    fn a_symptom_joins_its_upstream_cause_and_impact_is_recorded() {
+        let mut s = engine("");
+        let db = on("DatabaseDown", "vm-1", T0);
+        let opened = s.alert(&db);
+        assert!(opened.iter().any(|f| matches!(f,
+            Fact::ImpactChanged { services, .. } if services == &["svc-pay".to_string()])));
+        let app = on("ErrorRate", "app-pay", T0 + 1_000);
+        let facts = s.alert(&app);
+        assert_eq!(incident_of(&s, &app), incident_of(&s, &db));
+        assert!(
+            reason_of(&facts, &app)
+                .contains("app-pay -runs_on-> vm-1 (alerting in INC-000001, 1 hop)"),
+            "{}",
+            reason_of(&facts, &app)
+        );
+        let inc = &s.engine.state().incidents[&incident_of(&s, &db)];
+        let services: Vec<&str> = inc
+            .services
+            .iter()
+            .filter_map(|&i| s.engine.state().topology.ci(i).map(|c| c.id.as_str()))
+            .collect();
+        assert_eq!(services, ["svc-pay"]);
+        assert_eq!(
+            inc.priority,
+            Priority::P1,
+            "critical service x critical alert"
+        );
+        assert!(
+            !facts.iter().any(|f| f.kind() == "impact_changed"),
+            "nothing new hit"
+        );
+        assert_eq!(root_name(&s, incident_of(&s, &db)), "DatabaseDown");
+    }
+
+    #[test]
+    fn hubs_are_not_walked_through_unless_they_alert() {
+        let mut s = engine("");
+        // vm-1 and vm-2 share ds-1 (not a hub): storage symptoms correlate as siblings.
+        let v1 = on("IOLatency", "vm-1", T0);
+        let v2 = on("IOLatency", "vm-2", T0);
+        s.alert(&v1);
+        s.alert(&v2);
+        assert_eq!(incident_of(&s, &v1), incident_of(&s, &v2));
+        // Two datastores on the SAN (a hub with 61 dependents) do not join through it ...
+        let x1 = on("DatastoreLatency", "ds-x1", T0);
+        let x2 = on("DatastoreLatency", "ds-x2", T0);
+        s.alert(&x1);
+        s.alert(&x2);
+        assert_ne!(incident_of(&s, &x1), incident_of(&s, &x2));
+        // ... but the SAN alerting itself is upstream of both and merges them.
+        let san = on("SANDegraded", "san", T0 + 1_000);
+        s.alert(&san);
+        assert_eq!(incident_of(&s, &x1), incident_of(&s, &san));
+        assert_eq!(incident_of(&s, &x2), incident_of(&s, &san));
+        assert_eq!(root_name(&s, incident_of(&s, &san)), "SANDegraded");
+        assert_eq!(s.replayed(), *s.engine.state());
+    }
+
+    #[test]
+    fn a_shared_symptom_attaches_to_one_incident_and_merges_nothing() {
+        let mut s = engine("");
+        // Two unrelated outages upstream of app-pay's service ...
+        let vm = on("VMDown", "vm-1", T0);
+        let web = on("ErrorRate", "app-web", T0);
+        s.alert(&vm);
+        s.alert(&web);
+        // ... an SLO alert on a service that depends on only one of them joins that one.
+        let slo = on("SLOBurn", "svc-pay", T0 + 1_000);
+        s.alert(&slo);
+        assert_eq!(incident_of(&s, &slo), incident_of(&s, &vm));
+        assert_ne!(
+            incident_of(&s, &web),
+            incident_of(&s, &vm),
+            "no merge through a symptom"
+        );
+    }
+
+    #[test]
+    fn unrelated_nearby_alerts_stay_apart() {
+        let mut s = engine("");
+        let h1 = on("HostUnreachable", "h1", T0);
+        let h3 = on("HostUnreachable", "h3", T0); // other switch: only the PDU is shared
+        let disk = on("DiskFull", "h2", T0); // same rack, not a topology class
+        s.alert(&h1);
+        s.alert(&disk);
+        assert_ne!(incident_of(&s, &disk), incident_of(&s, &h1));
+        // h3 shares pdu-1 with h1 as a direct parent: siblings through power.
+        s.alert(&h3);
+        assert_eq!(incident_of(&s, &h3), incident_of(&s, &h1));
+    }
+
+    #[test]
+    fn maintenance_suppresses_and_records() {
+        let mut s = engine(
+            "[[maintenance]]\nname = \"h1 firmware\"\ncis = [\"h1\"]\ninclude_dependents = true\nstart = \"2026-11-18T00:00:00Z\"\nend = \"2026-11-18T12:00:00Z\"\n",
+        );
+        let h1 = on("HostUnreachable", "h1", T0);
+        let vm = on("VMDown", "vm-1", T0);
+        let h2 = on("HostUnreachable", "h2", T0);
+        let facts = s.alert(&h1);
+        assert_eq!(kinds(&facts), ["alert_received", "alert_suppressed"]);
+        s.alert(&vm);
+        assert!(
+            s.engine.state().alerts[&vm.fingerprint].suppressed,
+            "dependent of h1"
+        );
+        s.alert(&h2);
+        assert!(s.engine.state().incidents.len() == 1);
+        // After the window a re-sent alert correlates.
+        let later = on("HostUnreachable", "h1", 1_795_000_000_000 + 12 * 3_600_000);
+        let facts = s.alert(&later);
+        assert!(
+            facts.iter().any(|f| f.kind() == "alert_attached"),
+            "{facts:?}"
+        );
+        assert_eq!(s.replayed(), *s.engine.state());
+    }
+
+    #[test]
+    fn a_flapping_alert_is_flagged_in_one_incident() {
+        let mut s = engine("");
+        let mut t = T0;
+        for _ in 0..6 {
+            s.alert(&on("LinkDown", "h1", t));
+            s.alert(&resolved(on("LinkDown", "h1", t), t + 30_000));
+            t += 60_000;
+        }
+        let a = on("LinkDown", "h1", t);
+        s.alert(&a);
+        assert!(s.engine.state().alerts[&a.fingerprint].flapping);
+        assert_eq!(s.engine.state().incidents.len(), 1);
+        assert_eq!(s.count(&a), 7);
+    }
+
+    #[test]
+    fn alerts_find_their_ci_by_hostname_and_cmdb_changes_apply_mid_stream() {
+        let mut s = engine("");
+        let mut by_host = on("HostUnreachable", "x", T0);
+        by_host.ci = None;
+        by_host
+            .labels
+            .insert("instance".into(), "h1.dc1.example.net:9100".into());
+        by_host.fingerprint =
+            Fingerprint::native("mon", "HostUnreachable", None, &by_host.labels, None);
+        let facts = s.alert(&by_host);
+        assert!(
+            matches!(&facts[0], Fact::AlertReceived { alert, .. } if alert.ci.as_deref() == Some("h1"))
+        );
+
+        // h3 moves from tor-2 to tor-1: now a sibling of h1.
+        let ops = [
+            CmdbOp::RemoveRelation {
+                relation: RelationSpec {
+                    from: "h3".into(),
+                    kind: crate::cmdb::Relation::ConnectedTo,
+                    to: "tor-2".into(),
+                },
+            },
+            CmdbOp::AddRelation {
+                relation: RelationSpec {
+                    from: "h3".into(),
+                    kind: crate::cmdb::Relation::ConnectedTo,
+                    to: "tor-1".into(),
+                },
+            },
+            CmdbOp::RemoveRelation {
+                relation: RelationSpec {
+                    from: "h3".into(),
+                    kind: crate::cmdb::Relation::PoweredBy,
+                    to: "pdu-1".into(),
+                },
+            },
+        ];
+        let facts = s.when(&[Input::Cmdb {
+            now: T0 + 1,
+            source: "test",
+            ops: &ops,
+        }]);
+        assert_eq!(kinds(&facts), ["cmdb_changed"]);
+        let h3 = on("HostUnreachable", "h3", T0 + 2);
+        let facts = s.alert(&h3);
+        assert!(
+            reason_of(&facts, &h3).contains("h3 -connected_to-> tor-1"),
+            "{}",
+            reason_of(&facts, &h3)
+        );
+        let bad = [CmdbOp::AddRelation {
+            relation: RelationSpec {
+                from: "h3".into(),
+                kind: crate::cmdb::Relation::ConnectedTo,
+                to: "nowhere".into(),
+            },
+        }];
+        let mut out = Vec::new();
+        assert!(matches!(
+            s.engine.handle(
+                Input::Cmdb {
+                    now: T0 + 3,
+                    source: "test",
+                    ops: &bad
+                },
+                &mut out
+            ),
+            Err(CommandError::InvalidCmdb(_))
+        ));
+        assert!(out.is_empty());
+        assert_eq!(s.replayed(), *s.engine.state());
+    }
+}

@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::clock;
+use crate::cmdb::CmdbOp;
 use crate::ingest::{self, Format, Limits, Stamp};
 use crate::pipeline::{Pipeline, Shared};
 
@@ -40,6 +41,9 @@ pub struct NatsIngest {
     pub client: Client,
     pub subject: String,
     pub deadletter_subject: String,
+    /// Live CMDB changes: a JSON array of operations per message.
+    pub cmdb_subject: String,
+    pub cmdb_deadletter_subject: String,
     pub pipeline: Pipeline,
     pub shared: Arc<Shared>,
     pub limits: Arc<Limits>,
@@ -48,14 +52,14 @@ pub struct NatsIngest {
 impl NatsIngest {
     /// Runs until `shutdown` turns true, then drains what the server already sent.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), NatsError> {
-        let sub = self
-            .client
-            .subscribe(self.subject.clone())
-            .await
-            .map_err(|source| NatsError::Subscribe {
-                subject: self.subject.clone(),
-                source,
-            })?;
+        let subscribe = |subject: String| async {
+            self.client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|source| NatsError::Subscribe { subject, source })
+        };
+        let sub = subscribe(self.subject.clone()).await?;
+        let cmdb = subscribe(self.cmdb_subject.clone()).await?;
         // After every (re)connect, a flush round-trip proves the server registered the
         // (re-sent) subscription; only then is the service ready, so nothing published after
         // /readyz turned green is missed.
@@ -70,7 +74,7 @@ impl NatsIngest {
                 shared.nats_subscribed.store(true, Ordering::SeqCst);
             }
         });
-        let result = self.consume(sub, &mut shutdown).await;
+        let result = self.consume(sub, cmdb, &mut shutdown).await;
         readiness.abort();
         result
     }
@@ -78,6 +82,7 @@ impl NatsIngest {
     async fn consume(
         &self,
         sub: async_nats::Subscriber,
+        mut cmdb: async_nats::Subscriber,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), NatsError> {
         let mut chunks = sub.ready_chunks(CHUNK);
@@ -85,6 +90,7 @@ impl NatsIngest {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                Some(msg) = cmdb.next() => self.handle_cmdb(msg).await,
                 chunk = chunks.next() => match chunk {
                     Some(messages) => self.handle(messages).await,
                     None => return Ok(()),
@@ -157,6 +163,32 @@ impl NatsIngest {
         }
     }
 
+    /// Applies one message of CMDB operations through the engine; a malformed or invalid
+    /// change goes to the CMDB dead letter with the reason, and changes nothing.
+    async fn handle_cmdb(&self, msg: Message) {
+        if msg.subject.as_str() == self.cmdb_deadletter_subject {
+            return;
+        }
+        let ops: Vec<CmdbOp> = match serde_json::from_slice(&msg.payload) {
+            Ok(ops) => ops,
+            Err(e) => {
+                let reason = format!("malformed_json: expected an array of CMDB operations: {e}");
+                self.dead_letter(&msg, &self.cmdb_deadletter_subject, reason)
+                    .await;
+                return;
+            }
+        };
+        let source = format!("nats {}", msg.subject);
+        if let Err(e) = self.pipeline.cmdb_change(ops, source, clock::now()).await {
+            self.dead_letter(
+                &msg,
+                &self.cmdb_deadletter_subject,
+                format!("rejected: {e}"),
+            )
+            .await;
+        }
+    }
+
     /// Counts a rejection and republishes the message, untouched, to the dead letter.
     async fn reject(&self, msg: &Message, code: &'static str, reason: String) {
         self.shared
@@ -164,6 +196,11 @@ impl NatsIngest {
             .alerts_rejected
             .with_label_values(&[code])
             .inc();
+        self.dead_letter(msg, &self.deadletter_subject, reason)
+            .await;
+    }
+
+    async fn dead_letter(&self, msg: &Message, subject: &str, reason: String) {
         let mut headers = HeaderMap::new();
         // Header values are single-line and bounded.
         let mut reason: String = reason.replace(['\r', '\n'], " ");
@@ -178,11 +215,7 @@ impl NatsIngest {
         headers.insert(SUBJECT_HEADER, msg.subject.as_str());
         match self
             .client
-            .publish_with_headers(
-                self.deadletter_subject.clone(),
-                headers,
-                msg.payload.clone(),
-            )
+            .publish_with_headers(subject.to_string(), headers, msg.payload.clone())
             .await
         {
             Ok(()) => self.shared.metrics.deadletter_published.inc(),

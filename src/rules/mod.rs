@@ -10,6 +10,24 @@
 //! hold_down = "5m"       # all alerts resolved this long => incident auto-resolves
 //! reopen_window = "30m"  # a member refiring this soon after resolution reopens it
 //!
+//! [priority]             # at most one file may set it; these are the defaults
+//! default_impact = "medium"   # impact when no business service is known to be hit
+//! matrix = [["P1", "P2", "P3"], ["P2", "P3", "P4"], ["P3", "P4", "P5"]]  # impact x urgency
+//! urgency = { critical = "high", major = "medium", minor = "medium", warning = "low", info = "low" }
+//!
+//! [[maintenance]]        # alerts on these CIs (and/or matching) in the window are suppressed
+//! name = "db-01 patching"
+//! cis = ["db-01"]
+//! include_dependents = false
+//! start = "2026-11-23T10:00:00Z"
+//! end = "2026-11-23T12:00:00Z"
+//!
+//! [[rule]]
+//! name = "reachability"
+//! match = [{ field = "name", regex = "(Host|Switch|Link)(Down|Unreachable)" }]
+//! topology = { relations = ["connected_to", "powered_by", "hosted_on", "runs_on"], max_hops = 3 }
+//! window = "15m"
+//!
 //! [[rule]]
 //! name = "kubernetes-by-namespace"
 //! match = [
@@ -29,10 +47,15 @@ use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{Alert, Millis, parse_duration};
+use crate::cmdb::{Relation, RelationSet};
+use crate::model::{Alert, Millis, Priority, Severity, parse_duration, parse_time};
 
 /// Upper bound on a compiled regex, so a hostile rule cannot eat memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Default fan-in above which a CI is a hub that topology walks do not pass through.
+pub const DEFAULT_MAX_FAN_IN: usize = 50;
+/// Longest walk a topology rule may ask for.
+const MAX_HOPS_LIMIT: u8 = 8;
 
 /// Rules that ship with the binary, used when no rules directory exists (a fresh machine
 /// running `incidentd serve` outside the repository).
@@ -72,11 +95,120 @@ impl Default for Lifecycle {
     }
 }
 
+/// Impact or urgency on the ITIL three-level scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    High,
+    Medium,
+    Low,
+}
+
+impl Level {
+    fn parse(s: &str) -> Option<Level> {
+        match s {
+            "high" => Some(Level::High),
+            "medium" => Some(Level::Medium),
+            "low" => Some(Level::Low),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::High => "high",
+            Level::Medium => "medium",
+            Level::Low => "low",
+        }
+    }
+}
+
+/// The impact × urgency matrix and how severities map to urgency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PriorityMatrix {
+    pub default_impact: Level,
+    /// `matrix[impact][urgency]`, each indexed High, Medium, Low.
+    pub matrix: [[Priority; 3]; 3],
+    /// Urgency per severity, indexed Info..Critical.
+    pub urgency: [Level; 5],
+}
+
+impl Default for PriorityMatrix {
+    fn default() -> Self {
+        use Priority::*;
+        PriorityMatrix {
+            default_impact: Level::Medium,
+            matrix: [[P1, P2, P3], [P2, P3, P4], [P3, P4, P5]],
+            urgency: [
+                Level::Low,
+                Level::Low,
+                Level::Medium,
+                Level::Medium,
+                Level::High,
+            ],
+        }
+    }
+}
+
+impl PriorityMatrix {
+    pub fn urgency(&self, severity: Severity) -> Level {
+        self.urgency[severity as usize]
+    }
+
+    pub fn priority(&self, impact: Level, urgency: Level) -> Priority {
+        self.matrix[impact as usize][urgency as usize]
+    }
+}
+
+/// A maintenance window: matching alerts are recorded as suppressed, not correlated.
+#[derive(Clone, Debug)]
+pub struct Maintenance {
+    pub name: String,
+    /// CI ids under maintenance; empty means "any CI" (then `match` decides).
+    pub cis: Vec<String>,
+    /// Also suppress alerts on CIs that depend on the listed ones.
+    pub include_dependents: bool,
+    matchers: Vec<Matcher>,
+    pub start: Millis,
+    pub end: Millis,
+}
+
+impl Maintenance {
+    pub fn active(&self, now: Millis) -> bool {
+        self.start <= now && now < self.end
+    }
+
+    /// Whether the alert satisfies the window's matchers (the CI test is the engine's).
+    pub fn matches(&self, alert: &Alert) -> bool {
+        self.matchers.iter().all(|m| m.matches(alert))
+    }
+}
+
+/// How a rule correlates the alerts it claims.
+#[derive(Clone, Debug)]
+pub enum Policy {
+    /// Same values of these fields within the window.
+    GroupBy(Vec<Field>),
+    /// An open incident with an alerting CI nearby in the CMDB.
+    Topology(TopologyPolicy),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopologyPolicy {
+    pub relations: RelationSet,
+    pub max_hops: u8,
+    /// CIs with more dependents than this are hubs: reached, never walked through.
+    pub max_fan_in: usize,
+    /// Whether CIs sharing a direct upstream parent (two hosts on one switch) correlate.
+    pub siblings: bool,
+}
+
 /// A compiled, ordered rule set.
 #[derive(Clone, Debug)]
 pub struct Rules {
     pub rules: Vec<Rule>,
     pub lifecycle: Lifecycle,
+    pub priority: PriorityMatrix,
+    pub maintenance: Vec<Maintenance>,
     /// FNV-1a of every file name and content, in order: identifies the rule set in the log.
     pub hash: String,
 }
@@ -86,8 +218,12 @@ pub struct Rules {
 pub struct Rule {
     pub name: String,
     matchers: Vec<Matcher>,
-    pub group_by: Vec<Field>,
+    pub policy: Policy,
     pub window: Millis,
+    /// Fixed impact for incidents this rule opens, instead of the services hit.
+    pub impact: Option<Level>,
+    /// Fixed urgency for alerts this rule claims, instead of their severity's.
+    pub urgency: Option<Level>,
 }
 
 /// A field of an alert that rules can match and group on.
@@ -184,17 +320,24 @@ impl Rule {
         self.matchers.iter().all(|m| m.matches(alert))
     }
 
-    /// The group an alert falls in under this rule, e.g. `svc-by-ns{labels.namespace="pay"}`.
-    /// Doubles as the human explanation of why alerts were grouped.
+    /// The group an alert falls in under this rule, e.g. `svc-by-ns{labels.namespace="pay"}`;
+    /// for topology rules, the alert's CI. Doubles as the human explanation of the grouping.
     pub fn group_key(&self, alert: &Alert) -> String {
         let mut key = String::with_capacity(64);
         key.push_str(&self.name);
         key.push('{');
-        for (i, field) in self.group_by.iter().enumerate() {
-            if i > 0 {
-                key.push_str(", ");
+        match &self.policy {
+            Policy::GroupBy(fields) => {
+                for (i, field) in fields.iter().enumerate() {
+                    if i > 0 {
+                        key.push_str(", ");
+                    }
+                    let _ = write!(key, "{}={:?}", field.name(), field.get(alert).unwrap_or(""));
+                }
             }
-            let _ = write!(key, "{}={:?}", field.name(), field.get(alert).unwrap_or(""));
+            Policy::Topology(_) => {
+                let _ = write!(key, "ci={:?}", alert.ci.as_deref().unwrap_or(""));
+            }
         }
         key.push('}');
         key
@@ -202,9 +345,12 @@ impl Rule {
 }
 
 impl Rules {
-    /// The rule that decides this alert's correlation, if any.
-    pub fn first_match(&self, alert: &Alert) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matches(alert))
+    /// The rule that decides this alert's correlation, if any. Topology rules are skipped
+    /// for alerts whose CI is not in the CMDB: there is no graph to walk.
+    pub fn first_match(&self, alert: &Alert, has_ci: bool) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| (has_ci || !matches!(r.policy, Policy::Topology(_))) && r.matches(alert))
     }
 
     /// Loads every `*.toml` file in `dir`, in file-name order.
@@ -239,7 +385,9 @@ impl Rules {
     /// Compiles rule files given as `(name, content)` pairs, in order.
     pub fn parse_files(files: &[(String, String)]) -> Result<Rules, RulesError> {
         let mut rules = Vec::new();
+        let mut maintenance = Vec::new();
         let mut lifecycle: Option<(String, Lifecycle)> = None;
+        let mut priority: Option<(String, PriorityMatrix)> = None;
         let mut hash = Fnv::default();
         for (file, text) in files {
             hash.write(file.rsplit('/').next().unwrap_or(file).as_bytes());
@@ -268,6 +416,15 @@ impl Rules {
                 }
                 lifecycle = Some((file.clone(), compile_lifecycle(l, &at)?));
             }
+            if let Some(p) = spec.priority {
+                if let Some((other, _)) = &priority {
+                    return Err(at(0, format!("[priority] is already set in {other}")));
+                }
+                priority = Some((file.clone(), compile_priority(p, &at)?));
+            }
+            for m in spec.maintenance {
+                maintenance.push(compile_maintenance(m, &at)?);
+            }
             for r in spec.rule {
                 let rule = compile_rule(r, &at)?;
                 if rules.iter().any(|x: &Rule| x.name == rule.name) {
@@ -279,6 +436,8 @@ impl Rules {
         Ok(Rules {
             rules,
             lifecycle: lifecycle.map(|(_, l)| l).unwrap_or_default(),
+            priority: priority.map(|(_, p)| p).unwrap_or_default(),
+            maintenance,
             hash: format!("{:016x}", hash.0),
         })
     }
@@ -295,7 +454,58 @@ struct FileSpec {
     #[serde(default)]
     lifecycle: Option<LifecycleSpec>,
     #[serde(default)]
+    priority: Option<PrioritySpec>,
+    #[serde(default)]
+    maintenance: Vec<Spanned<MaintenanceSpec>>,
+    #[serde(default)]
     rule: Vec<RuleSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrioritySpec {
+    default_impact: Option<Spanned<String>>,
+    matrix: Option<Spanned<Vec<Vec<String>>>>,
+    #[serde(default)]
+    urgency: std::collections::BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceSpec {
+    name: String,
+    #[serde(default)]
+    cis: Vec<String>,
+    #[serde(default)]
+    include_dependents: bool,
+    #[serde(default, rename = "match")]
+    matchers: Vec<Spanned<MatcherSpec>>,
+    start: Spanned<String>,
+    end: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopologySpec {
+    relations: Vec<Spanned<String>>,
+    #[serde(default = "default_max_hops")]
+    max_hops: u8,
+    #[serde(default = "default_max_fan_in")]
+    max_fan_in: usize,
+    #[serde(default = "default_true")]
+    siblings: bool,
+}
+
+fn default_max_hops() -> u8 {
+    3
+}
+
+fn default_max_fan_in() -> usize {
+    DEFAULT_MAX_FAN_IN
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -314,8 +524,11 @@ struct RuleSpec {
     description: Option<String>,
     #[serde(default, rename = "match")]
     matchers: Vec<Spanned<MatcherSpec>>,
-    group_by: Vec<Spanned<String>>,
+    group_by: Option<Vec<Spanned<String>>>,
+    topology: Option<Spanned<TopologySpec>>,
     window: Spanned<String>,
+    impact: Option<Spanned<String>>,
+    urgency: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -370,19 +583,71 @@ fn compile_rule(
     if name.is_empty() {
         return Err(at(spec.name.span().start, "rule name is empty".into()));
     }
-    let field = |s: &Spanned<String>| {
-        Field::parse(s.get_ref()).ok_or_else(|| {
-            at(
-                s.span().start,
-                format!(
-                    "rule {name:?}: unknown field {:?} (use source, name, ci, severity, status, summary or labels.<name>)",
-                    s.get_ref()
-                ),
-            )
-        })
+    let matchers = compile_matchers(&spec.matchers, &name, at)?;
+    let policy = match (spec.group_by, spec.topology) {
+        (Some(fields), None) => Policy::GroupBy(
+            fields
+                .iter()
+                .map(|f| compile_field(f, &name, at))
+                .collect::<Result<_, _>>()?,
+        ),
+        (None, Some(t)) => Policy::Topology(compile_topology(&t, &name, at)?),
+        _ => {
+            return Err(at(
+                spec.name.span().start,
+                format!("rule {name:?}: needs exactly one of group_by or topology"),
+            ));
+        }
     };
-    let mut matchers = Vec::with_capacity(spec.matchers.len());
-    for m in &spec.matchers {
+    let window = compile_duration(&spec.window, &format!("rule {name:?}: window"), at)?;
+    let level = |s: &Option<Spanned<String>>, what: &str| {
+        s.as_ref()
+            .map(|s| {
+                Level::parse(s.get_ref()).ok_or_else(|| {
+                    at(
+                        s.span().start,
+                        format!(
+                            "rule {name:?}: {what} must be high, medium or low, got {:?}",
+                            s.get_ref()
+                        ),
+                    )
+                })
+            })
+            .transpose()
+    };
+    Ok(Rule {
+        impact: level(&spec.impact, "impact")?,
+        urgency: level(&spec.urgency, "urgency")?,
+        name,
+        matchers,
+        policy,
+        window,
+    })
+}
+
+fn compile_field(
+    s: &Spanned<String>,
+    owner: &str,
+    at: &impl Fn(usize, String) -> RulesError,
+) -> Result<Field, RulesError> {
+    Field::parse(s.get_ref()).ok_or_else(|| {
+        at(
+            s.span().start,
+            format!(
+                "rule {owner:?}: unknown field {:?} (use source, name, ci, severity, status, summary or labels.<name>)",
+                s.get_ref()
+            ),
+        )
+    })
+}
+
+fn compile_matchers(
+    specs: &[Spanned<MatcherSpec>],
+    name: &str,
+    at: &impl Fn(usize, String) -> RulesError,
+) -> Result<Vec<Matcher>, RulesError> {
+    let mut matchers = Vec::with_capacity(specs.len());
+    for m in specs {
         let offset = m.span().start;
         let m = m.get_ref();
         let regex = |pattern: &str| {
@@ -418,32 +683,153 @@ fn compile_rule(
         if let Some(v) = m.exists {
             ops.push(Op::Exists(v));
         }
-        if ops.len() != 1 {
-            return Err(at(
+        let [op] = <[Op; 1]>::try_from(ops).map_err(|ops| {
+            at(
                 offset,
                 format!(
                     "rule {name:?}: a matcher needs exactly one of equals, not_equals, regex, not_regex, in, not_in, exists (found {})",
                     ops.len()
                 ),
-            ));
-        }
-        let field = field(&m.field)?;
-        matchers.extend(ops.into_iter().map(|op| Matcher {
-            field: field.clone(),
+            )
+        })?;
+        matchers.push(Matcher {
+            field: compile_field(&m.field, name, at)?,
             op,
-        }));
+        });
     }
-    let group_by = spec
-        .group_by
-        .iter()
-        .map(field)
-        .collect::<Result<Vec<_>, _>>()?;
-    let window = compile_duration(&spec.window, &format!("rule {name:?}: window"), at)?;
-    Ok(Rule {
+    Ok(matchers)
+}
+
+fn compile_topology(
+    t: &Spanned<TopologySpec>,
+    name: &str,
+    at: &impl Fn(usize, String) -> RulesError,
+) -> Result<TopologyPolicy, RulesError> {
+    let spec = t.get_ref();
+    let mut relations = Vec::with_capacity(spec.relations.len());
+    for r in &spec.relations {
+        relations.push(Relation::parse(r.get_ref()).ok_or_else(|| {
+            at(
+                r.span().start,
+                format!(
+                    "rule {name:?}: unknown relation {:?} (use {})",
+                    r.get_ref(),
+                    Relation::ALL.map(Relation::as_str).join(", ")
+                ),
+            )
+        })?);
+    }
+    if relations.is_empty() || spec.max_hops == 0 || spec.max_hops > MAX_HOPS_LIMIT {
+        return Err(at(
+            t.span().start,
+            format!(
+                "rule {name:?}: topology needs at least one relation and max_hops from 1 to {MAX_HOPS_LIMIT}"
+            ),
+        ));
+    }
+    Ok(TopologyPolicy {
+        relations: RelationSet::of(&relations),
+        max_hops: spec.max_hops,
+        max_fan_in: spec.max_fan_in,
+        siblings: spec.siblings,
+    })
+}
+
+fn compile_priority(
+    spec: PrioritySpec,
+    at: &impl Fn(usize, String) -> RulesError,
+) -> Result<PriorityMatrix, RulesError> {
+    let mut p = PriorityMatrix::default();
+    let level = |s: &Spanned<String>, what: &str| {
+        Level::parse(s.get_ref()).ok_or_else(|| {
+            at(
+                s.span().start,
+                format!(
+                    "priority: {what} must be high, medium or low, got {:?}",
+                    s.get_ref()
+                ),
+            )
+        })
+    };
+    if let Some(d) = &spec.default_impact {
+        p.default_impact = level(d, "default_impact")?;
+    }
+    if let Some(m) = &spec.matrix {
+        let bad = || {
+            at(
+                m.span().start,
+                "priority: matrix must be 3 rows (impact high, medium, low) of 3 priorities (urgency high, medium, low), each P1..P5".into(),
+            )
+        };
+        let rows = m.get_ref();
+        if rows.len() != 3 {
+            return Err(bad());
+        }
+        for (i, row) in rows.iter().enumerate() {
+            if row.len() != 3 {
+                return Err(bad());
+            }
+            for (j, cell) in row.iter().enumerate() {
+                p.matrix[i][j] = Priority::parse(cell).ok_or_else(bad)?;
+            }
+        }
+    }
+    for (severity, value) in &spec.urgency {
+        let sev = Severity::parse(severity).ok_or_else(|| {
+            at(
+                value.span().start,
+                format!(
+                    "priority: unknown severity {severity:?} in urgency (use {})",
+                    Severity::NAMES
+                ),
+            )
+        })?;
+        p.urgency[sev as usize] = level(value, "urgency")?;
+    }
+    Ok(p)
+}
+
+fn compile_maintenance(
+    spec: Spanned<MaintenanceSpec>,
+    at: &impl Fn(usize, String) -> RulesError,
+) -> Result<Maintenance, RulesError> {
+    let offset = spec.span().start;
+    let spec = spec.into_inner();
+    let name = spec.name;
+    let time = |s: &Spanned<String>, what: &str| {
+        parse_time(s.get_ref()).ok_or_else(|| {
+            at(
+                s.span().start,
+                format!(
+                    "maintenance {name:?}: {what} must be an RFC 3339 time, got {:?}",
+                    s.get_ref()
+                ),
+            )
+        })
+    };
+    let start = time(&spec.start, "start")?;
+    let end = time(&spec.end, "end")?;
+    if end <= start {
+        return Err(at(
+            offset,
+            format!("maintenance {name:?}: end is not after start"),
+        ));
+    }
+    if spec.cis.is_empty() && spec.matchers.is_empty() {
+        return Err(at(
+            offset,
+            format!(
+                "maintenance {name:?}: needs cis, match, or both (it would silence everything)"
+            ),
+        ));
+    }
+    Ok(Maintenance {
+        matchers: compile_matchers(&spec.matchers, &name, at)?,
         name,
-        matchers,
-        group_by,
-        window,
+        cis: spec.cis,
+        include_dependents: spec.include_dependents,
+        start,
+        end,
     })
 }
 
