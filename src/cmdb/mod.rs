@@ -258,7 +258,8 @@ impl fmt::Display for Problem {
 // Loading
 
 impl CmdbSpec {
-    /// JSON file, or a directory holding `cis.csv` + `relations.csv`, or a path to `cis.csv` (its sibling `relations.csv` is used).
+    /// JSON file, or a directory holding `cis.csv` + `relations.csv`, or a path to `cis.csv` (its
+    /// sibling `relations.csv` is used).
     ///
     /// Any path ending in `.csv` counts as the CI file; everything else that is not a
     /// directory is read as JSON.
@@ -292,10 +293,12 @@ impl CmdbSpec {
         parse_csv(cis, relations, "cis.csv", "relations.csv")
     }
 
-    /// Every problem, not just the first: duplicate CI ids, empty ids, relations with unknown endpoints, self-loops, duplicate relations, and cycles among relations other than `connected_to` (network meshes may loop; dependency/containment/power must be acyclic — report one cycle as `a -runs_on-> b -hosted_on-> a`). Unknown relation types / criticalities are parse errors with location.
-    ///
-    /// Also reports an empty CI type. One cycle is reported per strongly connected group of
-    /// CIs, located at the lowest-numbered relation on it.
+    /// Every problem, not just the first, so one run fixes a whole export: empty ids or types,
+    /// duplicate ids, relations with unknown endpoints, self-loops, duplicate relations, and
+    /// cycles among relations other than `connected_to` (network meshes may loop; dependency,
+    /// containment and power must not). One cycle is reported per strongly connected group of
+    /// CIs, as `a -runs_on-> b -hosted_on-> a`, located at the lowest-numbered relation on it.
+    /// Unknown relation types and criticalities never get here: they are parse errors.
     pub fn check(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut ids: HashMap<&str, u32> = HashMap::with_capacity(self.cis.len());
@@ -393,6 +396,8 @@ fn read(path: &Path) -> Result<String, CmdbError> {
 }
 
 fn parse_json(text: &str, file: &str) -> Result<CmdbSpec, CmdbError> {
+    // Exports written by Windows tools often start with a byte-order mark (csv skips it too).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     serde_json::from_str::<JsonDoc>(text)
         .map(|d| d.0)
         .map_err(|e| {
@@ -1043,7 +1048,8 @@ const KEY_ATTRS: [&str; 4] = ["hostname", "fqdn", "ip", "instance"];
 /// Alert labels tried by `resolve`, in order.
 const KEY_LABELS: [&str; 6] = ["instance", "hostname", "host", "node", "ip", "fqdn"];
 
-/// The in-memory graph: integer ids, adjacency lists both ways, lookup keys, and each CI's impacted business services precomputed.
+/// The in-memory graph: integer ids, adjacency lists both ways, lookup keys, and each CI's impacted
+/// business services precomputed.
 ///
 /// Removed CIs stay as tombstones so indexes held elsewhere never point at a different CI.
 /// `Sync`: the walk scratch space sits behind a mutex that is only ever `try_lock`ed.
@@ -1060,10 +1066,10 @@ pub struct Topology {
     fan_in: Vec<[u32; 7]>,
     /// Every id ever seen, tombstones included, so a re-added id gets its old index back.
     by_id: HashMap<String, CiIdx>,
-    /// Lowercased CI ids and key attribute values → (tier, CI); the smallest pair wins.
-    keys: HashMap<String, (u8, CiIdx)>,
-    /// Lowercased short host names (before the first dot) → first CI in index order.
-    short_keys: HashMap<String, CiIdx>,
+    /// Lowercased CI ids and key attribute values → CI; the smallest (tier, index) wins.
+    keys: KeyIndex,
+    /// Lowercased short host names (before the first dot) → CI; the smallest index wins.
+    short_keys: KeyIndex,
     /// Impacted services as CSR: `svc_list[svc_start[i]..svc_start[i + 1]]`.
     svc_start: Vec<u32>,
     svc_list: Vec<CiIdx>,
@@ -1108,7 +1114,11 @@ impl Topology {
                 });
             }
         }
-        t.refresh();
+        t.recount_fan_in();
+        for i in 0..n {
+            t.index_keys(i as CiIdx, true);
+        }
+        t.rebuild_services();
         Ok(t)
     }
 
@@ -1144,7 +1154,11 @@ impl Topology {
         self.cis.get(idx as usize).map_or("", |c| c.id.as_str())
     }
 
-    /// Resolves an alert to a CI: by `ci` id first; else by lookup keys from labels, in order `instance` (with or without `:port`, also `[v6]:port`), `hostname`, `host`, `node`, `ip`, `fqdn`, matched against CI ids, and against attrs `hostname`, `fqdn`, `ip`, `instance` (and `aliases`, a comma-separated list), case-insensitively for hostnames; a hostname key also matches its short form.
+    /// Resolves an alert to a CI: by `ci` id first; else by lookup keys from labels, in order
+    /// `instance` (with or without `:port`, also `[v6]:port`), `hostname`, `host`, `node`, `ip`,
+    /// `fqdn`, matched against CI ids, and against attrs `hostname`, `fqdn`, `ip`, `instance` (and
+    /// `aliases`, a comma-separated list), case-insensitively for hostnames; a hostname key also
+    /// matches its short form.
     ///
     /// Precisely: the exact `ci` id, then the `ci` value treated like a label value, then each
     /// label in the order above. A value is tried whole, then (for `instance`) without scheme,
@@ -1184,15 +1198,16 @@ impl Topology {
             return Some(i);
         }
         let short = short_form(host)?;
-        self.key(short)
-            .or_else(|| self.short_keys.get(short).copied())
+        self.key(short).or_else(|| self.short_keys.get(short))
     }
 
     fn key(&self, k: &str) -> Option<CiIdx> {
-        self.keys.get(k).map(|&(_, i)| i)
+        self.keys.get(k)
     }
 
-    /// Business services (CIs of type `service`) that depend on `idx` transitively along any relation type, including `idx` itself if it is a service; sorted by CI id; precomputed (recomputed after changes), so O(1) here.
+    /// Business services (CIs of type `service`) that depend on `idx` transitively along any
+    /// relation type, including `idx` itself if it is a service; sorted by CI id; precomputed
+    /// (recomputed after changes), so O(1) here.
     pub fn services(&self, idx: CiIdx) -> &[CiIdx] {
         let i = idx as usize;
         match (self.svc_start.get(i), self.svc_start.get(i + 1)) {
@@ -1215,12 +1230,20 @@ impl Topology {
             .sum()
     }
 
-    /// Bounded neighbourhood of `start` along `rels`, breadth-first, appended to `out` (cleared first) in a deterministic order (BFS order following adjacency-list order), `start` itself excluded:
+    /// Bounded neighbourhood of `start` along `rels`, breadth-first, appended to `out` (cleared
+    /// first) in a deterministic order (BFS order following adjacency-list order), `start` itself
+    /// excluded:
     ///  - Upstream: follow out-edges (start depends on …) up to `max_hops`;
     ///  - Downstream: follow in-edges up to `max_hops`;
-    ///  - Sibling: CIs x with `start -r1-> p <-r2- x`, both r1, r2 in rels, p not a hub (hops = 2, so only when `max_hops >= 2`);
-    ///  - Hubs: a CI whose fan_in(rels) > max_fan_in is never expanded (it can be reached and reported, but the walk does not continue through it), except `start` itself, which is always expanded. A CI is reported once, at its first reach; Upstream is explored before Downstream before Sibling. Each direction walks through CIs already reported by an earlier one (a `connected_to` loop can make a CI both), so nothing behind them is missed.
-    ///  - Stops adding at `max_nodes` (a safety valve) and returns true when something was left out.
+    ///  - Sibling: CIs x with `start -r1-> p <-r2- x`, both r1, r2 in rels, p not a hub (hops = 2,
+    ///    so only when `max_hops >= 2`);
+    ///  - Hubs: a CI whose fan_in(rels) > max_fan_in is never expanded (it can be reached and
+    ///    reported, but the walk does not continue through it), except `start` itself, which is
+    ///    always expanded. A CI is reported once, at its first reach; Upstream is explored before
+    ///    Downstream before Sibling. Each direction walks through CIs already reported by an
+    ///    earlier one (a `connected_to` loop can make a CI both), so nothing behind them is missed.
+    ///  - Stops adding at `max_nodes` (a safety valve) and returns true when something was left
+    ///    out.
     ///
     /// Allocation-free apart from growing `out` (the visited marks are reused epoch stamps).
     pub fn neighborhood(
@@ -1315,7 +1338,10 @@ impl Topology {
         false
     }
 
-    /// Human path from `from` to `to` along `rels` within `max_hops` (shortest, BFS over both edge directions), e.g. `host-7 -connected_to-> tor-3` or `tor-3 <-connected_to- host-7` or `host-7 -connected_to-> tor-3 <-connected_to- host-9`; each step printed as `a -rel-> b` when a depends on b, `a <-rel- b` when b depends on a. None if unreachable.
+    /// Human path from `from` to `to` along `rels` within `max_hops` (shortest, BFS over both edge
+    /// directions), e.g. `host-7 -connected_to-> tor-3` or `tor-3 <-connected_to- host-7` or
+    /// `host-7 -connected_to-> tor-3 <-connected_to- host-9`; each step printed as `a -rel-> b`
+    /// when a depends on b, `a <-rel- b` when b depends on a. None if unreachable.
     ///
     /// Hubs are not avoided (this explains, it does not decide); `from == to` gives the bare id.
     pub fn path(&self, from: CiIdx, to: CiIdx, rels: RelationSet, max_hops: u8) -> Option<String> {
@@ -1385,7 +1411,8 @@ impl Topology {
         text
     }
 
-    /// True if `up` is upstream of `down` (down depends on up transitively) within max_hops along rels.
+    /// True if `up` is upstream of `down` (down depends on up transitively) within max_hops along
+    /// rels.
     ///
     /// A CI is not upstream of itself; hubs are walked through.
     pub fn is_upstream(&self, up: CiIdx, down: CiIdx, rels: RelationSet, max_hops: u8) -> bool {
@@ -1428,7 +1455,10 @@ impl Topology {
         }
     }
 
-    /// Ops that turn this topology into `spec`, in a deterministic order (upserts of new/changed CIs in spec order, relation additions in spec order, relation removals in sorted order, CI removals last in index order — removing a CI removes its relations, so those are not listed). Empty when equal.
+    /// Ops that turn this topology into `spec`, in a deterministic order (upserts of new/changed
+    /// CIs in spec order, relation additions in spec order, relation removals in sorted order, CI
+    /// removals last in index order — removing a CI removes its relations, so those are not
+    /// listed). Empty when equal.
     pub fn diff(&self, spec: &CmdbSpec) -> Vec<CmdbOp> {
         let mut ops = Vec::new();
         for c in &spec.cis {
@@ -1480,7 +1510,10 @@ impl Topology {
         ops
     }
 
-    /// Checks that applying `ops` in order to this topology is valid (endpoints exist at the time of each op, no new cycles outside connected_to, ids and types non-empty, no duplicate relation, no self-loop, removals name something that exists), without changing anything. Used before ops are recorded.
+    /// Checks that applying `ops` in order to this topology is valid (endpoints exist at the time
+    /// of each op, no new cycles outside connected_to, ids and types non-empty, no duplicate
+    /// relation, no self-loop, removals name something that exists), without changing anything.
+    /// Used before ops are recorded.
     ///
     /// Cycles are judged on the state after the whole batch, and only the part of the graph
     /// upstream of added relations is searched, so a one-op change costs little on a big CMDB.
@@ -1501,11 +1534,13 @@ impl Topology {
     /// Applies ops (already validated). Removing a CI keeps its index stable (tombstone) so
     /// indexes held elsewhere stay meaningful; `index(id)` stops finding it; re-adding the same
     /// id later gets the same index back (so the tombstone list cannot grow under churn).
-    /// Recomputes fan-in, lookup keys and services once after the batch, each only if the batch
-    /// touched what it derives from (a relation-only batch keeps the lookup keys).
+    /// Fan-in counts and lookup keys are maintained per op (a few hash operations each, and
+    /// equal to a rebuild); impacted services are recomputed once after a batch that changed
+    /// anything.
     ///
-    /// Ops `validate` would refuse are skipped rather than panicking (an unknown endpoint, a
-    /// duplicate or self-loop relation, an empty id), so replaying a damaged log stays safe.
+    /// Ops `validate` would refuse for their own sake are skipped rather than panicking (an
+    /// unknown endpoint, a duplicate or self-loop relation, an empty id), so replaying a damaged
+    /// log stays safe; a cycle is applied as given, since every walk here tolerates one.
     pub fn apply(&mut self, ops: &[CmdbOp]) {
         let mut batch = Batch::default();
         for op in ops {
@@ -1517,15 +1552,7 @@ impl Topology {
             }
         }
         self.flush(&mut batch);
-        if batch.edges_changed {
-            self.recount_fan_in();
-        } else {
-            self.fan_in.resize(self.cis.len(), [0; 7]);
-        }
-        if batch.cis_changed {
-            self.rebuild_keys();
-        }
-        if batch.cis_changed || batch.edges_changed {
+        if batch.changed {
             self.rebuild_services();
         }
     }
@@ -1534,17 +1561,20 @@ impl Topology {
         if c.id.is_empty() {
             return;
         }
-        batch.cis_changed = true;
-        match self.by_id.get(&c.id).copied() {
+        batch.changed = true;
+        let i = match self.by_id.get(&c.id).copied() {
             Some(i) => {
-                let i = i as usize;
-                if !self.live[i] {
+                let iu = i as usize;
+                if self.live[iu] {
+                    self.index_keys(i, false);
+                } else {
                     // Stale edges may still point at this index; clear them before it lives.
                     self.flush(batch);
-                    self.live[i] = true;
+                    self.live[iu] = true;
                     self.live_count += 1;
                 }
-                self.cis[i] = Ci::from_spec(c);
+                self.cis[iu] = Ci::from_spec(c);
+                i
             }
             None => {
                 let Ok(i) = CiIdx::try_from(self.cis.len()) else {
@@ -1555,9 +1585,12 @@ impl Topology {
                 self.live.push(true);
                 self.out.push(Vec::new());
                 self.inc.push(Vec::new());
+                self.fan_in.push([0; 7]);
                 self.live_count += 1;
+                i
             }
-        }
+        };
+        self.index_keys(i, true);
     }
 
     /// Drops the CI's own edge lists now; its neighbours' entries pointing at it are left for
@@ -1566,15 +1599,22 @@ impl Topology {
         let Some(i) = self.index(id) else {
             return;
         };
+        batch.changed = true;
+        self.index_keys(i, false);
+        let x = i;
         let i = i as usize;
-        batch.cis_changed = true;
-        batch.edges_changed = true;
-        for e in std::mem::take(&mut self.out[i])
-            .into_iter()
-            .chain(std::mem::take(&mut self.inc[i]))
-        {
+        for e in std::mem::take(&mut self.out[i]) {
+            let o = e.other as usize;
+            if self.live[o] && !batch.pending.contains(&(x, e.rel, e.other)) {
+                let c = &mut self.fan_in[o][e.rel as usize];
+                *c = c.saturating_sub(1);
+            }
             batch.dirty.push(e.other);
         }
+        for e in std::mem::take(&mut self.inc[i]) {
+            batch.dirty.push(e.other);
+        }
+        self.fan_in[i] = [0; 7];
         self.live[i] = false;
         self.live_count -= 1;
         let id = std::mem::take(&mut self.cis[i].id);
@@ -1593,10 +1633,13 @@ impl Topology {
             .any(|e| e.other == b && e.rel == r.kind)
         {
             // Present, or removed earlier in this batch and not yet flushed: keep it.
-            batch.pending.remove(&(a, r.kind, b));
+            if batch.pending.remove(&(a, r.kind, b)) {
+                self.fan_in[b as usize][r.kind as usize] += 1;
+            }
             return;
         }
-        batch.edges_changed = true;
+        batch.changed = true;
+        self.fan_in[b as usize][r.kind as usize] += 1;
         self.out[a as usize].push(Edge {
             other: b,
             rel: r.kind,
@@ -1616,7 +1659,9 @@ impl Topology {
             .any(|e| e.other == b && e.rel == r.kind)
             && batch.pending.insert((a, r.kind, b))
         {
-            batch.edges_changed = true;
+            batch.changed = true;
+            let c = &mut self.fan_in[b as usize][r.kind as usize];
+            *c = c.saturating_sub(1);
             batch.dirty.push(a);
             batch.dirty.push(b);
         }
@@ -1675,13 +1720,6 @@ impl Topology {
         }
     }
 
-    /// Recomputes everything derived from CIs and edges.
-    fn refresh(&mut self) {
-        self.recount_fan_in();
-        self.rebuild_keys();
-        self.rebuild_services();
-    }
-
     fn recount_fan_in(&mut self) {
         self.fan_in = self
             .inc
@@ -1696,54 +1734,24 @@ impl Topology {
             .collect();
     }
 
-    fn rebuild_keys(&mut self) {
-        let mut keys: HashMap<String, (u8, CiIdx)> = HashMap::with_capacity(self.live_count * 2);
-        let mut short: HashMap<String, CiIdx> = HashMap::new();
-        let mut add = |k: &str, tier: u8, i: CiIdx| {
-            let k = k.trim();
-            if k.is_empty() {
-                return;
-            }
-            match keys.entry(lower(k).into_owned()) {
-                Entry::Occupied(mut o) => {
-                    if (tier, i) < *o.get() {
-                        o.insert((tier, i));
-                    }
-                }
-                Entry::Vacant(v) => {
-                    v.insert((tier, i));
-                }
-            }
+    /// Adds (or removes) the lookup keys of CI `i` as its data stands.
+    fn index_keys(&mut self, i: CiIdx, add: bool) {
+        let (keys, short) = (&mut self.keys, &mut self.short_keys);
+        let Some(ci) = self.cis.get(i as usize) else {
+            return;
         };
-        let mut add_short = |k: &str, i: CiIdx| {
-            if let Some(s) = short_form(k.trim()) {
-                short.entry(lower(s).into_owned()).or_insert(i);
+        each_key(ci, |tier, k| {
+            let k = lower(k);
+            let (index, tier) = match tier {
+                Some(t) => (&mut *keys, t),
+                None => (&mut *short, 0),
+            };
+            if add {
+                index.add(&k, (tier, i));
+            } else {
+                index.remove(&k, (tier, i));
             }
-        };
-        for (i, c) in self.cis.iter().enumerate() {
-            if !self.live[i] {
-                continue;
-            }
-            let i = i as CiIdx;
-            add(&c.id, TIER_ID, i);
-            add_short(&c.id, i);
-            for attr in KEY_ATTRS {
-                if let Some(v) = c.attrs.get(attr) {
-                    add(v, TIER_ATTR, i);
-                    if attr == "hostname" || attr == "fqdn" {
-                        add_short(v, i);
-                    }
-                }
-            }
-            if let Some(aliases) = c.attrs.get("aliases") {
-                for a in aliases.split(',') {
-                    add(a, TIER_ATTR, i);
-                    add_short(a, i);
-                }
-            }
-        }
-        self.keys = keys;
-        self.short_keys = short;
+        });
     }
 
     /// One upstream walk per service, in id order, so each CI's list comes out sorted.
@@ -1800,9 +1808,8 @@ struct Batch {
     pending: HashSet<(CiIdx, Relation, CiIdx)>,
     /// CIs whose lists hold removed edges or edges to removed CIs.
     dirty: Vec<CiIdx>,
-    /// What the batch touched, so a relation-only batch skips rebuilding lookup keys.
-    cis_changed: bool,
-    edges_changed: bool,
+    /// Whether anything changed, so a no-op batch skips recomputing services.
+    changed: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -1812,6 +1819,94 @@ struct Walk {
     max_hops: u8,
     max_fan_in: usize,
     max_nodes: usize,
+}
+
+/// Calls `f` with every lookup key of `ci`: `Some(tier)` for a full key, `None` for the short
+/// form of a host name.
+fn each_key(ci: &Ci, mut f: impl FnMut(Option<u8>, &str)) {
+    let mut emit = |tier: u8, v: &str, with_short: bool| {
+        let v = v.trim();
+        if v.is_empty() {
+            return;
+        }
+        f(Some(tier), v);
+        if with_short && let Some(s) = short_form(v) {
+            f(None, s);
+        }
+    };
+    emit(TIER_ID, &ci.id, true);
+    for attr in KEY_ATTRS {
+        if let Some(v) = ci.attrs.get(attr) {
+            emit(TIER_ATTR, v, attr == "hostname" || attr == "fqdn");
+        }
+    }
+    if let Some(aliases) = ci.attrs.get("aliases") {
+        for a in aliases.split(',') {
+            emit(TIER_ATTR, a, true);
+        }
+    }
+}
+
+/// Key → CI, where the smallest (tier, index) claiming a key wins. Kept incrementally: the
+/// full candidate list is stored only for keys claimed more than once, so a removal can hand
+/// the key to the next claimant without a rebuild.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct KeyIndex {
+    winner: HashMap<String, (u8, CiIdx)>,
+    /// Sorted candidates (at least two) of contested keys.
+    contested: HashMap<String, Vec<(u8, CiIdx)>>,
+}
+
+impl KeyIndex {
+    fn get(&self, k: &str) -> Option<CiIdx> {
+        self.winner.get(k).map(|&(_, i)| i)
+    }
+
+    fn add(&mut self, k: &str, cand: (u8, CiIdx)) {
+        let Some(w) = self.winner.get_mut(k) else {
+            self.winner.insert(k.to_string(), cand);
+            return;
+        };
+        if *w == cand {
+            return;
+        }
+        let list = self
+            .contested
+            .entry(k.to_string())
+            .or_insert_with(|| vec![*w]);
+        if let Err(pos) = list.binary_search(&cand) {
+            list.insert(pos, cand);
+        }
+        if let Some(&first) = list.first() {
+            *w = first;
+        }
+    }
+
+    fn remove(&mut self, k: &str, cand: (u8, CiIdx)) {
+        let Some(list) = self.contested.get_mut(k) else {
+            if self.winner.get(k) == Some(&cand) {
+                self.winner.remove(k);
+            }
+            return;
+        };
+        if let Ok(pos) = list.binary_search(&cand) {
+            list.remove(pos);
+        }
+        let first = list.first().copied();
+        if list.len() < 2 {
+            self.contested.remove(k);
+        }
+        match first {
+            Some(first) => {
+                if let Some(w) = self.winner.get_mut(k) {
+                    *w = first;
+                }
+            }
+            None => {
+                self.winner.remove(k);
+            }
+        }
+    }
 }
 
 fn lower(s: &str) -> Cow<'_, str> {
@@ -2277,6 +2372,23 @@ host-017,connected_to,sw-core-01
     }
 
     #[test]
+    fn topology_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Topology>();
+        let t = Topology::from_spec(&rack()).unwrap();
+        let want = hood(&t, "host-1", NET, 3, 50, 100);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        assert_eq!(hood(&t, "host-1", NET, 3, 50, 100), want);
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
     fn json_and_csv_load_identically() {
         let j = CmdbSpec::from_json(JSON).unwrap();
         let c = CmdbSpec::from_csv(CIS_CSV, RELS_CSV).unwrap();
@@ -2407,6 +2519,14 @@ host-017,connected_to,sw-core-01
         let s = CmdbSpec::from_csv("id,type\n", "from,type,to,note\na,runs_on,b,x\n").unwrap();
         assert_eq!(s.relations, vec![rel("a", RunsOn, "b")]);
         assert_eq!(CmdbSpec::from_json("{}").unwrap(), CmdbSpec::default());
+        // Byte-order marks and CRLF line ends, as spreadsheet exports write them.
+        assert_eq!(
+            CmdbSpec::from_json("\u{feff}{}").unwrap(),
+            CmdbSpec::default()
+        );
+        let s = CmdbSpec::from_csv("\u{feff}id,type\r\na,host\r\n", "\u{feff}from,type,to\r\n")
+            .unwrap();
+        assert_eq!(s.cis, vec![ci("a", "host")]);
     }
 
     #[test]
@@ -2827,6 +2947,7 @@ host-017,connected_to,sw-core-01
         t.validate(&ops).unwrap();
         let host1 = idx(&t, "host-1");
         t.apply(&ops);
+        assert_derived_consistent(&t);
         let fresh = Topology::from_spec(&b).unwrap();
         assert_eq!(t.to_spec(), fresh.to_spec());
         assert!(t.diff(&b).is_empty());
@@ -3027,6 +3148,7 @@ host-017,connected_to,sw-core-01
         assert_eq!(t.fan_in(host, RelationSet::ALL), 0);
         assert_eq!(t.resolve(None, &by_ip), None);
         assert_eq!(t.len(), 8);
+        assert_derived_consistent(&t);
     }
 
     #[test]
@@ -3043,6 +3165,10 @@ host-017,connected_to,sw-core-01
             CmdbOp::RemoveRelation {
                 relation: rel("vm-2a", DependsOn, "san-1"),
             },
+            CmdbOp::RemoveRelation {
+                relation: rel("vm-3a", DependsOn, "san-1"),
+            },
+            CmdbOp::RemoveCi { id: "vm-3a".into() },
             CmdbOp::UpsertCi {
                 ci: ci("vm-1b", "vm"),
             },
@@ -3052,12 +3178,16 @@ host-017,connected_to,sw-core-01
         ];
         t.validate(&ops).unwrap();
         t.apply(&ops);
+        assert_derived_consistent(&t);
         let mut want = rack();
-        want.relations
-            .retain(|r| !(r.from == "vm-1b" || (r.from == "vm-2a" && r.to == "san-1")));
+        want.cis.retain(|c| c.id != "vm-3a");
+        want.relations.retain(|r| {
+            let gone = ["vm-1b", "vm-3a"].contains(&r.from.as_str());
+            !(gone || (r.from == "vm-2a" && r.to == "san-1"))
+        });
         want.relations.push(rel("vm-1b", PoweredBy, "pdu-1"));
         assert_eq!(t.to_spec(), Topology::from_spec(&want).unwrap().to_spec());
-        assert_eq!(t.fan_in(idx(&t, "san-1"), RelationSet::ALL), 2);
+        assert_eq!(t.fan_in(idx(&t, "san-1"), RelationSet::ALL), 1);
         assert_eq!(t.fan_in(idx(&t, "pdu-1"), RelationSet::ALL), 2);
     }
 
@@ -3098,6 +3228,10 @@ host-017,connected_to,sw-core-01
                     c.attrs
                         .insert("hostname".into(), format!("h{}.dc", rng.below(4)));
                 }
+                if rng.chance(20) {
+                    let aliases = format!("H{}, h{}.DC", rng.below(4), rng.below(4));
+                    c.attrs.insert("aliases".into(), aliases);
+                }
                 c
             })
             .collect();
@@ -3128,6 +3262,22 @@ host-017,connected_to,sw-core-01
         CmdbSpec { cis, relations }
     }
 
+    /// Incrementally kept fan-in and lookup keys equal a rebuild from scratch.
+    fn assert_derived_consistent(t: &Topology) {
+        let mut r = t.clone();
+        r.recount_fan_in();
+        r.keys = KeyIndex::default();
+        r.short_keys = KeyIndex::default();
+        for i in 0..r.cis.len() {
+            if r.live[i] {
+                r.index_keys(i as CiIdx, true);
+            }
+        }
+        assert_eq!(r.fan_in, t.fan_in);
+        assert_eq!(r.keys, t.keys);
+        assert_eq!(r.short_keys, t.short_keys);
+    }
+
     fn sorted_hood(t: &Topology, id: &str) -> Vec<String> {
         let mut out = Vec::new();
         t.neighborhood(idx(t, id), RelationSet::ALL, 3, 100, 1000, &mut out);
@@ -3154,6 +3304,7 @@ host-017,connected_to,sw-core-01
                 t.validate(&ops)
                     .unwrap_or_else(|p| panic!("round {round}: {p:?}"));
                 t.apply(&ops);
+                assert_derived_consistent(&t);
                 let fresh = Topology::from_spec(target).unwrap();
                 assert_eq!(t.to_spec(), fresh.to_spec(), "round {round}");
                 assert!(t.diff(target).is_empty(), "round {round}");
@@ -3182,5 +3333,122 @@ host-017,connected_to,sw-core-01
                 }
             }
         }
+    }
+
+    fn pick<'a, T>(rng: &mut Rng, items: impl ExactSizeIterator<Item = &'a T>) -> Option<&'a T>
+    where
+        T: 'a,
+    {
+        let n = items.len() as u64;
+        let mut items = items;
+        if n == 0 {
+            None
+        } else {
+            items.nth(rng.below(n) as usize)
+        }
+    }
+
+    /// A random op over ids u0..u9, mostly naming things that exist.
+    fn random_op(
+        rng: &mut Rng,
+        cis: &BTreeMap<String, CiSpec>,
+        rels: &BTreeSet<RelationSpec>,
+    ) -> CmdbOp {
+        let any_id = |rng: &mut Rng| format!("u{}", rng.below(10));
+        let some_id = |rng: &mut Rng| match pick(rng, cis.keys()) {
+            Some(id) if rng.chance(90) => id.clone(),
+            _ => any_id(rng),
+        };
+        match rng.below(100) {
+            0..30 => {
+                let mut c = ci(
+                    &any_id(rng),
+                    ["service", "host", "app"][rng.below(3) as usize],
+                );
+                if rng.chance(40) {
+                    c.attrs
+                        .insert("hostname".into(), format!("h{}.dc", rng.below(4)));
+                }
+                CmdbOp::UpsertCi { ci: c }
+            }
+            30..45 => CmdbOp::RemoveCi { id: some_id(rng) },
+            45..80 => {
+                let kind = Relation::ALL[rng.below(7) as usize];
+                CmdbOp::AddRelation {
+                    relation: rel(&some_id(rng), kind, &some_id(rng)),
+                }
+            }
+            _ => match pick(rng, rels.iter()) {
+                Some(r) if rng.chance(90) => CmdbOp::RemoveRelation {
+                    relation: r.clone(),
+                },
+                _ => CmdbOp::RemoveRelation {
+                    relation: rel(&any_id(rng), DependsOn, &any_id(rng)),
+                },
+            },
+        }
+    }
+
+    /// The reference semantics of one op on a plain CI map and relation set; false when the
+    /// op is invalid at that point.
+    fn model_step(
+        cis: &mut BTreeMap<String, CiSpec>,
+        rels: &mut BTreeSet<RelationSpec>,
+        op: &CmdbOp,
+    ) -> bool {
+        match op {
+            CmdbOp::UpsertCi { ci } => {
+                cis.insert(ci.id.clone(), ci.clone());
+                true
+            }
+            CmdbOp::RemoveCi { id } => {
+                rels.retain(|r| r.from != *id && r.to != *id);
+                cis.remove(id).is_some()
+            }
+            CmdbOp::AddRelation { relation: r } => {
+                cis.contains_key(&r.from)
+                    && cis.contains_key(&r.to)
+                    && r.from != r.to
+                    && rels.insert(r.clone())
+            }
+            CmdbOp::RemoveRelation { relation } => rels.remove(relation),
+        }
+    }
+
+    #[test]
+    fn random_op_batches_match_a_simple_model() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut t = Topology::default();
+        let mut cis = BTreeMap::new();
+        let mut rels = BTreeSet::new();
+        let mut accepted = 0;
+        for round in 0..3000 {
+            let n = 1 + rng.below(5);
+            let ops: Vec<CmdbOp> = (0..n).map(|_| random_op(&mut rng, &cis, &rels)).collect();
+            let (mut mc, mut mr) = (cis.clone(), rels.clone());
+            let mut ok = true;
+            for op in &ops {
+                ok &= model_step(&mut mc, &mut mr, op);
+            }
+            let model = CmdbSpec {
+                cis: mc.values().cloned().collect(),
+                relations: mr.iter().cloned().collect(),
+            };
+            ok = ok && model.check().is_empty();
+            assert_eq!(t.validate(&ops).is_ok(), ok, "round {round}: {ops:?}");
+            if ok {
+                t.apply(&ops);
+                (cis, rels) = (mc, mr);
+                accepted += 1;
+                assert_eq!(t.to_spec(), model, "round {round}: {ops:?}");
+                assert_derived_consistent(&t);
+                let fresh = Topology::from_spec(&model).unwrap();
+                for c in &model.cis {
+                    let (a, b) = (idx(&t, &c.id), idx(&fresh, &c.id));
+                    assert_eq!(names(&t, t.services(a)), names(&fresh, fresh.services(b)));
+                }
+            }
+        }
+        assert!(accepted > 1000, "{accepted}");
     }
 }

@@ -647,7 +647,9 @@ impl Engine {
         }
         let name = |c: CiIdx| topo.ci(c).map_or("?", |c| c.id.as_str()).to_string();
         let path = |to: CiIdx| {
-            topo.path(ci, to, policy.relations, policy.max_hops.saturating_mul(2))
+            // Every candidate was reached within max_hops (siblings within 2), so this bound
+            // keeps the search as small as the neighbourhood walk.
+            topo.path(ci, to, policy.relations, policy.max_hops.max(2))
                 .unwrap_or_else(|| name(to))
         };
         // Most specific first: fewest hops, then most recent activity, then oldest incident.
