@@ -11,16 +11,19 @@
 //! - [`eventlog`]: the segmented, checksummed, fsync'd append-only log of facts.
 //! - [`view`]: the read model (incident views with reasons and timelines) fed by durable facts.
 //! - [`api`]: the HTTP API; [`metrics`]: Prometheus metrics.
-//! - [`replay`]: the engine offline over recorded alerts (`incidentd replay`).
+//! - [`replay`]: the engine offline over recorded alerts (`incidentd replay`); [`backtest`]:
+//!   quality against ground truth, baselines, rule diffs; [`export`]: log back to replay input.
 //! - [`config`], [`clock`], [`app`]: configuration, the one wall clock, wiring and shutdown.
 
 pub mod api;
 pub mod app;
+pub mod backtest;
 pub mod clock;
 pub mod cmdb;
 pub mod config;
 pub mod engine;
 pub mod eventlog;
+pub mod export;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

@@ -1,7 +1,7 @@
 //! The `incidentd` command: a thin shell over the library (see `lib.rs` for the module map).
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -61,6 +61,47 @@ enum Command {
         /// Where to write one incident JSON per line.
         #[arg(long)]
         out: PathBuf,
+        /// Ground truth (incidents with their dedup keys and root CI): adds pairwise
+        /// precision/recall/F1, root-cause accuracy and suppression to the summary.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        /// Write the summary (and quality) as JSON for scripts.
+        #[arg(long)]
+        report_json: Option<PathBuf>,
+        /// Instead of the rules, run a simple baseline: by-name, by-ci or alertmanager.
+        #[arg(long, conflicts_with = "rules")]
+        baseline: Option<String>,
+    },
+    /// Replay the same history with current and proposed rules (or CMDB) and list the
+    /// incidents that split, merged, or changed root cause or priority.
+    Diff {
+        /// Recorded alerts (replay input).
+        #[arg(long)]
+        alerts: PathBuf,
+        /// Current rules [default: ./rules, else the built-in rules].
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Proposed rules [default: the current rules].
+        #[arg(long)]
+        new_rules: Option<PathBuf>,
+        /// Current CMDB [default: fixtures/cmdb/example.json if present, else empty].
+        #[arg(long)]
+        cmdb: Option<PathBuf>,
+        /// Proposed CMDB [default: the current CMDB].
+        #[arg(long)]
+        new_cmdb: Option<PathBuf>,
+        /// Also write the changes as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Turn the alerts recorded in an event log back into replay input.
+    ExportAlerts {
+        /// The service's data directory (holds `log/`).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Output file [default: stdout].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Publish one alert payload (a JSON object or array, from FILE or stdin) over NATS.
     Publish {
@@ -144,20 +185,102 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cmdb,
             alerts,
             out,
+            truth,
+            report_json,
+            baseline,
         } => {
-            let (rules, _) = incidentd::app::load_rules(rules.as_deref())?;
+            let rules = match baseline {
+                Some(name) => incidentd::backtest::baseline(&name)?,
+                None => incidentd::app::load_rules(rules.as_deref())?.0,
+            };
             let (cmdb, _) = incidentd::app::load_cmdb(cmdb.as_deref())?;
+            let truth = truth
+                .map(|t| incidentd::backtest::Truth::load(&t))
+                .transpose()?;
             let input =
                 File::open(&alerts).with_context(|| format!("opening {}", alerts.display()))?;
             let output =
                 File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-            let (summary, _) = incidentd::replay::run(
+            let replayed = incidentd::replay::run(
                 rules,
                 &cmdb,
                 BufReader::new(input),
                 BufWriter::new(output),
+                std::io::stderr().is_terminal(),
             )?;
-            println!("{summary}");
+            println!("{}", replayed.summary);
+            let quality = truth.map(|t| {
+                incidentd::backtest::score(&t, &replayed.view, &replayed.view.suppressed_keys())
+            });
+            if let Some(q) = &quality {
+                println!("{q}");
+            }
+            if let Some(path) = report_json {
+                let report = serde_json::json!({"summary": replayed.summary, "quality": quality});
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Diff {
+            alerts,
+            rules,
+            new_rules,
+            cmdb,
+            new_cmdb,
+            json,
+        } => {
+            let (current, _) = incidentd::app::load_rules(rules.as_deref())?;
+            let proposed = match new_rules {
+                Some(dir) => Rules::load_dir(&dir)?,
+                None => current.clone(),
+            };
+            let (cmdb, _) = incidentd::app::load_cmdb(cmdb.as_deref())?;
+            let proposed_cmdb = match new_cmdb {
+                Some(path) => incidentd::app::load_cmdb(Some(&path))?.0,
+                None => cmdb.clone(),
+            };
+            let replay = |rules, cmdb: &CmdbSpec| -> anyhow::Result<_> {
+                let input =
+                    File::open(&alerts).with_context(|| format!("opening {}", alerts.display()))?;
+                Ok(incidentd::replay::run(
+                    rules,
+                    cmdb,
+                    BufReader::new(input),
+                    std::io::sink(),
+                    false,
+                )?)
+            };
+            let before = replay(current, &cmdb)?;
+            let after = replay(proposed, &proposed_cmdb)?;
+            let changes = incidentd::backtest::diff(&before.view, &after.view);
+            println!(
+                "incidents: {} -> {}; compression {:.3} -> {:.3}",
+                before.summary.incidents,
+                after.summary.incidents,
+                before.summary.compression,
+                after.summary.compression
+            );
+            print!("{}", incidentd::backtest::describe(&changes));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&changes)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::ExportAlerts { data_dir, out } => {
+            let done = match out {
+                Some(path) => {
+                    let file = File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    incidentd::export::export(&data_dir, BufWriter::new(file))?
+                }
+                None => incidentd::export::export(&data_dir, BufWriter::new(std::io::stdout()))?,
+            };
+            eprintln!(
+                "exported {} lines and {} CMDB changes from {} facts",
+                done.lines, done.cmdb_changes, done.facts
+            );
             Ok(())
         }
         Command::Publish {

@@ -8,7 +8,11 @@
 //! byte-identical output. A line `{"cmdb_change": [ops], "received_at": "..."}` changes the
 //! CMDB at that time, as a live change over the API or NATS would.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
 
 use crate::cmdb::{CmdbOp, CmdbSpec};
 use crate::engine::{Engine, Input};
@@ -28,20 +32,59 @@ pub enum ReplayError {
 }
 
 /// What a replay did, printed for the SRE.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub alerts: u64,
     pub distinct_alerts: u64,
     pub incidents: u64,
+    pub suppressed: u64,
+    pub compression: f64,
+    /// Per rule: incidents it opened and distinct alerts in them.
+    pub rules: BTreeMap<String, RuleHits>,
+    /// The ten CIs and sources with the most alert messages.
+    pub noisiest_cis: Vec<(String, u64)>,
+    pub noisiest_sources: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct RuleHits {
+    pub incidents: u64,
+    pub alerts: u64,
 }
 
 impl Summary {
-    /// Share of distinct alerts that did not become an incident of their own.
-    pub fn compression(&self) -> f64 {
-        if self.distinct_alerts == 0 {
-            return 0.0;
+    fn tally(&mut self, view: &ReadModel) {
+        let mut cis: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut sources: BTreeMap<&str, u64> = BTreeMap::new();
+        for inc in view.surviving() {
+            self.incidents += 1;
+            let rule = if inc.rule.is_empty() {
+                "(no rule)"
+            } else {
+                &inc.rule
+            };
+            let hits = self.rules.entry(rule.to_string()).or_default();
+            hits.incidents += 1;
+            hits.alerts += inc.alerts.len() as u64;
+            for a in &inc.alerts {
+                *cis.entry(a.ci.as_deref().unwrap_or("(no CI)")).or_default() += a.count;
+                *sources.entry(&a.source).or_default() += a.count;
+            }
         }
-        1.0 - self.incidents as f64 / self.distinct_alerts as f64
+        let top = |m: BTreeMap<&str, u64>| {
+            let mut v: Vec<(String, u64)> =
+                m.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            v.truncate(10);
+            v
+        };
+        self.noisiest_cis = top(cis);
+        self.noisiest_sources = top(sources);
+        self.compression = if self.distinct_alerts == 0 {
+            0.0
+        } else {
+            1.0 - self.incidents as f64 / self.distinct_alerts as f64
+        };
     }
 }
 
@@ -50,8 +93,28 @@ impl std::fmt::Display for Summary {
         writeln!(f, "alerts:          {}", self.alerts)?;
         writeln!(f, "distinct alerts: {}", self.distinct_alerts)?;
         writeln!(f, "incidents:       {}", self.incidents)?;
-        write!(f, "compression:     {:.3}", self.compression())
+        writeln!(f, "suppressed:      {}", self.suppressed)?;
+        writeln!(f, "compression:     {:.3}", self.compression)?;
+        writeln!(f, "rules (incidents / alerts):")?;
+        for (rule, hits) in &self.rules {
+            writeln!(f, "  {rule:<24} {:>7} / {}", hits.incidents, hits.alerts)?;
+        }
+        let list = |v: &[(String, u64)]| {
+            v.iter()
+                .map(|(k, n)| format!("{k} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(f, "noisiest CIs:    {}", list(&self.noisiest_cis))?;
+        write!(f, "noisiest sources: {}", list(&self.noisiest_sources))
     }
+}
+
+/// The outcome of a replay: the summary, and the engine and read model for scoring and diffs.
+pub struct Replayed {
+    pub summary: Summary,
+    pub engine: Engine,
+    pub view: ReadModel,
 }
 
 /// A replay input line that changes the CMDB instead of carrying an alert.
@@ -62,13 +125,16 @@ struct CmdbLine {
 }
 
 /// Replays `input` through an engine with `rules` and the CMDB `cmdb`, writing incidents to
-/// `out`. Returns the summary and the engine, whose final state tests may inspect.
+/// `out`. With `progress`, a status line on stderr shows how far it got (for terminals).
 pub fn run(
     rules: Rules,
     cmdb: &CmdbSpec,
     input: impl BufRead,
     mut out: impl Write,
-) -> Result<(Summary, Engine), ReplayError> {
+    progress: bool,
+) -> Result<Replayed, ReplayError> {
+    let started = Instant::now();
+    let mut shown = started;
     let limits = Limits::default();
     let mut engine = Engine::new(rules);
     let mut view = ReadModel::default();
@@ -134,14 +200,31 @@ pub fn run(
             }
             summary.alerts += 1;
         }
+        if progress && shown.elapsed() >= Duration::from_millis(250) {
+            shown = Instant::now();
+            let rate = summary.alerts as f64 / started.elapsed().as_secs_f64();
+            eprint!(
+                "\r{} lines, {} alerts, {rate:.0} alerts/s",
+                i + 1,
+                summary.alerts
+            );
+        }
+    }
+    if progress {
+        eprintln!();
     }
     for incident in view.surviving() {
         serde_json::to_writer(&mut out, &incident.doc(&view.topology, false))
             .map_err(|e| ReplayError::Write(e.into()))?;
         out.write_all(b"\n").map_err(ReplayError::Write)?;
-        summary.incidents += 1;
     }
     out.flush().map_err(ReplayError::Write)?;
     summary.distinct_alerts = engine.state().alerts.len() as u64;
-    Ok((summary, engine))
+    summary.suppressed = view.suppressed_keys().len() as u64;
+    summary.tally(&view);
+    Ok(Replayed {
+        summary,
+        engine,
+        view,
+    })
 }

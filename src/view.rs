@@ -5,7 +5,7 @@
 //! keeps what people read: alert details, reasons, the timeline. An alert that starts a new
 //! life in another incident leaves its old copy behind, so history stays as it was shown.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Serialize, Serializer};
 
@@ -113,6 +113,11 @@ impl IncidentView {
         self.root
             .and_then(|fp| self.index.get(&fp))
             .and_then(|&i| self.alerts.get(i))
+    }
+
+    /// The root cause's CI id, if the root alert names one.
+    pub fn root_ci(&self) -> Option<&str> {
+        self.root_alert().and_then(|a| a.ci.as_deref())
     }
 
     pub fn title(&self) -> String {
@@ -240,6 +245,21 @@ impl ReadModel {
     /// Every incident that was not merged into another, oldest first (`replay` output).
     pub fn surviving(&self) -> impl Iterator<Item = &IncidentView> {
         self.incidents.values().filter(|i| i.merged_into.is_none())
+    }
+
+    /// Dedup keys (else fingerprints) of the alerts held back by a maintenance window, sorted.
+    pub fn suppressed_keys(&self) -> BTreeSet<String> {
+        self.homes
+            .values()
+            .filter_map(|h| match h {
+                Home::Loose(v) if v.suppressed.is_some() => Some(
+                    v.dedup_key
+                        .clone()
+                        .unwrap_or_else(|| v.fingerprint.to_string()),
+                ),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn open_count(&self) -> usize {

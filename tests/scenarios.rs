@@ -51,8 +51,9 @@ fn check(dir: &Path, cmdb: &CmdbSpec) -> Vec<String> {
     )
     .expect("expected json");
     let mut out = Vec::new();
-    let (_, engine) = incidentd::replay::run(rules_for(dir), cmdb, input.as_bytes(), &mut out)
-        .unwrap_or_else(|e| panic!("{name}: replay failed: {e}"));
+    let engine = incidentd::replay::run(rules_for(dir), cmdb, input.as_bytes(), &mut out, false)
+        .unwrap_or_else(|e| panic!("{name}: replay failed: {e}"))
+        .engine;
 
     // dedup key -> fingerprint, from the input (dedup keys are scoped by source).
     let mut fingerprints = BTreeMap::new();

@@ -486,10 +486,12 @@ impl Engine {
         }
         out.push(Fact::AlertReceived {
             at: now,
-            alert: recorded,
+            alert: recorded.clone(),
         });
-        if alert.status == Status::Firing {
-            self.correlate(alert, ci, now, out);
+        if recorded.status == Status::Firing {
+            // Rules see the resolved CI too: `ci` matchers and group keys work for alerts that
+            // named their host only by a lookup key.
+            self.correlate(&recorded, ci, now, out);
         }
     }
 

@@ -145,7 +145,7 @@ impl EventLog {
                 .into());
             }
             let last = i == sealed.len();
-            scan = scan_segment(path, *id, last, cfg.max_record_bytes, &mut visit)?;
+            scan = scan_segment(path, *id, last, true, cfg.max_record_bytes, &mut visit)?;
             next_seq += scan.records;
             records += scan.records;
         }
@@ -163,6 +163,31 @@ impl EventLog {
         };
         tracing::debug!(?recovery, dir = %log.cfg.dir.display(), "event log opened");
         Ok((log, recovery))
+    }
+
+    /// Reads every valid record in order without changing anything on disk, so it is safe
+    /// beside a running writer (`export-alerts`): an incomplete tail is skipped, not
+    /// truncated; corruption before the tail is still an error. Returns the record count.
+    pub fn read<E>(
+        cfg: &LogConfig,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<u64, OpenError<E>> {
+        let segments = list_segments(&cfg.dir)?;
+        let mut next_seq = segments.first().map_or(1, |s| s.0);
+        for (i, (id, path)) in segments.iter().enumerate() {
+            if *id != next_seq {
+                return Err(corrupt(
+                    path,
+                    0,
+                    format!("segment starts at seq {id}, expected {next_seq}"),
+                )
+                .into());
+            }
+            let last = i + 1 == segments.len();
+            let scan = scan_segment(path, *id, last, false, cfg.max_record_bytes, &mut visit)?;
+            next_seq += scan.records;
+        }
+        Ok(next_seq - segments.first().map_or(1, |s| s.0))
     }
 
     fn new(cfg: LogConfig, file: File, path: PathBuf, id: u64, len: u64, records: u64) -> Self {
@@ -277,12 +302,13 @@ fn scan_segment<E>(
     path: &Path,
     id: u64,
     last: bool,
+    repair: bool,
     max: u32,
     visit: &mut impl FnMut(u64, &[u8]) -> Result<(), E>,
 ) -> Result<Scan, OpenError<E>> {
     let file = OpenOptions::new()
         .read(true)
-        .write(last)
+        .write(last && repair)
         .open(path)
         .map_err(io_err(path))?;
     let file_len = file.metadata().map_err(io_err(path))?.len();
@@ -298,6 +324,12 @@ fn scan_segment<E>(
     if file_len < HEADER_LEN || (file_len == HEADER_LEN && header == [0; HEADER_LEN as usize]) {
         if !last {
             return Err(corrupt(path, 0, "torn segment header".into()).into());
+        }
+        if !repair {
+            return Ok(Scan {
+                valid_len: file_len,
+                ..Scan::default()
+            });
         }
         tracing::warn!(
             path = %path.display(),
@@ -381,6 +413,10 @@ fn scan_segment<E>(
             return Err(corrupt(path, off, reason).into());
         }
         scan.truncated = file_len - off;
+        if !repair {
+            // A reader beside a live writer sees the tail being written: stop before it.
+            return Ok(scan);
+        }
         tracing::warn!(
             path = %path.display(),
             offset = off,
@@ -496,6 +532,42 @@ fn corrupt(path: &Path, offset: u64, reason: String) -> LogError {
         path: path.to_path_buf(),
         offset,
         reason,
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+
+    #[test]
+    fn read_is_read_only_and_skips_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = LogConfig::new(dir.path());
+        let (mut log, _) = EventLog::open(cfg.clone(), |_, _| Ok::<(), ()>(())).expect("open");
+        for i in 0..5u8 {
+            log.append(&[i; 10]).expect("append");
+        }
+        log.sync().expect("sync");
+        let seg = segment_path(dir.path(), 1);
+        let mut f = OpenOptions::new().append(true).open(&seg).expect("segment");
+        f.write_all(&[7, 0, 0]).expect("torn bytes");
+        let len = fs::metadata(&seg).expect("meta").len();
+        let mut seen = Vec::new();
+        let n = EventLog::read(&cfg, |seq, p| {
+            seen.push((seq, p[0]));
+            Ok::<(), ()>(())
+        })
+        .expect("read");
+        assert_eq!(n, 5);
+        assert_eq!(
+            seen,
+            (0..5u8).map(|i| (u64::from(i) + 1, i)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            fs::metadata(&seg).expect("meta").len(),
+            len,
+            "nothing truncated"
+        );
     }
 }
 
