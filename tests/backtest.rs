@@ -31,8 +31,8 @@ fn quality(dir: &Path, rules: Rules) -> backtest::Quality {
     let cmdb = CmdbSpec::load(&dir.join("cmdb.json")).expect("cmdb");
     let truth = Truth::load(&dir.join("truth.json")).expect("truth");
     let input = std::fs::read(dir.join("alerts.jsonl")).expect("alerts");
-    let r = incidentd::replay::run(rules, &cmdb, &input[..], std::io::sink(), false)
-        .expect("replay");
+    let r =
+        incidentd::replay::run(rules, &cmdb, &input[..], std::io::sink(), false).expect("replay");
     backtest::score(&truth, &r.view, &r.view.suppressed_keys())
 }
 
@@ -52,10 +52,16 @@ fn default_rules_meet_the_quality_bar_on_every_committed_scenario() {
         let compression = {
             let cmdb = CmdbSpec::load(&dir.join("cmdb.json")).expect("cmdb");
             let input = std::fs::read(dir.join("alerts.jsonl")).expect("alerts");
-            incidentd::replay::run(rules_with(&dir.join("rules.toml")), &cmdb, &input[..], std::io::sink(), false)
-                .expect("replay")
-                .summary
-                .compression
+            incidentd::replay::run(
+                rules_with(&dir.join("rules.toml")),
+                &cmdb,
+                &input[..],
+                std::io::sink(),
+                false,
+            )
+            .expect("replay")
+            .summary
+            .compression
         };
         let name = dir.display();
         if q.pairwise_f1 < 0.95 || q.root_cause_accuracy < 0.90 || compression < 0.80 {
@@ -64,13 +70,26 @@ fn default_rules_meet_the_quality_bar_on_every_committed_scenario() {
                 q.pairwise_f1, q.pairwise_precision, q.pairwise_recall, q.root_cause_accuracy
             ));
         }
-        assert_eq!(q.missing_keys, 0, "{name}: truth keys missing from the input");
-        assert_eq!(q.suppressed_correct, q.suppressed_expected, "{name}: suppression");
+        assert_eq!(
+            q.missing_keys, 0,
+            "{name}: truth keys missing from the input"
+        );
+        assert_eq!(
+            q.suppressed_correct, q.suppressed_expected,
+            "{name}: suppression"
+        );
         // The bar means something only if the simple baselines fall short of it.
         let by_name = quality(dir, backtest::baseline("by-name").expect("baseline"));
-        assert!(by_name.pairwise_f1 < q.pairwise_f1, "{name}: by-name baseline as good as the rules");
+        assert!(
+            by_name.pairwise_f1 < q.pairwise_f1,
+            "{name}: by-name baseline as good as the rules"
+        );
     }
-    assert!(failures.is_empty(), "quality bar missed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "quality bar missed:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -81,12 +100,17 @@ fn a_rule_change_that_stops_following_network_and_power_splits_the_incident() {
         r#"relations = ["connected_to", "powered_by", "hosted_on", "runs_on"]"#,
         r#"relations = ["hosted_on", "runs_on"]"#,
     );
-    assert_ne!(text, changed, "the reachability rule is where the test expects it");
+    assert_ne!(
+        text, changed,
+        "the reachability rule is where the test expects it"
+    );
     std::fs::write(dir.path().join("default.toml"), changed).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_incidentd"))
         .arg("diff")
         .arg("--alerts")
-        .arg(repo_path("fixtures/scenarios/tor-switch-failure/alerts.jsonl"))
+        .arg(repo_path(
+            "fixtures/scenarios/tor-switch-failure/alerts.jsonl",
+        ))
         .arg("--rules")
         .arg(repo_path("rules"))
         .arg("--cmdb")
@@ -97,13 +121,20 @@ fn a_rule_change_that_stops_following_network_and_power_splits_the_incident() {
         .arg(dir.path().join("changes.json"))
         .output()
         .expect("run diff");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("split:    INC-000001"), "{text}");
     let changes: Vec<Value> =
         serde_json::from_slice(&std::fs::read(dir.path().join("changes.json")).expect("json"))
             .expect("changes json");
-    assert!(changes.iter().any(|c| c["change"] == "split"), "{changes:?}");
+    assert!(
+        changes.iter().any(|c| c["change"] == "split"),
+        "{changes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,8 +145,10 @@ async fn exported_history_replays_to_the_incidents_the_service_showed() {
     let mut d = Incidentd::start(&data, &nowhere);
     let c = client();
     // The ToR failure scenario's alerts, posted live, plus a live CMDB change.
-    let lines = std::fs::read_to_string(repo_path("fixtures/scenarios/tor-switch-failure/alerts.jsonl"))
-        .expect("alerts");
+    let lines = std::fs::read_to_string(repo_path(
+        "fixtures/scenarios/tor-switch-failure/alerts.jsonl",
+    ))
+    .expect("alerts");
     for line in lines.lines() {
         let mut alert: Value = serde_json::from_str(line).expect("line");
         alert.as_object_mut().map(|o| o.remove("received_at"));
@@ -140,9 +173,17 @@ async fn exported_history_replays_to_the_incidents_the_service_showed() {
         .arg(&exported)
         .output()
         .expect("export");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&exported).expect("exported");
-    assert_eq!(text.lines().count(), lines.lines().count() + 1, "every arrival plus the CMDB change");
+    assert_eq!(
+        text.lines().count(),
+        lines.lines().count() + 1,
+        "every arrival plus the CMDB change"
+    );
     let replayed = dir.path().join("replayed.jsonl");
     let out = Command::new(env!("CARGO_BIN_EXE_incidentd"))
         .arg("replay")
@@ -156,7 +197,11 @@ async fn exported_history_replays_to_the_incidents_the_service_showed() {
         .arg(&replayed)
         .output()
         .expect("replay");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let again: Vec<Value> = std::fs::read_to_string(&replayed)
         .expect("replayed")
         .lines()
@@ -171,10 +216,19 @@ async fn exported_history_replays_to_the_incidents_the_service_showed() {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|a| (a["dedup_key"].as_str().unwrap_or_default().to_string(), a["count"].as_u64().unwrap_or(0)))
+                    .map(|a| {
+                        (
+                            a["dedup_key"].as_str().unwrap_or_default().to_string(),
+                            a["count"].as_u64().unwrap_or(0),
+                        )
+                    })
                     .collect();
                 alerts.sort();
-                (i["title"].as_str().unwrap_or_default().to_string(), i["root_cause"]["ci"].clone(), alerts)
+                (
+                    i["title"].as_str().unwrap_or_default().to_string(),
+                    i["root_cause"]["ci"].clone(),
+                    alerts,
+                )
             })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
