@@ -22,6 +22,7 @@ use crate::engine::Engine;
 use crate::engine::facts::decode_record;
 use crate::eventlog::{EventLog, LogConfig, OpenError};
 use crate::ingest::Limits;
+use crate::ingest::jetstream::JetStreamIngest;
 use crate::ingest::nats::NatsIngest;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Outbound, Shared};
@@ -145,7 +146,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let ingest = nats.clone().map(|client| {
         let ingest = NatsIngest {
             client,
-            subject: cfg.nats_subject.clone(),
+            subject: cfg.jetstream.is_none().then(|| cfg.nats_subject.clone()),
             deadletter_subject: cfg.deadletter_subject.clone(),
             cmdb_subject: cfg.cmdb_subject.clone(),
             cmdb_deadletter_subject: cfg.cmdb_deadletter_subject.clone(),
@@ -155,6 +156,20 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         };
         tokio::spawn(ingest.run(shutdown_rx.clone()))
     });
+    let durable = match (&nats, &cfg.jetstream) {
+        (Some(client), Some(config)) => {
+            let ingest = JetStreamIngest {
+                client: client.clone(),
+                config: config.clone(),
+                deadletter_subject: cfg.deadletter_subject.clone(),
+                pipeline: pipeline.clone(),
+                shared: shared.clone(),
+                limits: limits.clone(),
+            };
+            Some(tokio::spawn(ingest.run(shutdown_rx.clone())))
+        }
+        _ => None,
+    };
     let ticker = tokio::spawn(tick(
         pipeline.clone(),
         cfg.tick_interval,
@@ -199,6 +214,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         match ingest.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "nats ingest ended with an error"),
             Err(e) => tracing::warn!(error = %e, "nats ingest task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(durable) = durable {
+        match durable.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "jetstream ingest ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "jetstream ingest task failed"),
             Ok(Ok(())) => {}
         }
     }

@@ -16,6 +16,14 @@
 //! cmdb_deadletter_subject = "cmdb.deadletter"
 //! outbound_prefix = "incidents"
 //!
+//! [nats.jetstream]         # durable ingest: acked only after the append is on disk
+//! enabled = false
+//! stream = "INCIDENTD_ALERTS"   # created on `subject` if absent
+//! consumer = "incidentd"        # durable pull consumer
+//! max_deliver = 5               # then dead-lettered
+//! ack_wait = "30s"
+//! duplicate_window = "2m"       # re-publishes with the same Nats-Msg-Id are dropped
+//!
 //! [http]
 //! max_body_bytes = 10485760
 //! request_timeout = "30s"
@@ -35,6 +43,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ingest::jetstream::JetStreamConfig;
 use crate::model::parse_duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +101,33 @@ pub struct NatsFile {
     pub cmdb_subject: String,
     pub cmdb_deadletter_subject: String,
     pub outbound_prefix: String,
+    pub jetstream: JetStreamFile,
+}
+
+/// Durable ingest through a JetStream stream and pull consumer (instead of the core
+/// subscription on `alerts.>`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamFile {
+    pub enabled: bool,
+    pub stream: String,
+    pub consumer: String,
+    pub max_deliver: i64,
+    pub ack_wait: String,
+    pub duplicate_window: String,
+}
+
+impl Default for JetStreamFile {
+    fn default() -> Self {
+        JetStreamFile {
+            enabled: false,
+            stream: "INCIDENTD_ALERTS".into(),
+            consumer: "incidentd".into(),
+            max_deliver: 5,
+            ack_wait: "30s".into(),
+            duplicate_window: "2m".into(),
+        }
+    }
 }
 
 impl Default for NatsFile {
@@ -104,6 +140,7 @@ impl Default for NatsFile {
             cmdb_subject: "cmdb.>".into(),
             cmdb_deadletter_subject: "cmdb.deadletter".into(),
             outbound_prefix: "incidents".into(),
+            jetstream: JetStreamFile::default(),
         }
     }
 }
@@ -182,6 +219,8 @@ pub struct Config {
     pub cmdb_subject: String,
     pub cmdb_deadletter_subject: String,
     pub outbound_prefix: String,
+    /// Durable JetStream ingest instead of the core subscription, when set.
+    pub jetstream: Option<JetStreamConfig>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -240,7 +279,24 @@ impl Config {
                 message: "must be greater than zero".into(),
             });
         }
+        let js = &file.nats.jetstream;
+        let jetstream = if js.enabled {
+            Some(JetStreamConfig {
+                stream: js.stream.clone(),
+                subjects: vec![file.nats.subject.clone()],
+                consumer: js.consumer.clone(),
+                max_deliver: js.max_deliver.max(1),
+                ack_wait: duration("nats.jetstream.ack_wait", &js.ack_wait)?,
+                duplicate_window: duration(
+                    "nats.jetstream.duplicate_window",
+                    &js.duplicate_window,
+                )?,
+            })
+        } else {
+            None
+        };
         Ok(Config {
+            jetstream,
             listen: file.listen.parse().map_err(|e| ConfigError::Invalid {
                 field: "listen",
                 message: format!(

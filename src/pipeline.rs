@@ -60,6 +60,9 @@ enum Command {
     Alerts {
         alerts: Vec<Alert>,
         done: Option<Reply<usize>>,
+        /// For JetStream ingest: (stream sequence, number of alerts) per message, in the
+        /// order of `alerts`. Messages already in the log are skipped, new ones recorded.
+        messages: Option<Vec<(u64, usize)>>,
     },
     Operator {
         action: Action,
@@ -142,6 +145,22 @@ impl Pipeline {
         self.request(|done| Command::Alerts {
             alerts,
             done: Some(done),
+            messages: None,
+        })
+        .await
+    }
+
+    /// Submits the alerts of JetStream messages `(stream sequence, alert count)`, skipping
+    /// messages already in the log, and waits until they are durable (then the caller acks).
+    pub async fn submit_messages(
+        &self,
+        alerts: Vec<Alert>,
+        messages: Vec<(u64, usize)>,
+    ) -> Result<usize, PipelineError> {
+        self.request(|done| Command::Alerts {
+            alerts,
+            done: Some(done),
+            messages: Some(messages),
         })
         .await
     }
@@ -149,7 +168,12 @@ impl Pipeline {
     /// Queues alerts without waiting for durability (core NATS has nothing to acknowledge).
     /// Waits only while the engine's queue is full.
     pub async fn enqueue(&self, alerts: Vec<Alert>) -> Result<(), PipelineError> {
-        self.send(Command::Alerts { alerts, done: None }).await
+        self.send(Command::Alerts {
+            alerts,
+            done: None,
+            messages: None,
+        })
+        .await
     }
 
     /// Acknowledges or resolves an incident; returns once the fact is durable.
@@ -335,14 +359,18 @@ fn engine_loop(
 
 fn command_alerts(cmd: &Command) -> usize {
     match cmd {
-        Command::Alerts { alerts, .. } => alerts.len(),
+        Command::Alerts { alerts, .. } => alerts.len().max(1),
         _ => 1,
     }
 }
 
 fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
     match cmd {
-        Command::Alerts { alerts, done } => {
+        Command::Alerts {
+            alerts,
+            done,
+            messages: None,
+        } => {
             for alert in &alerts {
                 // Alerts are never refused by the engine.
                 let _ = engine.handle(Input::Alert(alert), &mut batch.facts);
@@ -350,6 +378,31 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
             batch.alerts += alerts.len();
             if let Some(done) = done {
                 batch.replies.push(Done::Alerts(done, alerts.len()));
+            }
+        }
+        Command::Alerts {
+            alerts,
+            done,
+            messages: Some(messages),
+        } => {
+            let (mut start, mut fresh, mut handled) = (0, Vec::new(), 0);
+            for (seq, n) in messages {
+                let part = alerts.get(start..start + n).unwrap_or(&[]);
+                start += n;
+                if engine.state().consumed(seq) {
+                    continue; // a redelivery of something already in the log
+                }
+                for alert in part {
+                    let _ = engine.handle(Input::Alert(alert), &mut batch.facts);
+                }
+                handled += part.len();
+                fresh.push(seq);
+            }
+            let now = alerts.iter().map(|a| a.received_at).max().unwrap_or(0);
+            let _ = engine.handle(Input::Consumed { now, seqs: &fresh }, &mut batch.facts);
+            batch.alerts += handled;
+            if let Some(done) = done {
+                batch.replies.push(Done::Alerts(done, handled));
             }
         }
         Command::Operator {

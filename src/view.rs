@@ -526,7 +526,7 @@ impl ReadModel {
                 self.topology.apply(ops);
                 None
             }
-            Fact::RulesLoaded { .. } => None,
+            Fact::RulesLoaded { .. } | Fact::StreamConsumed { .. } => None,
         };
         let id = touched?;
         let inc = self.incidents.get_mut(&id)?;

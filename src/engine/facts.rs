@@ -169,6 +169,9 @@ pub enum Fact {
         from: IncidentId,
         reason: String,
     },
+    /// JetStream messages (stream sequences) whose alerts are in the log: a redelivery of one
+    /// of them is acknowledged without being ingested twice.
+    StreamConsumed { at: Millis, seqs: Vec<u64> },
     /// The business services the incident hits (CI ids, sorted).
     ImpactChanged {
         at: Millis,
@@ -197,7 +200,8 @@ impl Fact {
             | Fact::AlertSuppressed { at, .. }
             | Fact::AlertFlapping { at, .. }
             | Fact::IncidentsMerged { at, .. }
-            | Fact::ImpactChanged { at, .. } => *at,
+            | Fact::ImpactChanged { at, .. }
+            | Fact::StreamConsumed { at, .. } => *at,
         }
     }
 
@@ -252,6 +256,7 @@ impl Fact {
             Fact::AlertFlapping { .. } => "alert_flapping",
             Fact::IncidentsMerged { .. } => "incidents_merged",
             Fact::ImpactChanged { .. } => "impact_changed",
+            Fact::StreamConsumed { .. } => "stream_consumed",
         }
     }
 }

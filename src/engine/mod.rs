@@ -62,6 +62,11 @@ pub enum Input<'a> {
     Tick {
         now: Millis,
     },
+    /// These JetStream messages are now ingested (their alerts were handled before).
+    Consumed {
+        now: Millis,
+        seqs: &'a [u64],
+    },
 }
 
 /// Why an operator command was refused. Alerts are never refused by the engine.
@@ -138,6 +143,39 @@ pub struct State {
     expiries: BTreeSet<(Millis, Fingerprint)>,
     pub rules_version: u64,
     pub rules_hash: String,
+    consumed: Consumed,
+}
+
+/// JetStream stream sequences already ingested: everything up to `floor`, plus `above`.
+/// Kept compact because delivery is mostly in order.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Consumed {
+    floor: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Consumed {
+    fn contains(&self, seq: u64) -> bool {
+        seq <= self.floor || self.above.contains(&seq)
+    }
+
+    fn insert(&mut self, seq: u64) {
+        if seq <= self.floor {
+            return;
+        }
+        self.above.insert(seq);
+        while self.above.first() == Some(&(self.floor + 1)) {
+            self.above.pop_first();
+            self.floor += 1;
+        }
+    }
+}
+
+impl State {
+    /// Whether the alerts of this JetStream message are already in the log.
+    pub fn consumed(&self, seq: u64) -> bool {
+        self.consumed.contains(seq)
+    }
 }
 
 /// The engine: current rules plus the state they act on.
@@ -363,6 +401,20 @@ impl Engine {
             }
             Input::Tick { now } => {
                 self.decide_tick(now.max(self.state.now), out);
+                Ok(())
+            }
+            Input::Consumed { now, seqs } => {
+                let fresh: Vec<u64> = seqs
+                    .iter()
+                    .copied()
+                    .filter(|&s| !self.state.consumed.contains(s))
+                    .collect();
+                if !fresh.is_empty() {
+                    out.push(Fact::StreamConsumed {
+                        at: now.max(self.state.now),
+                        seqs: fresh,
+                    });
+                }
                 Ok(())
             }
         }
@@ -1267,6 +1319,11 @@ impl Engine {
                 s.rules_hash = hash.clone();
             }
             Fact::CmdbChanged { ops, .. } => s.topology.apply(ops),
+            Fact::StreamConsumed { seqs, .. } => {
+                for &seq in seqs {
+                    s.consumed.insert(seq);
+                }
+            }
         }
     }
 }

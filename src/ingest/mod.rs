@@ -8,6 +8,7 @@
 //! strings are moved out of the parsed tree instead of being copied.
 
 pub mod alertmanager;
+pub mod jetstream;
 pub mod native;
 pub mod nats;
 

@@ -39,7 +39,8 @@ pub enum NatsError {
 
 pub struct NatsIngest {
     pub client: Client,
-    pub subject: String,
+    /// The core subscription for alerts; `None` when JetStream ingest takes them.
+    pub subject: Option<String>,
     pub deadletter_subject: String,
     /// Live CMDB changes: a JSON array of operations per message.
     pub cmdb_subject: String,
@@ -58,7 +59,10 @@ impl NatsIngest {
                 .await
                 .map_err(|source| NatsError::Subscribe { subject, source })
         };
-        let sub = subscribe(self.subject.clone()).await?;
+        let sub = match &self.subject {
+            Some(subject) => Some(subscribe(subject.clone()).await?),
+            None => None,
+        };
         let cmdb = subscribe(self.cmdb_subject.clone()).await?;
         // After every (re)connect, a flush round-trip proves the server registered the
         // (re-sent) subscription; only then is the service ready, so nothing published after
@@ -81,10 +85,23 @@ impl NatsIngest {
 
     async fn consume(
         &self,
-        sub: async_nats::Subscriber,
+        sub: Option<async_nats::Subscriber>,
         mut cmdb: async_nats::Subscriber,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), NatsError> {
+        let Some(sub) = sub else {
+            // Alerts come through JetStream; only CMDB changes arrive here.
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return Ok(()),
+                    msg = cmdb.next() => match msg {
+                        Some(msg) => self.handle_cmdb(msg).await,
+                        None => return Ok(()),
+                    },
+                }
+            }
+        };
         let mut chunks = sub.ready_chunks(CHUNK);
         loop {
             tokio::select! {

@@ -49,8 +49,19 @@ impl NatsServer {
     }
 
     pub fn start_on(port: u16) -> NatsServer {
+        NatsServer::spawn(port, &[])
+    }
+
+    /// With JetStream, storing in `store` (reuse it to restart with the same streams).
+    pub fn start_js(port: u16, store: &Path) -> NatsServer {
+        let store = store.to_string_lossy().to_string();
+        NatsServer::spawn(port, &["-js", "-sd", &store])
+    }
+
+    fn spawn(port: u16, extra: &[&str]) -> NatsServer {
         let child = Command::new(nats_server_binary())
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -85,6 +96,11 @@ pub fn repo_path(rel: &str) -> PathBuf {
 impl Incidentd {
     /// Starts incidentd with its data in `data_dir`, talking to NATS at `nats_url`.
     pub fn start(data_dir: &Path, nats_url: &str) -> Incidentd {
+        Incidentd::start_with(data_dir, nats_url, None)
+    }
+
+    /// Like `start`, with a configuration file (flags still override it).
+    pub fn start_with(data_dir: &Path, nats_url: &str, config: Option<&Path>) -> Incidentd {
         let port = free_port();
         let log = std::fs::File::create(data_dir.with_extension("log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_incidentd"))
@@ -94,6 +110,7 @@ impl Incidentd {
             .arg("--rules")
             .arg(repo_path("rules"))
             .args(["--nats-url", nats_url])
+            .args(config.map(|c| format!("--config={}", c.display())))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
