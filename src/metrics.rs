@@ -21,6 +21,8 @@ pub struct Metrics {
     pub log_batch_facts: Histogram,
     /// 1 while the event log accepts writes; 0 after a failed write or fsync (fail-stop).
     pub log_writable: IntGauge,
+    /// Retryable event log write failures (a full disk); the batch is retried.
+    pub log_write_failures: IntCounter,
     /// 1 while connected to NATS.
     pub nats_connected: IntGauge,
     /// NATS client events (connected, disconnected, slow_consumer, ...).
@@ -88,6 +90,10 @@ impl Metrics {
             log_writable: gauge(
                 "incidentd_log_writable",
                 "1 while the event log accepts writes, 0 after a failed write or fsync.",
+            )?,
+            log_write_failures: counter(
+                "incidentd_log_write_failures_total",
+                "Retryable event log write failures (e.g. a full disk); the batch is retried.",
             )?,
             nats_connected: gauge("incidentd_nats_connected", "1 while connected to NATS.")?,
             nats_events: counter_vec(

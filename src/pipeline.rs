@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, mpsc as std_mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +43,9 @@ pub enum PipelineError {
     Command(#[from] CommandError),
     #[error("event log stopped after a write failure: {0}")]
     LogStopped(String),
+    /// Retryable: the log could not write (a full disk); nothing was stored for this request.
+    #[error("event log cannot write right now (disk full?); nothing was stored, retry later")]
+    LogFull,
     #[error("incidentd is shutting down")]
     Closed,
 }
@@ -101,6 +104,8 @@ pub struct Shared {
     pub view: RwLock<ReadModel>,
     pub metrics: Metrics,
     pub log_writable: AtomicBool,
+    /// The last write failed retryably (a full disk): ingest is refused until it succeeds.
+    pub log_full: AtomicBool,
     pub nats_connected: AtomicBool,
     pub nats_subscribed: AtomicBool,
     /// Signalled on every NATS (re)connect, so ingest can re-prove its subscription.
@@ -115,6 +120,7 @@ impl Shared {
             view: RwLock::new(view),
             metrics,
             log_writable: AtomicBool::new(true),
+            log_full: AtomicBool::new(false),
             nats_connected: AtomicBool::new(false),
             nats_subscribed: AtomicBool::new(false),
             nats_reconnected: tokio::sync::Notify::new(),
@@ -499,9 +505,40 @@ impl Writer {
                 let Ok(batch) = rx.try_recv() else { break };
                 group.push(batch);
             }
+            self.commit_or_retry(&mut group, &mut seqs);
+            group.clear();
+        }
+    }
+
+    /// Commits the group. A retryable failure (a full disk) answers the waiting callers 503
+    /// at once but keeps the facts — the engine already applied them, so the log must get
+    /// them too — and retries until they are written; meanwhile ingest is refused. Any other
+    /// failure stops the writer for good (fail-stop).
+    fn commit_or_retry(&mut self, group: &mut Vec<Batch>, seqs: &mut Vec<u64>) {
+        let mut delay = Duration::from_millis(100);
+        loop {
             seqs.clear();
-            match self.commit(&group, &mut seqs) {
-                Ok(()) => self.publish(&mut group, &seqs),
+            match self.commit(group, seqs) {
+                Ok(()) => {
+                    if self.shared.log_full.swap(false, Ordering::SeqCst) {
+                        tracing::info!("event log writable again");
+                    }
+                    self.publish(group, seqs);
+                    return;
+                }
+                Err(WriteError::Log(e)) if e.is_retryable() => {
+                    if !self.shared.log_full.swap(true, Ordering::SeqCst) {
+                        tracing::error!(error = %e, "event log write failed; retrying, refusing ingest meanwhile");
+                    }
+                    self.shared.metrics.log_write_failures.inc();
+                    for batch in group.iter_mut() {
+                        for done in batch.replies.drain(..) {
+                            done.send(Err(PipelineError::LogFull));
+                        }
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "event log write failed; refusing all further writes");
                     self.shared.log_writable.store(false, Ordering::SeqCst);
@@ -511,9 +548,9 @@ impl Writer {
                             done.send(Err(PipelineError::LogStopped(e.to_string())));
                         }
                     }
+                    return;
                 }
             }
-            group.clear();
         }
     }
 

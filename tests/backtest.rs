@@ -28,12 +28,18 @@ fn rules_with(extra: &Path) -> Rules {
 }
 
 fn quality(dir: &Path, rules: Rules) -> backtest::Quality {
+    quality_and_compression(dir, rules).0
+}
+
+/// Quality, compression and distinct alerts of one scenario replayed with `rules`.
+fn quality_and_compression(dir: &Path, rules: Rules) -> (backtest::Quality, f64, u64) {
     let cmdb = CmdbSpec::load(&dir.join("cmdb.json")).expect("cmdb");
     let truth = Truth::load(&dir.join("truth.json")).expect("truth");
     let input = std::fs::read(dir.join("alerts.jsonl")).expect("alerts");
     let r =
         incidentd::replay::run(rules, &cmdb, &input[..], std::io::sink(), false).expect("replay");
-    backtest::score(&truth, &r.view, &r.view.suppressed_keys())
+    let q = backtest::score(&truth, &r.view, &r.view.suppressed_keys());
+    (q, r.summary.compression, r.summary.distinct_alerts)
 }
 
 #[test]
@@ -47,26 +53,17 @@ fn default_rules_meet_the_quality_bar_on_every_committed_scenario() {
     assert!(dirs.len() >= 3, "committed scenarios: {dirs:?}");
     let mut failures = Vec::new();
     for dir in &dirs {
-        let q = quality(dir, rules_with(&dir.join("rules.toml")));
-        let distinct = q.true_incidents; // reported below with the figures
-        let compression = {
-            let cmdb = CmdbSpec::load(&dir.join("cmdb.json")).expect("cmdb");
-            let input = std::fs::read(dir.join("alerts.jsonl")).expect("alerts");
-            incidentd::replay::run(
-                rules_with(&dir.join("rules.toml")),
-                &cmdb,
-                &input[..],
-                std::io::sink(),
-                false,
-            )
-            .expect("replay")
-            .summary
-            .compression
-        };
         let name = dir.display();
-        if q.pairwise_f1 < 0.95 || q.root_cause_accuracy < 0.90 || compression < 0.80 {
+        let (q, compression, distinct) =
+            quality_and_compression(dir, rules_with(&dir.join("rules.toml")));
+        // Noise alerts are incidents of their own in the truth, so no correct engine can
+        // compress beyond the truth's own ratio; where that ceiling is below 0.80, reaching
+        // it is the bar.
+        let ceiling = 1.0 - q.true_incidents as f64 / distinct as f64;
+        let compression_ok = compression >= 0.80 || compression >= ceiling - 1e-9;
+        if q.pairwise_f1 < 0.95 || q.root_cause_accuracy < 0.90 || !compression_ok {
             failures.push(format!(
-                "{name}: F1 {:.3} (P {:.3} R {:.3}), root cause {:.3}, compression {compression:.3}, {distinct} true incidents",
+                "{name}: F1 {:.3} (P {:.3} R {:.3}), root cause {:.3}, compression {compression:.3} (truth ceiling {ceiling:.3})",
                 q.pairwise_f1, q.pairwise_precision, q.pairwise_recall, q.root_cause_accuracy
             ));
         }
@@ -79,11 +76,15 @@ fn default_rules_meet_the_quality_bar_on_every_committed_scenario() {
             "{name}: suppression"
         );
         // The bar means something only if the simple baselines fall short of it.
-        let by_name = quality(dir, backtest::baseline("by-name").expect("baseline"));
-        assert!(
-            by_name.pairwise_f1 < q.pairwise_f1,
-            "{name}: by-name baseline as good as the rules"
-        );
+        for baseline in backtest::BASELINES {
+            let b = quality(dir, backtest::baseline(baseline).expect("baseline"));
+            assert!(
+                b.pairwise_f1 < q.pairwise_f1,
+                "{name}: baseline {baseline} F1 {:.3} is as good as the rules' {:.3}",
+                b.pairwise_f1,
+                q.pairwise_f1
+            );
+        }
     }
     assert!(
         failures.is_empty(),
@@ -207,7 +208,8 @@ async fn exported_history_replays_to_the_incidents_the_service_showed() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("incident"))
         .collect();
-    let shape = |incs: &[Value]| -> Vec<(String, Value, Vec<(String, u64)>)> {
+    type Shape = (String, Value, Vec<(String, u64)>);
+    let shape = |incs: &[Value]| -> Vec<Shape> {
         let mut v: Vec<_> = incs
             .iter()
             .filter(|i| i.get("merged_into").is_none_or(Value::is_null))

@@ -629,7 +629,10 @@ class Generator:
         rng, s, plan = self.rng, rack["site"], Plan("switch", 0)
         end = t0 + dur
         items, first = [], {}
-        hosts = sorted(rng.sample(rack["hosts"], rng.randint(3, 7)))
+        # A dead top-of-rack switch cuts off most of its rack; a few hosts may be idle or
+        # unmonitored.
+        n = len(rack["hosts"])
+        hosts = sorted(rng.sample(rack["hosts"], rng.randint(max(3, n * 3 // 4), n)))
         for h in hosts:
             opts = [(f"zabbix-dc{s}", "HostUnreachable"), (f"prometheus-dc{s}", "InstanceDown")]
             if rng.random() < 0.3:
@@ -759,7 +762,9 @@ class Generator:
         rng, s, plan = self.rng, ds["site"], Plan("storage", 0)
         end = t0 + dur
         items = []
-        vms = sorted(rng.sample(ds["vms"], min(len(ds["vms"]), rng.randint(3, 8))))
+        # Latency on a datastore is felt by most VMs on it.
+        n = len(ds["vms"])
+        vms = sorted(rng.sample(ds["vms"], rng.randint(min(n, max(3, n // 2)), n)))
         for vm in vms:
             opts = [(f"prometheus-dc{s}", "virtual disk await above 50 ms for 5m"),
                     (f"vcenter-dc{s}", "virtual disk latency above 50 ms")]
@@ -1174,6 +1179,7 @@ class Generator:
         for p in plans:
             if p.maint:
                 host, ws, we = p.maint
+                assert host in topo.cis and topo.cis[host]["type"] == "host", host
                 for t, _, _ in p.events:
                     assert ws <= t < we, (p.label, t)
         # Noise: the names have the intended class, far hosts are far, non-topology noise does

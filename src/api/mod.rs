@@ -98,6 +98,9 @@ impl From<PipelineError> for ApiError {
             PipelineError::LogStopped(_) => {
                 ApiError::Unavailable("event log is not writable; alerts were not stored".into())
             }
+            PipelineError::LogFull => ApiError::Unavailable(
+                "event log cannot write right now; nothing was stored, retry later".into(),
+            ),
             PipelineError::Closed => ApiError::Unavailable("incidentd is shutting down".into()),
         }
     }
@@ -177,6 +180,9 @@ async fn ingest_body(
         rejected.with_label_values(&[e.code]).inc();
     }
     let total = decoded.alerts.len() + decoded.errors.len();
+    if state.shared.log_full.load(Ordering::SeqCst) {
+        return Err(PipelineError::LogFull.into());
+    }
     let accepted = if decoded.alerts.is_empty() {
         0
     } else {
@@ -439,7 +445,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Degraded answers 503 with the reason, so load balancers and humans both understand.
 async fn readyz(State(state): State<AppState>) -> Response {
     let s = &state.shared;
-    let log = s.log_writable.load(Ordering::SeqCst);
+    let log = s.log_writable.load(Ordering::SeqCst) && !s.log_full.load(Ordering::SeqCst);
     let nats = if !state.nats_enabled {
         "disabled"
     } else if !s.nats_connected.load(Ordering::SeqCst) {
@@ -457,7 +463,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     let body = json!({
         "status": if ready { "ready" } else { "degraded" },
-        "log": if log { "writable" } else { "stopped" },
+        "log": if !s.log_writable.load(Ordering::SeqCst) {
+            "stopped"
+        } else if s.log_full.load(Ordering::SeqCst) {
+            "full"
+        } else {
+            "writable"
+        },
         "nats": nats,
     });
     (status, Json(body)).into_response()

@@ -12,12 +12,36 @@
 //!
 //! Recovery follows Kafka/etcd practice: sealed segments must be perfect (any damage fails
 //! open loudly); only the tail of the last segment, which may hold an unacknowledged torn
-//! write, is truncated. Writes are fail-stop: after any failed write or fsync the log refuses
-//! all further calls, because retrying could acknowledge data the kernel already dropped.
+//! write, is truncated.
+//!
+//! Write failures are handled by what they leave behind:
+//!
+//! - A failed fsync (`sync_data`, `sync_all`, directory sync) is fail-stop. The kernel may
+//!   have dropped the dirty pages (and cleared the error), so nothing written since the last
+//!   good fsync can be trusted and a retried fsync could "succeed" without the data on disk.
+//!   The log refuses every later call with [`LogError::Stopped`]; restart recovers it.
+//! - A failed write (ENOSPC, EIO, or a short write that then errors) is retryable: no fsync
+//!   vouched for those bytes, so none was acknowledged. `sync` (or the `append` that rolls)
+//!   returns [`LogError::WriteFailed`] after truncating the segment back to its last durable
+//!   length and fsyncing that, dropping the buffered batch and giving its seqs back
+//!   (`next_seq` returns to the first seq not yet durable). Once space returns, a later
+//!   `append` + `sync` succeeds. If the rollback itself fails, the log stops.
+//! - A short write alone is no error: writing continues until the whole buffer is written.
+//! - Creating a segment at a roll is fail-stop on any error: it happens once per
+//!   `segment_bytes`, and the next open repairs a half-created segment.
+//!
+//! A roll makes the records buffered before it durable. If the batch then fails, those
+//! records stay and replay after a restart even though the batch was reported failed, as
+//! after a crash between fsync and acknowledgement.
+//!
+//! Every write-path file operation goes through [`Storage`] so tests can inject these faults
+//! ([`FaultyStorage`]). Recovery at open uses `std::fs` directly.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 const MAGIC: &[u8; 8] = b"INCDLOG\0";
 const VERSION: u32 = 1;
@@ -32,17 +56,263 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// Largest payload accepted; a larger length field on disk is never allocated.
     pub max_record_bytes: u32,
+    /// Write-path file operations; tests swap in [`FaultyStorage`].
+    pub storage: Arc<dyn Storage>,
 }
 
 impl LogConfig {
-    /// Defaults: 64 MiB segments, 16 MiB records.
+    /// Defaults: 64 MiB segments, 16 MiB records, [`RealStorage`].
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         LogConfig {
             dir: dir.into(),
             segment_bytes: 64 << 20,
             max_record_bytes: 16 << 20,
+            storage: Arc::new(RealStorage),
         }
     }
+}
+
+/// The file-system operations the writer uses, so tests can inject faults into the write
+/// path. [`RealStorage`] is the default.
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates a new, empty segment file opened for appending; fails if it already exists.
+    /// The caller writes the header and syncs.
+    fn create_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
+    /// Opens an existing segment file for appending.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
+    /// Fsyncs a directory, making a created file's entry durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// A segment file opened for appending: every write goes to the end of the file.
+pub trait SegmentFile: Send + std::fmt::Debug {
+    /// Appends a prefix of `buf`; may be short.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    fn sync_data(&mut self) -> io::Result<()>;
+    fn sync_all(&mut self) -> io::Result<()>;
+    /// Truncates the file; rolls back a failed write.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// [`Storage`] on the real file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealStorage;
+
+impl Storage for RealStorage {
+    fn create_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Box::new(file))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(Box::new(OpenOptions::new().append(true).open(path)?))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        fsync_dir(dir)
+    }
+}
+
+impl SegmentFile for File {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Write::write(self, buf)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+
+    fn sync_all(&mut self) -> io::Result<()> {
+        File::sync_all(self)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+}
+
+/// [`RealStorage`] with faults injected by a plan the test may change at any time (also
+/// from another thread), so failure handling is tested against real files. Faults apply
+/// to files already open, too. Counters count calls, failed ones included.
+#[derive(Debug)]
+pub struct FaultyStorage {
+    faults: Arc<Faults>,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    plan: Mutex<Plan>,
+    writes: AtomicU64,
+    syncs: AtomicU64,
+    dir_syncs: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    /// Bytes still accepted, then every write fails with the error.
+    write_error: Option<(u64, i32)>,
+    sync_error: Option<i32>,
+    dir_sync_error: Option<i32>,
+    short_writes: Option<usize>,
+}
+
+impl Faults {
+    fn plan(&self) -> std::sync::MutexGuard<'_, Plan> {
+        // A test that panicked while holding the lock leaves a plan that is still valid.
+        self.plan.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl FaultyStorage {
+    /// `raw_os_error` for "no space left on device".
+    pub const ENOSPC: i32 = 28;
+    /// `raw_os_error` for "input/output error".
+    pub const EIO: i32 = 5;
+
+    /// No faults until the test asks for them.
+    pub fn new() -> Arc<FaultyStorage> {
+        Arc::new(FaultyStorage {
+            faults: Arc::default(),
+        })
+    }
+
+    /// Every write fails with `raw_os_error` until [`clear`](Self::clear).
+    pub fn fail_writes(&self, raw_os_error: i32) {
+        self.fail_writes_after(0, raw_os_error);
+    }
+
+    /// Like a filling disk: the next `bytes` bytes are written (the write crossing the
+    /// limit is short), then every write fails with `raw_os_error` until cleared.
+    pub fn fail_writes_after(&self, bytes: u64, raw_os_error: i32) {
+        self.faults.plan().write_error = Some((bytes, raw_os_error));
+    }
+
+    /// Every `sync_data`, `sync_all` and directory sync fails until cleared.
+    pub fn fail_syncs(&self, raw_os_error: i32) {
+        let mut plan = self.faults.plan();
+        plan.sync_error = Some(raw_os_error);
+        plan.dir_sync_error = Some(raw_os_error);
+    }
+
+    /// Only directory syncs fail until cleared (a fault while creating a segment).
+    pub fn fail_dir_syncs(&self, raw_os_error: i32) {
+        self.faults.plan().dir_sync_error = Some(raw_os_error);
+    }
+
+    /// Every write accepts at most `max_bytes` bytes (0: writes accept nothing).
+    pub fn short_writes(&self, max_bytes: usize) {
+        self.faults.plan().short_writes = Some(max_bytes);
+    }
+
+    /// Removes every fault; counters keep counting.
+    pub fn clear(&self) {
+        *self.faults.plan() = Plan::default();
+    }
+
+    /// `write` calls on segment files.
+    pub fn writes(&self) -> u64 {
+        self.faults.writes.load(Ordering::SeqCst)
+    }
+
+    /// `sync_data` and `sync_all` calls on segment files.
+    pub fn syncs(&self) -> u64 {
+        self.faults.syncs.load(Ordering::SeqCst)
+    }
+
+    /// `sync_dir` calls.
+    pub fn dir_syncs(&self) -> u64 {
+        self.faults.dir_syncs.load(Ordering::SeqCst)
+    }
+
+    fn wrap(&self, inner: Box<dyn SegmentFile>) -> Box<dyn SegmentFile> {
+        Box::new(FaultyFile {
+            inner,
+            faults: Arc::clone(&self.faults),
+        })
+    }
+}
+
+impl Storage for FaultyStorage {
+    fn create_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(self.wrap(RealStorage.create_segment(path)?))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        Ok(self.wrap(RealStorage.open_append(path)?))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.faults.dir_syncs.fetch_add(1, Ordering::SeqCst);
+        let fault = self.faults.plan().dir_sync_error;
+        match fault {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => RealStorage.sync_dir(dir),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Box<dyn SegmentFile>,
+    faults: Arc<Faults>,
+}
+
+impl FaultyFile {
+    fn sync(&mut self, sync: fn(&mut dyn SegmentFile) -> io::Result<()>) -> io::Result<()> {
+        self.faults.syncs.fetch_add(1, Ordering::SeqCst);
+        let fault = self.faults.plan().sync_error;
+        match fault {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => sync(&mut *self.inner),
+        }
+    }
+}
+
+impl SegmentFile for FaultyFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.faults.writes.fetch_add(1, Ordering::SeqCst);
+        let mut plan = self.faults.plan();
+        let mut len = buf.len().min(plan.short_writes.unwrap_or(usize::MAX));
+        if let Some((budget, errno)) = &mut plan.write_error {
+            if *budget == 0 {
+                return Err(io::Error::from_raw_os_error(*errno));
+            }
+            len = len.min(usize::try_from(*budget).unwrap_or(usize::MAX));
+        }
+        let written = self.inner.write(&buf[..len])?;
+        if let Some((budget, _)) = &mut plan.write_error {
+            *budget = budget.saturating_sub(written as u64);
+        }
+        Ok(written)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.sync(|f| f.sync_data())
+    }
+
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.sync(|f| f.sync_all())
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+/// `Write::write_all` over a [`SegmentFile`]: a short write is retried, not an error.
+fn write_all(file: &mut dyn SegmentFile, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +327,22 @@ pub enum LogError {
     },
     #[error("record of {len} bytes exceeds max_record_bytes ({max})")]
     RecordTooLarge { len: usize, max: u32 },
+    /// A write failed; the batch since the last successful sync was discarded and the log
+    /// is still usable (see [`LogError::is_retryable`]).
+    #[error("{path}: write failed, batch discarded: {source}")]
+    WriteFailed { path: PathBuf, source: io::Error },
     #[error("event log stopped after an earlier write or sync failure")]
     Stopped,
+}
+
+impl LogError {
+    /// True if nothing of the failed batch is durable and the log still accepts appends,
+    /// so the caller reports the batch as failed and may carry on (e.g. once disk space
+    /// returns). False for errors that stopped the log, and for `RecordTooLarge`, which
+    /// leaves the log usable but cannot succeed on retry.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LogError::WriteFailed { .. })
+    }
 }
 
 /// Failure of [`EventLog::open`]: the log itself, or the caller's replay visitor.
@@ -86,16 +370,21 @@ pub struct Recovery {
 /// The open log; owns the current (last) segment for appending.
 pub struct EventLog {
     cfg: LogConfig,
-    file: File,
+    file: Box<dyn SegmentFile>,
     path: PathBuf,
+    /// First seq of the current segment.
+    seg_id: u64,
     seed: u32,
-    /// Bytes of the current segment already written to the file.
+    /// Bytes of the current segment written and fsynced: the length a failed write rolls
+    /// back to.
     seg_len: u64,
     /// Records in the current segment, buffered ones included.
     seg_records: u64,
     /// Framed records not yet written.
     buf: Vec<u8>,
     next_seq: u64,
+    /// First seq not yet durable: where `next_seq` returns after a failed write.
+    durable_seq: u64,
     stopped: bool,
 }
 
@@ -119,10 +408,10 @@ impl EventLog {
         cfg: LogConfig,
         mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<(EventLog, Recovery), OpenError<E>> {
-        create_dir(&cfg.dir)?;
+        create_dir(&*cfg.storage, &cfg.dir)?;
         let segments = list_segments(&cfg.dir)?;
         let Some((&(last_id, _), sealed)) = segments.split_last() else {
-            let (file, path) = create_segment(&cfg.dir, 1)?;
+            let (file, path) = create_segment(&*cfg.storage, &cfg.dir, 1)?;
             let log = EventLog::new(cfg, file, path, 1, HEADER_LEN, 0);
             let recovery = Recovery {
                 records: 0,
@@ -150,10 +439,7 @@ impl EventLog {
             records += scan.records;
         }
         let path = segment_path(&cfg.dir, last_id);
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = cfg.storage.open_append(&path).map_err(io_err(&path))?;
         let log = EventLog::new(cfg, file, path, last_id, scan.valid_len, scan.records);
         let recovery = Recovery {
             records,
@@ -190,22 +476,32 @@ impl EventLog {
         Ok(next_seq - segments.first().map_or(1, |s| s.0))
     }
 
-    fn new(cfg: LogConfig, file: File, path: PathBuf, id: u64, len: u64, records: u64) -> Self {
+    fn new(
+        cfg: LogConfig,
+        file: Box<dyn SegmentFile>,
+        path: PathBuf,
+        id: u64,
+        len: u64,
+        records: u64,
+    ) -> Self {
         EventLog {
             cfg,
             file,
             path,
+            seg_id: id,
             seed: seed(id),
             seg_len: len,
             seg_records: records,
             buf: Vec::new(),
             next_seq: id + records,
+            durable_seq: id + records,
             stopped: false,
         }
     }
 
     /// Buffers one record; returns its seq. Not durable until `sync`. May roll to a new
-    /// segment, which writes and syncs the old one first (a failure there is fail-stop too).
+    /// segment, which first writes and syncs the buffered records into the old one, so it
+    /// fails like `sync` does; creating the new segment is fail-stop.
     pub fn append(&mut self, payload: &[u8]) -> Result<u64, LogError> {
         if self.stopped {
             return Err(LogError::Stopped);
@@ -219,7 +515,7 @@ impl EventLog {
             })?;
         let size = self.seg_len + self.buf.len() as u64 + FRAME_LEN + u64::from(len);
         if self.seg_records > 0 && size > self.cfg.segment_bytes {
-            self.fail_stop(Self::roll)?;
+            self.guarded(Self::roll)?;
         }
         let len = len.to_le_bytes();
         let crc = crc32c::crc32c_append(crc32c::crc32c_append(self.seed, &len), payload);
@@ -232,10 +528,12 @@ impl EventLog {
     }
 
     /// Writes buffered records and fdatasyncs (group commit: one sync for many appends).
-    /// On any failure the log enters the stopped state permanently (fail-stop: never retry
-    /// and then acknowledge) and returns the error; later calls return `LogError::Stopped`.
+    /// A failed fsync stops the log permanently (never retry and then acknowledge); later
+    /// calls return `LogError::Stopped`. A failed write returns the retryable
+    /// `LogError::WriteFailed`: the batch is discarded, its seqs are reused, and the log
+    /// goes on (see the module docs).
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.fail_stop(Self::flush)
+        self.guarded(Self::flush)
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -246,15 +544,21 @@ impl EventLog {
         self.stopped
     }
 
-    /// Runs a write step; any error stops the log for good.
-    fn fail_stop(&mut self, step: fn(&mut Self) -> Result<(), LogError>) -> Result<(), LogError> {
+    /// Runs a write step; any error but a rolled-back write stops the log for good.
+    fn guarded(&mut self, step: fn(&mut Self) -> Result<(), LogError>) -> Result<(), LogError> {
         if self.stopped {
             return Err(LogError::Stopped);
         }
         let result = step(self);
-        if let Err(e) = &result {
-            self.stopped = true;
-            tracing::error!(error = %e, "event log write failed; log stopped");
+        match &result {
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "event log write failed; batch discarded");
+            }
+            Err(e) => {
+                self.stopped = true;
+                tracing::error!(error = %e, "event log write failed; log stopped");
+            }
+            Ok(()) => {}
         }
         result
     }
@@ -263,18 +567,42 @@ impl EventLog {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file.write_all(&self.buf).map_err(io_err(&self.path))?;
+        if let Err(source) = write_all(&mut *self.file, &self.buf) {
+            return Err(self.discard_batch(source));
+        }
         self.file.sync_data().map_err(io_err(&self.path))?;
         self.seg_len += self.buf.len() as u64;
         self.buf.clear();
+        self.durable_seq = self.next_seq;
         Ok(())
     }
 
+    /// After a failed write: truncates the segment to its durable length and fsyncs that,
+    /// so no crash can resurrect part of a batch the caller was told failed, and gives the
+    /// batch's seqs back. Returns `WriteFailed`, or `Io` (which stops the log) if the
+    /// rollback failed, because then the file's tail is unknown.
+    fn discard_batch(&mut self, source: io::Error) -> LogError {
+        self.buf.clear();
+        self.next_seq = self.durable_seq;
+        self.seg_records = self.durable_seq - self.seg_id;
+        let path = self.path.clone();
+        match self
+            .file
+            .set_len(self.seg_len)
+            .and_then(|()| self.file.sync_data())
+        {
+            Ok(()) => LogError::WriteFailed { path, source },
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "rolling back a failed write failed");
+                LogError::Io { path, source }
+            }
+        }
+    }
     /// Seals the current segment (its records durable) before the next one exists, so only
     /// the last segment can ever hold a torn write.
     fn roll(&mut self) -> Result<(), LogError> {
         self.flush()?;
-        let (file, path) = create_segment(&self.cfg.dir, self.next_seq)?;
+        let (file, path) = create_segment(&*self.cfg.storage, &self.cfg.dir, self.next_seq)?;
         tracing::debug!(path = %path.display(), "event log rolled to new segment");
         *self = EventLog::new(self.cfg.clone(), file, path, self.next_seq, HEADER_LEN, 0);
         Ok(())
@@ -283,7 +611,7 @@ impl EventLog {
     /// Test hook: swap the segment file handle, to inject real write errors (e.g. /dev/full).
     #[cfg(test)]
     fn replace_file(&mut self, file: File) {
-        self.file = file;
+        self.file = Box::new(file);
     }
 }
 
@@ -481,43 +809,49 @@ fn seed(id: u64) -> u32 {
 }
 
 /// Creates a segment: header, fsync of the file, then of the directory, so a segment that
-/// is visible after a crash has a durable header.
-fn create_segment(dir: &Path, id: u64) -> Result<(File, PathBuf), LogError> {
+/// is visible after a crash has a durable header. Every error is `Io` (fail-stop at a roll):
+/// a half-created file would block a retry's `create_new`, and the next open repairs it.
+fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    id: u64,
+) -> Result<(Box<dyn SegmentFile>, PathBuf), LogError> {
     let path = segment_path(dir, id);
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    file.write_all(&header_bytes(id)).map_err(io_err(&path))?;
-    sync_created(&file, &path)?;
+    let mut file = storage.create_segment(&path).map_err(io_err(&path))?;
+    write_all(&mut *file, &header_bytes(id)).map_err(io_err(&path))?;
+    file.sync_all().map_err(io_err(&path))?;
+    let dir = parent(&path);
+    storage.sync_dir(dir).map_err(io_err(dir))?;
     Ok((file, path))
 }
 
-/// Syncs a newly written segment file and then its directory entry.
+/// Syncs a segment file rewritten at open, then its directory entry.
 fn sync_created(file: &File, path: &Path) -> Result<(), LogError> {
     file.sync_all().map_err(io_err(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    let dir = parent(path);
+    fsync_dir(dir).map_err(io_err(dir))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+/// A path's directory; `.` for a bare file name, which `Path::parent` gives as "".
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Creates the log directory if absent, making its entry in the parent durable too.
-fn create_dir(dir: &Path) -> Result<(), LogError> {
+fn create_dir(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
     if dir.is_dir() {
         return Ok(());
     }
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    sync_dir(dir.parent().unwrap_or(Path::new(".")))
+    let parent = parent(dir);
+    storage.sync_dir(parent).map_err(io_err(parent))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -601,6 +935,22 @@ mod tests {
             Ok((log, rec)) => Ok((log, rec, seen)),
             Err(OpenError::Log(e)) => Err(e),
             Err(OpenError::Visit(never)) => match never {},
+        }
+    }
+
+    /// A config writing through a fresh `FaultyStorage`, and that storage.
+    fn faulty(dir: &Path, segment_bytes: u64) -> (LogConfig, Arc<FaultyStorage>) {
+        let faults = FaultyStorage::new();
+        let cfg = LogConfig {
+            storage: faults.clone(),
+            ..small(dir, segment_bytes)
+        };
+        (cfg, faults)
+    }
+
+    fn assert_seqs_contiguous(records: &Records) {
+        for (i, (seq, _)) in records.iter().enumerate() {
+            assert_eq!(*seq, i as u64 + 1, "seqs not contiguous");
         }
     }
 
@@ -958,7 +1308,8 @@ mod tests {
         let (mut log, _, _) = open(cfg(tmp.path())).unwrap();
         let written = write(&mut log, 1..4, 10);
         log.append(b"lost").unwrap();
-        // A real ENOSPC from the kernel: the segment handle now points at /dev/full.
+        // A real ENOSPC from the kernel: the segment handle now points at /dev/full. That
+        // cannot be truncated either, so the rollback fails too and the log must stop.
         log.replace_file(OpenOptions::new().write(true).open("/dev/full").unwrap());
         let err = log.sync().unwrap_err();
         assert!(
@@ -1043,5 +1394,195 @@ mod tests {
         };
         assert!(matches!(err, OpenError::Visit("bad fact")));
         assert_eq!(err.to_string(), "replaying event log: bad fact");
+    }
+
+    #[test]
+    fn failed_fsync_stops_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, faults) = faulty(tmp.path(), 64 << 20);
+        let (mut log, _, _) = open(config).unwrap();
+        let acked = write(&mut log, 1..21, 4);
+        for i in 21..26 {
+            log.append(&payload(i)).unwrap();
+        }
+        faults.fail_syncs(FaultyStorage::EIO);
+        let err = log.sync().unwrap_err();
+        assert!(
+            matches!(&err, LogError::Io { source, .. } if source.raw_os_error() == Some(5)),
+            "{err:?}"
+        );
+        assert!(!err.is_retryable());
+        assert!(log.is_stopped());
+        // Never retry: even once the device "recovers", nothing is accepted.
+        faults.clear();
+        assert!(matches!(log.append(b"x"), Err(LogError::Stopped)));
+        assert!(matches!(log.sync(), Err(LogError::Stopped)));
+        drop(log);
+        // The failed batch reached the page cache, so it may replay; it was never acked.
+        let (_, _, seen) = open(cfg(tmp.path())).unwrap();
+        assert_eq!(seen[..acked.len()], acked[..]);
+        assert!(seen.len() <= acked.len() + 5, "{} records", seen.len());
+        assert_seqs_contiguous(&seen);
+    }
+
+    #[test]
+    fn failed_write_discards_the_batch_and_the_log_recovers() {
+        // Nothing written, a partial write (a filling disk), and EIO instead of ENOSPC.
+        let cases = [
+            (0, FaultyStorage::ENOSPC),
+            (13, FaultyStorage::ENOSPC),
+            (100, FaultyStorage::EIO),
+        ];
+        for (budget, errno) in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            let (config, faults) = faulty(tmp.path(), 64 << 20);
+            let (mut log, _, _) = open(config).unwrap();
+            let mut acked = write(&mut log, 1..11, 3);
+            let seg = segments(tmp.path()).remove(0);
+            let durable_len = fs::metadata(&seg).unwrap().len();
+            let next = log.next_seq();
+            for i in 100..110 {
+                log.append(&payload(i)).unwrap();
+            }
+            faults.fail_writes_after(budget, errno);
+            let writes = faults.writes();
+            let err = log.sync().unwrap_err();
+            assert!(
+                matches!(&err, LogError::WriteFailed { source, .. }
+                    if source.raw_os_error() == Some(errno)),
+                "{err:?}"
+            );
+            assert!(err.is_retryable() && !log.is_stopped());
+            assert_eq!(faults.writes() - writes, if budget == 0 { 1 } else { 2 });
+            assert_eq!(
+                fs::metadata(&seg).unwrap().len(),
+                durable_len,
+                "rolled back"
+            );
+            assert_eq!(log.next_seq(), next, "seqs given back");
+            // Still full: fails the same way, and an empty sync has nothing to lose.
+            assert_eq!(log.append(b"again").unwrap(), next);
+            assert!(log.sync().unwrap_err().is_retryable());
+            log.sync().unwrap();
+            faults.clear();
+            for i in 200..205 {
+                let seq = log.append(&payload(i)).unwrap();
+                acked.push((seq, payload(i)));
+            }
+            log.sync().unwrap();
+            drop(log);
+            let (_, rec, seen) = open(cfg(tmp.path())).unwrap();
+            assert_eq!(seen, acked, "budget {budget}");
+            assert_eq!(rec.truncated_bytes, 0);
+            assert_seqs_contiguous(&seen);
+        }
+    }
+
+    #[test]
+    fn failed_write_while_rolling_is_retryable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, faults) = faulty(tmp.path(), 100);
+        let (mut log, _, _) = open(config).unwrap();
+        let mut acked = vec![(1, vec![1; 30])];
+        log.append(&[1; 30]).unwrap();
+        log.sync().unwrap();
+        log.append(&[2; 30]).unwrap(); // buffered; the next append rolls and writes it
+        faults.fail_writes(FaultyStorage::ENOSPC);
+        let err = log.append(&[3; 30]).unwrap_err();
+        assert!(err.is_retryable() && !log.is_stopped(), "{err:?}");
+        assert_eq!(log.next_seq(), 2);
+        faults.clear();
+        for (seq, byte) in [(2, 4), (3, 5), (4, 6)] {
+            assert_eq!(log.append(&[byte; 30]).unwrap(), seq);
+            acked.push((seq, vec![byte; 30]));
+        }
+        log.sync().unwrap();
+        drop(log);
+        let (_, _, seen) = open(small(tmp.path(), 100)).unwrap();
+        assert_eq!(seen, acked);
+    }
+
+    #[test]
+    fn failed_rollback_stops_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, faults) = faulty(tmp.path(), 64 << 20);
+        let (mut log, _, _) = open(config).unwrap();
+        let acked = write(&mut log, 1..4, 10);
+        log.append(b"lost").unwrap();
+        faults.fail_writes_after(5, FaultyStorage::ENOSPC);
+        faults.fail_syncs(FaultyStorage::EIO); // the rollback's fsync
+        let err = log.sync().unwrap_err();
+        assert!(
+            matches!(&err, LogError::Io { source, .. } if source.raw_os_error() == Some(28)),
+            "{err:?}"
+        );
+        assert!(log.is_stopped());
+        assert!(matches!(log.append(b"x"), Err(LogError::Stopped)));
+        drop(log);
+        let (_, rec, seen) = open(cfg(tmp.path())).unwrap();
+        assert_eq!((seen, rec.truncated_bytes), (acked, 0), "tail truncated");
+    }
+
+    #[test]
+    fn short_writes_still_land() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, faults) = faulty(tmp.path(), 300);
+        let (mut log, _, _) = open(config).unwrap();
+        faults.short_writes(3);
+        let written = write(&mut log, 1..60, 7); // rolls, so headers are written short too
+        let segs = segments(tmp.path());
+        assert!(segs.len() > 3, "{} segments", segs.len());
+        let bytes: u64 = segs.iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+        assert!(faults.writes() >= (bytes - HEADER_LEN).div_ceil(3));
+        assert!(!log.is_stopped());
+        drop(log);
+        let (_, rec, seen) = open(small(tmp.path(), 300)).unwrap();
+        assert_eq!((seen, rec.truncated_bytes), (written, 0));
+    }
+
+    #[test]
+    fn failed_dir_sync_while_rolling_stops_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, faults) = faulty(tmp.path(), 60);
+        let (mut log, _, _) = open(config).unwrap();
+        log.append(&[1; 30]).unwrap();
+        log.sync().unwrap();
+        faults.fail_dir_syncs(FaultyStorage::EIO);
+        let dir_syncs = faults.dir_syncs();
+        let err = log.append(&[2; 30]).unwrap_err();
+        assert!(
+            matches!(&err, LogError::Io { source, .. } if source.raw_os_error() == Some(5)),
+            "{err:?}"
+        );
+        assert_eq!(faults.dir_syncs(), dir_syncs + 1);
+        assert!(log.is_stopped());
+        faults.clear();
+        assert!(matches!(log.append(b"x"), Err(LogError::Stopped)));
+        assert!(matches!(log.sync(), Err(LogError::Stopped)));
+        drop(log);
+        let (_, rec, seen) = open(small(tmp.path(), 60)).unwrap();
+        assert_eq!((seen, rec.segments), (vec![(1, vec![1; 30])], 2));
+    }
+
+    #[test]
+    fn one_sync_data_per_group_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, faults) = faulty(tmp.path(), 64 << 20);
+        let (mut log, _, _) = open(config).unwrap();
+        let (writes, syncs) = (faults.writes(), faults.syncs());
+        for i in 1..101 {
+            log.append(&payload(i)).unwrap();
+        }
+        assert_eq!(
+            (faults.writes(), faults.syncs()),
+            (writes, syncs),
+            "append buffers"
+        );
+        log.sync().unwrap();
+        assert_eq!((faults.writes(), faults.syncs()), (writes + 1, syncs + 1));
+        log.sync().unwrap(); // nothing buffered: no write, no fsync
+        assert_eq!((faults.writes(), faults.syncs()), (writes + 1, syncs + 1));
+        drop(log);
+        assert_eq!(open(cfg(tmp.path())).unwrap().2.len(), 100);
     }
 }
