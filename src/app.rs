@@ -80,22 +80,49 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(cis = cmdb.cis.len(), relations = cmdb.relations.len(), from = %cmdb_from, "cmdb loaded");
 
     let log_dir = cfg.data_dir.join("log");
-    let mut engine = Engine::new(rules.clone());
-    let mut view = ReadModel::default();
+    let snapshot_dir = cfg.data_dir.join("snapshots");
     let started = std::time::Instant::now();
+    let (mut engine, mut view, snapshot_seq) = match crate::snapshot::load_latest(&snapshot_dir)? {
+        Some(s) => {
+            tracing::info!(seq = s.seq, path = %s.path.display(), "snapshot loaded");
+            (Engine::restore(rules.clone(), s.state), s.view, s.seq)
+        }
+        None => (Engine::new(rules.clone()), ReadModel::default(), 0),
+    };
     let mut log_config = LogConfig::new(&log_dir);
     log_config.segment_bytes = cfg.segment_bytes;
+    let mut first_seq = None;
     let (log, recovery) = EventLog::open(log_config, |seq, bytes| {
+        // Segments a snapshot covered may have been pruned: the log must continue right
+        // where the snapshot ends, or history is missing.
+        if first_seq.is_none() {
+            first_seq = Some(seq);
+            if seq > snapshot_seq + 1 {
+                return Err(anyhow::anyhow!(
+                    "the log starts at fact {seq} but no usable snapshot covers facts before it"
+                ));
+            }
+        }
+        if seq <= snapshot_seq {
+            return Ok(());
+        }
         let fact = decode_record(bytes)?;
         engine.apply(&fact);
         view.apply(seq, &fact);
-        Ok::<(), crate::engine::facts::RecordError>(())
+        Ok(())
     })
     .map_err(|e| match e {
         OpenError::Log(e) => anyhow::anyhow!(e),
         OpenError::Visit(e) => anyhow::anyhow!("replaying {}: {e}", log_dir.display()),
     })?;
+    if recovery.next_seq <= snapshot_seq {
+        anyhow::bail!(
+            "the event log ends at fact {} but the snapshot covers up to {snapshot_seq}: the log is missing or was replaced",
+            recovery.next_seq.saturating_sub(1)
+        );
+    }
     tracing::info!(
+        snapshot_seq,
         facts = recovery.records,
         segments = recovery.segments,
         truncated_bytes = recovery.truncated_bytes,
@@ -124,8 +151,19 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let (pipeline, running) =
-        pipeline::start(engine, log, shared.clone(), outbound, cfg.engine_queue)?;
+    let (pipeline, running) = pipeline::start(
+        engine,
+        log,
+        shared.clone(),
+        outbound,
+        cfg.engine_queue,
+        Some(pipeline::SnapshotConfig {
+            dir: snapshot_dir,
+            every_facts: cfg.snapshot_every,
+            log_dir: log_dir.clone(),
+            prune_log: cfg.prune_log,
+        }),
+    )?;
     pipeline
         .load_rules(rules, clock::now())
         .await

@@ -31,6 +31,8 @@
 //!
 //! [log]
 //! segment_bytes = 67108864
+//! snapshot_every = 100000        # facts between snapshots (and one at shutdown); 0 = never
+//! prune_after_snapshot = false   # delete segments a snapshot covers (export sees the tail)
 //!
 //! [engine]
 //! tick_interval = "1s"
@@ -167,12 +169,18 @@ impl Default for HttpFile {
 #[serde(deny_unknown_fields, default)]
 pub struct LogFile {
     pub segment_bytes: u64,
+    /// Facts between snapshots (and one at shutdown); 0 disables them.
+    pub snapshot_every: u64,
+    /// Delete log segments a snapshot fully covers.
+    pub prune_after_snapshot: bool,
 }
 
 impl Default for LogFile {
     fn default() -> Self {
         LogFile {
             segment_bytes: 64 * 1024 * 1024,
+            snapshot_every: 100_000,
+            prune_after_snapshot: false,
         }
     }
 }
@@ -225,6 +233,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub segment_bytes: u64,
+    pub snapshot_every: u64,
+    pub prune_log: bool,
     pub tick_interval: Duration,
     pub engine_queue: usize,
 }
@@ -318,6 +328,8 @@ impl Config {
             request_timeout: duration("http.request_timeout", &file.http.request_timeout)?,
             shutdown_grace: duration("http.shutdown_grace", &file.http.shutdown_grace)?,
             segment_bytes: file.log.segment_bytes.max(4096),
+            snapshot_every: file.log.snapshot_every,
+            prune_log: file.log.prune_after_snapshot,
             tick_interval,
             engine_queue: file.engine.queue.max(16),
         })

@@ -8,7 +8,8 @@
 //! - [`cmdb`]: the CMDB topology graph (JSON/CSV load, lookup keys, bounded neighbourhoods).
 //! - [`engine`]: the deterministic state machine (`decide` → facts → `apply`).
 //! - [`pipeline`]: the engine thread and the group-commit writer thread between ingest and disk.
-//! - [`eventlog`]: the segmented, checksummed, fsync'd append-only log of facts.
+//! - [`eventlog`]: the segmented, checksummed, fsync'd append-only log of facts; [`snapshot`]:
+//!   engine state and read model at a log sequence, so restarts replay only the tail.
 //! - [`view`]: the read model (incident views with reasons and timelines) fed by durable facts.
 //! - [`api`]: the HTTP API; [`metrics`]: Prometheus metrics.
 //! - [`replay`]: the engine offline over recorded alerts (`incidentd replay`); [`backtest`]:
@@ -30,4 +31,5 @@ pub mod model;
 pub mod pipeline;
 pub mod replay;
 pub mod rules;
+pub mod snapshot;
 pub mod view;

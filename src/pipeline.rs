@@ -11,6 +11,7 @@
 //! acknowledged, counted or shown before the facts it caused are on disk. A failed write or
 //! fsync stops the writer for good (fail-stop): every later request gets an error.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, mpsc as std_mpsc};
 use std::thread::JoinHandle;
@@ -21,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cmdb::{CmdbOp, CmdbSpec};
 use crate::engine::facts::{RecordError, encode_record};
-use crate::engine::{CommandError, Engine, Fact, IncidentId, Input};
+use crate::engine::{CommandError, Engine, Fact, IncidentId, Input, State};
 use crate::eventlog::{EventLog, LogError};
 use crate::metrics::Metrics;
 use crate::model::{Alert, Millis};
@@ -287,12 +288,14 @@ pub fn start(
     shared: Arc<Shared>,
     outbound: Option<Outbound>,
     queue: usize,
+    snapshots: Option<SnapshotConfig>,
 ) -> std::io::Result<(Pipeline, Running)> {
     let (tx, rx) = mpsc::channel(queue);
     let (batch_tx, batch_rx) = std_mpsc::sync_channel(WRITER_QUEUE);
+    let every = snapshots.as_ref().map_or(0, |s| s.every_facts);
     let engine = std::thread::Builder::new()
         .name("incidentd-engine".into())
-        .spawn(move || engine_loop(engine, rx, batch_tx))?;
+        .spawn(move || engine_loop(engine, rx, batch_tx, every))?;
     let writer = std::thread::Builder::new()
         .name("incidentd-writer".into())
         .spawn(move || {
@@ -301,6 +304,8 @@ pub fn start(
                 shared,
                 outbound,
                 buf: Vec::new(),
+                snapshots,
+                writing: None,
             }
             .run(batch_rx)
         })?;
@@ -313,6 +318,20 @@ struct Batch {
     facts: Vec<Fact>,
     alerts: usize,
     replies: Vec<Done>,
+    /// The engine's state right after this batch: once the batch is durable it pairs with
+    /// the read model at the same sequence to make a snapshot.
+    snapshot: Option<Box<State>>,
+}
+
+/// When and where to write snapshots.
+#[derive(Clone, Debug)]
+pub struct SnapshotConfig {
+    pub dir: PathBuf,
+    /// Facts between snapshots (and one at shutdown); 0 disables them.
+    pub every_facts: u64,
+    pub log_dir: PathBuf,
+    /// Delete log segments a snapshot fully covers (then `export-alerts` sees only the tail).
+    pub prune_log: bool,
 }
 
 enum Done {
@@ -338,8 +357,10 @@ fn engine_loop(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Command>,
     writer: std_mpsc::SyncSender<Batch>,
+    snapshot_every: u64,
 ) {
     let mut cmds = Vec::with_capacity(MAX_COMMANDS);
+    let mut since_snapshot = 0u64;
     while let Some(first) = rx.blocking_recv() {
         let mut alerts = command_alerts(&first);
         cmds.push(first);
@@ -356,10 +377,22 @@ fn engine_loop(
         if batch.facts.is_empty() && batch.replies.is_empty() {
             continue;
         }
+        since_snapshot += batch.facts.len() as u64;
+        if snapshot_every > 0 && since_snapshot >= snapshot_every {
+            batch.snapshot = Some(Box::new(engine.state().clone()));
+            since_snapshot = 0;
+        }
         if writer.send(batch).is_err() {
             tracing::error!("log writer is gone; engine stops");
-            break;
+            return;
         }
+    }
+    // Shutting down: a last snapshot, so the next start replays nothing.
+    if snapshot_every > 0 && since_snapshot > 0 {
+        let _ = writer.send(Batch {
+            snapshot: Some(Box::new(engine.state().clone())),
+            ..Batch::default()
+        });
     }
 }
 
@@ -493,6 +526,9 @@ struct Writer {
     shared: Arc<Shared>,
     outbound: Option<Outbound>,
     buf: Vec<u8>,
+    snapshots: Option<SnapshotConfig>,
+    /// The snapshot being written in the background, if any.
+    writing: Option<JoinHandle<()>>,
 }
 
 impl Writer {
@@ -507,6 +543,44 @@ impl Writer {
             }
             self.commit_or_retry(&mut group, &mut seqs);
             group.clear();
+        }
+        if let Some(writing) = self.writing.take() {
+            let _ = writing.join();
+        }
+    }
+
+    /// Writes a snapshot of `state` and the read model (both as of the last durable fact) in
+    /// the background, so ingest does not wait for it; one at a time.
+    fn snapshot(&mut self, state: Box<State>) {
+        let Some(cfg) = self.snapshots.clone() else {
+            return;
+        };
+        let seq = self.log.next_seq().saturating_sub(1);
+        let view = self.shared.view().clone();
+        if let Some(previous) = self.writing.take() {
+            let _ = previous.join();
+        }
+        let spawned = std::thread::Builder::new()
+            .name("incidentd-snapshot".into())
+            .spawn(move || {
+                let started = Instant::now();
+                match crate::snapshot::write(&cfg.dir, seq, &state, &view) {
+                    Ok(path) => {
+                        tracing::info!(seq, path = %path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written");
+                        if cfg.prune_log {
+                            match crate::eventlog::remove_segments_through(&cfg.log_dir, seq) {
+                                Ok(n) if n > 0 => tracing::info!(segments = n, "log segments covered by the snapshot removed"),
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, "removing covered log segments failed"),
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "snapshot failed; the log still holds everything"),
+                }
+            });
+        match spawned {
+            Ok(handle) => self.writing = Some(handle),
+            Err(e) => tracing::warn!(error = %e, "cannot start the snapshot thread"),
         }
     }
 
@@ -523,7 +597,11 @@ impl Writer {
                     if self.shared.log_full.swap(false, Ordering::SeqCst) {
                         tracing::info!("event log writable again");
                     }
+                    let snapshot = group.iter_mut().rev().find_map(|b| b.snapshot.take());
                     self.publish(group, seqs);
+                    if let Some(state) = snapshot {
+                        self.snapshot(state);
+                    }
                     return;
                 }
                 Err(WriteError::Log(e)) if e.is_retryable() => {

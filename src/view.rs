@@ -7,17 +7,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::{Serialize, Serializer};
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::cmdb::Topology;
 use crate::engine::{Fact, IncidentId, IncidentState, Priority};
-use crate::model::{Alert, Fingerprint, Millis, Severity, Status, format_time};
+use crate::model::{Alert, Fingerprint, Millis, Severity, Status, format_time, parse_time};
 
 /// One alert as shown inside an incident.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AlertView {
     pub fingerprint: Fingerprint,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_key: Option<String>,
     pub source: String,
     pub name: String,
@@ -26,20 +28,20 @@ pub struct AlertView {
     pub status: Status,
     pub count: u64,
     pub reason: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    #[serde(serialize_with = "time")]
+    #[serde(serialize_with = "time", deserialize_with = "de_time")]
     pub first_seen: Millis,
-    #[serde(serialize_with = "time")]
+    #[serde(serialize_with = "time", deserialize_with = "de_time")]
     pub last_seen: Millis,
-    #[serde(serialize_with = "opt_time")]
+    #[serde(serialize_with = "opt_time", deserialize_with = "de_opt_time")]
     pub ends_at: Option<Millis>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flapping: bool,
     /// Why the alert is suppressed, while it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<String>,
 }
 
@@ -76,19 +78,19 @@ impl AlertView {
 }
 
 /// One entry of an incident's timeline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TimelineEntry {
     pub seq: u64,
-    #[serde(serialize_with = "time")]
+    #[serde(serialize_with = "time", deserialize_with = "de_time")]
     pub at: Millis,
-    pub event: &'static str,
+    pub event: Cow<'static, str>,
     pub text: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
 }
 
 /// An incident as operators see it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IncidentView {
     pub id: IncidentId,
     pub state: IncidentState,
@@ -202,15 +204,16 @@ pub struct RootCause<'a> {
 }
 
 /// Where an alert's current life is shown.
-#[derive(Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum Home {
     /// Received but in no incident (a resolve for an alert never seen firing).
     Loose(Box<AlertView>),
     Attached(IncidentId, usize),
 }
 
-/// All incident views, plus the bookkeeping to route alert facts to them.
-#[derive(Debug, Default)]
+/// All incident views, plus the bookkeeping to route alert facts to them. Cloneable and
+/// serializable, for snapshots.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ReadModel {
     incidents: BTreeMap<IncidentId, IncidentView>,
     /// The CMDB as the durable facts describe it (owner groups, the CMDB API).
@@ -500,7 +503,7 @@ impl ReadModel {
                 target.timeline.push(TimelineEntry {
                     seq,
                     at,
-                    event: "incidents_merged",
+                    event: Cow::Borrowed("incidents_merged"),
                     text: format!("{from} merged in: {reason}"),
                     by: None,
                 });
@@ -516,7 +519,7 @@ impl ReadModel {
                 merged.timeline.push(TimelineEntry {
                     seq,
                     at,
-                    event: "incidents_merged",
+                    event: Cow::Borrowed("incidents_merged"),
                     text: format!("merged into {into}: {reason}"),
                     by: None,
                 });
@@ -541,7 +544,7 @@ impl ReadModel {
             inc.timeline.push(TimelineEntry {
                 seq,
                 at,
-                event,
+                event: Cow::Borrowed(event),
                 text,
                 by,
             });
@@ -558,6 +561,20 @@ fn opt_time<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error>
     match ms {
         Some(ms) => time(ms, s),
         None => s.serialize_none(),
+    }
+}
+
+fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+    let s = Cow::<'de, str>::deserialize(d)?;
+    parse_time(&s).ok_or_else(|| serde::de::Error::custom(format!("bad time {s:?}")))
+}
+
+fn de_opt_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Millis>, D::Error> {
+    match Option::<Cow<'de, str>>::deserialize(d)? {
+        Some(s) => parse_time(&s)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad time {s:?}"))),
+        None => Ok(None),
     }
 }
 

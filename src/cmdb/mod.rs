@@ -961,7 +961,7 @@ fn strongly_connected(adj: &[Vec<(u32, Relation, u32)>]) -> Vec<Vec<u32>> {
 // Runtime graph
 
 /// Runtime CI data.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ci {
     pub id: String,
     pub kind: String,
@@ -1034,7 +1034,7 @@ pub struct Reach {
     pub direction: Direction,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Edge {
     other: CiIdx,
     rel: Relation,
@@ -1053,7 +1053,9 @@ const KEY_LABELS: [&str; 6] = ["instance", "hostname", "host", "node", "ip", "fq
 ///
 /// Removed CIs stay as tombstones so indexes held elsewhere never point at a different CI.
 /// `Sync`: the walk scratch space sits behind a mutex that is only ever `try_lock`ed.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Serializable (for snapshots) with its indexes intact, so CI indexes held elsewhere stay
+/// valid after a restore; the walk scratch is rebuilt empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Topology {
     cis: Vec<Ci>,
     live: Vec<bool>,
@@ -1073,6 +1075,7 @@ pub struct Topology {
     /// Impacted services as CSR: `svc_list[svc_start[i]..svc_start[i + 1]]`.
     svc_start: Vec<u32>,
     svc_list: Vec<CiIdx>,
+    #[serde(skip)]
     scratch: ScratchCell,
 }
 
@@ -1850,7 +1853,7 @@ fn each_key(ci: &Ci, mut f: impl FnMut(Option<u8>, &str)) {
 /// Key → CI, where the smallest (tier, index) claiming a key wins. Kept incrementally: the
 /// full candidate list is stored only for keys claimed more than once, so a removal can hand
 /// the key to the next claimant without a rebuild.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct KeyIndex {
     winner: HashMap<String, (u8, CiIdx)>,
     /// Sorted candidates (at least two) of contested keys.

@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use facts::{Fact, IncidentId, IncidentState, Priority};
 
+use serde::{Deserialize, Serialize};
+
 use crate::cmdb::{CiIdx, CmdbOp, CmdbSpec, Criticality, Direction, Reach, Topology};
 use crate::model::{Alert, Fingerprint, Millis, Severity, Status, format_duration};
 use crate::rules::{Level, Policy, Rule, Rules, TopologyPolicy};
@@ -81,7 +83,7 @@ pub enum CommandError {
 }
 
 /// What the engine remembers about one alert (its current life).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertState {
     pub incident: Option<IncidentId>,
     pub ci: Option<CiIdx>,
@@ -99,7 +101,7 @@ pub struct AlertState {
 }
 
 /// What the engine remembers about one incident.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     pub id: IncidentId,
     pub state: IncidentState,
@@ -125,8 +127,9 @@ pub struct Incident {
     pub max_severity: Severity,
 }
 
-/// Everything `apply` builds. Comparable, so tests can assert replay equals live.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Everything `apply` builds. Comparable, so tests can assert replay equals live; and
+/// serializable, for snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub now: Millis,
     pub topology: Topology,
@@ -148,7 +151,7 @@ pub struct State {
 
 /// JetStream stream sequences already ingested: everything up to `floor`, plus `above`.
 /// Kept compact because delivery is mostly in order.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Consumed {
     floor: u64,
     above: BTreeSet<u64>,
@@ -236,6 +239,14 @@ impl Engine {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// An engine resuming from a snapshot's state.
+    pub fn restore(rules: Rules, state: State) -> Engine {
+        Engine {
+            state,
+            ..Engine::new(rules)
+        }
     }
 
     /// The earliest engine time at which a `Tick` would decide something (an alert timing

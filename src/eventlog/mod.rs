@@ -773,6 +773,27 @@ fn rest_is_zero(r: &mut impl Read) -> io::Result<bool> {
     }
 }
 
+/// Deletes whole segments whose records all have sequences at or below `seq` (a snapshot
+/// covers them), oldest first; the newest segment always stays. Returns how many went.
+pub fn remove_segments_through(dir: &Path, seq: u64) -> Result<usize, LogError> {
+    let segments = list_segments(dir)?;
+    let mut removed = 0;
+    for pair in segments.windows(2) {
+        let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+        if next_first.saturating_sub(1) > seq {
+            break;
+        }
+        fs::remove_file(path).map_err(io_err(path))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
+    Ok(removed)
+}
+
 /// Segment files sorted by first seq; other files are ignored.
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     let mut segments = Vec::new();
