@@ -167,47 +167,14 @@ async fn exported_history_replays_to_the_incidents_the_service_showed() {
     d.kill9();
 
     let exported = dir.path().join("history.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_incidentd"))
-        .args(["export-alerts", "--data-dir"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&exported)
-        .output()
-        .expect("export");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    export_history(&data, &exported);
     let text = std::fs::read_to_string(&exported).expect("exported");
     assert_eq!(
         text.lines().count(),
         lines.lines().count() + 1,
         "every arrival plus the CMDB change"
     );
-    let replayed = dir.path().join("replayed.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_incidentd"))
-        .arg("replay")
-        .arg("--rules")
-        .arg(repo_path("rules"))
-        .arg("--cmdb")
-        .arg(repo_path("fixtures/cmdb/example.json"))
-        .arg("--alerts")
-        .arg(&exported)
-        .arg("--out")
-        .arg(&replayed)
-        .output()
-        .expect("replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let again: Vec<Value> = std::fs::read_to_string(&replayed)
-        .expect("replayed")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("incident"))
-        .collect();
+    let again = replay_incidents(&exported, &dir.path().join("replayed.jsonl"));
     type Shape = (String, Value, Vec<(String, u64)>);
     let shape = |incs: &[Value]| -> Vec<Shape> {
         let mut v: Vec<_> = incs

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -93,41 +92,8 @@ async fn kill_9_during_an_ingest_burst_loses_nothing_acknowledged() {
 
     // Oracle: the history exported from the log, replayed offline, gives the same incidents.
     let exported = dir.path().join("history.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_incidentd"))
-        .args(["export-alerts", "--data-dir"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&exported)
-        .output()
-        .expect("export");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replayed = dir.path().join("replayed.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_incidentd"))
-        .arg("replay")
-        .arg("--rules")
-        .arg(repo_path("rules"))
-        .arg("--cmdb")
-        .arg(repo_path("fixtures/cmdb/example.json"))
-        .args(["--alerts"])
-        .arg(&exported)
-        .arg("--out")
-        .arg(&replayed)
-        .output()
-        .expect("replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let oracle: Vec<Value> = std::fs::read_to_string(&replayed)
-        .expect("replayed")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("incident"))
-        .collect();
+    export_history(&data, &exported);
+    let oracle = replay_incidents(&exported, &dir.path().join("replayed.jsonl"));
     let members = |incs: &[Value]| -> Vec<Vec<String>> {
         let mut v: Vec<Vec<String>> = incs
             .iter()

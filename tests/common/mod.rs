@@ -232,3 +232,53 @@ pub async fn incidents(c: &reqwest::Client, d: &Incidentd) -> Vec<Value> {
     assert_eq!(status, 200, "{page}");
     page["items"].as_array().cloned().unwrap_or_default()
 }
+
+/// Runs the `incidentd` command line and insists it succeeds; returns its stdout.
+pub fn cli_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_incidentd"))
+        .args(args)
+        .output()
+        .expect("run incidentd");
+    assert!(
+        out.status.success(),
+        "incidentd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Exports the history recorded under `data` to `out` (`incidentd export-alerts`).
+pub fn export_history(data: &Path, out: &Path) {
+    cli_ok([
+        "export-alerts".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+}
+
+/// Replays `alerts` with the shipped rules and example CMDB; returns the incidents written.
+pub fn replay_incidents(alerts: &Path, out: &Path) -> Vec<Value> {
+    let (rules, cmdb) = (repo_path("rules"), repo_path("fixtures/cmdb/example.json"));
+    cli_ok([
+        "replay".as_ref(),
+        "--rules".as_ref(),
+        rules.as_os_str(),
+        "--cmdb".as_ref(),
+        cmdb.as_os_str(),
+        "--alerts".as_ref(),
+        alerts.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    std::fs::read_to_string(out)
+        .expect("replay output")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("incident json"))
+        .collect()
+}
