@@ -24,6 +24,7 @@ use crate::eventlog::{EventLog, LogConfig, OpenError};
 use crate::ingest::Limits;
 use crate::ingest::jetstream::JetStreamIngest;
 use crate::ingest::nats::NatsIngest;
+use crate::jslog::{FactLog, JetStreamLog, JsLogError};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Outbound, Shared};
 use crate::rules::Rules;
@@ -89,18 +90,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
         None => (Engine::new(rules.clone()), ReadModel::default(), 0),
     };
-    let mut log_config = LogConfig::new(&log_dir);
-    log_config.segment_bytes = cfg.segment_bytes;
     let mut first_seq = None;
-    let (log, recovery) = EventLog::open(log_config, |seq, bytes| {
+    let mut visit = |seq: u64, bytes: &[u8]| -> anyhow::Result<()> {
         // Segments a snapshot covered may have been pruned: the log must continue right
         // where the snapshot ends, or history is missing.
         if first_seq.is_none() {
             first_seq = Some(seq);
             if seq > snapshot_seq + 1 {
-                return Err(anyhow::anyhow!(
+                anyhow::bail!(
                     "the log starts at fact {seq} but no usable snapshot covers facts before it"
-                ));
+                );
             }
         }
         if seq <= snapshot_seq {
@@ -110,33 +109,62 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         engine.apply(&fact);
         view.apply(seq, &fact);
         Ok(())
-    })
-    .map_err(|e| match e {
-        OpenError::Log(e) => anyhow::anyhow!(e),
-        OpenError::Visit(e) => anyhow::anyhow!("replaying {}: {e}", log_dir.display()),
-    })?;
-    if recovery.next_seq <= snapshot_seq {
-        anyhow::bail!(
-            "the event log ends at fact {} but the snapshot covers up to {snapshot_seq}: the log is missing or was replaced",
-            recovery.next_seq.saturating_sub(1)
-        );
-    }
-    tracing::info!(
-        snapshot_seq,
-        facts = recovery.records,
-        segments = recovery.segments,
-        truncated_bytes = recovery.truncated_bytes,
-        incidents = engine.state().incidents.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "event log replayed"
-    );
-
-    let shared = Arc::new(Shared::new(view, metrics));
+    };
+    // NATS first: with the JetStream backend the facts are there. The read model is
+    // installed in `shared` once replayed.
+    let shared = Arc::new(Shared::new(ReadModel::default(), metrics));
     let nats = if cfg.nats_enabled {
         Some(connect_nats(&cfg.nats_url, shared.clone()).await?)
     } else {
         None
     };
+    let (log, next_seq, records): (Box<dyn FactLog>, u64, u64) = match (&cfg.jetstream_log, &nats) {
+        (Some(js), Some(client)) => loop {
+            match JetStreamLog::open(client.clone(), js, &mut visit).await {
+                Ok((log, records)) => {
+                    let next = log.next_seq();
+                    break (Box::new(log), next, records);
+                }
+                // Setup fails before anything was replayed, so retrying is safe.
+                Err(e @ JsLogError::Setup { .. }) => {
+                    tracing::warn!(error = %e, "waiting for NATS to open the event log");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        },
+        _ => {
+            let mut log_config = LogConfig::new(&log_dir);
+            log_config.segment_bytes = cfg.segment_bytes;
+            let (log, recovery) = EventLog::open(log_config, &mut visit).map_err(|e| match e {
+                OpenError::Log(e) => anyhow::anyhow!(e),
+                OpenError::Visit(e) => anyhow::anyhow!("replaying {}: {e}", log_dir.display()),
+            })?;
+            if recovery.truncated_bytes > 0 {
+                tracing::warn!(
+                    bytes = recovery.truncated_bytes,
+                    "torn tail of the event log truncated"
+                );
+            }
+            (Box::new(log), recovery.next_seq, recovery.records)
+        }
+    };
+    if next_seq <= snapshot_seq {
+        anyhow::bail!(
+            "the event log ends at fact {} but the snapshot covers up to {snapshot_seq}: the log is missing or was replaced",
+            next_seq.saturating_sub(1)
+        );
+    }
+    tracing::info!(
+        snapshot_seq,
+        facts = records,
+        incidents = engine.state().incidents.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "event log replayed"
+    );
+
+    shared.metrics.incidents_open.set(view.open_count() as i64);
+    *shared.view.write().unwrap_or_else(|e| e.into_inner()) = view;
     let (outbound, publisher) = match &nats {
         Some(client) => {
             let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);

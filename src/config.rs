@@ -34,6 +34,14 @@
 //! snapshot_every = 100000        # facts between snapshots (and one at shutdown); 0 = never
 //! prune_after_snapshot = false   # delete segments a snapshot covers (export sees the tail)
 //!
+//! [storage]
+//! backend = "file"          # or "jetstream": facts in a stream (clustered mode; needs NATS
+//!                           # servers with sync_interval: always, replicas 3)
+//! [storage.jetstream]
+//! stream = "INCIDENTD_FACTS"
+//! subject = "incidentd.facts"
+//! replicas = 1
+//!
 //! [engine]
 //! tick_interval = "1s"
 //! queue = 4096
@@ -46,6 +54,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ingest::jetstream::JetStreamConfig;
+use crate::jslog::JsLogConfig;
 use crate::model::parse_duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +84,43 @@ pub struct FileConfig {
     pub nats: NatsFile,
     pub http: HttpFile,
     pub log: LogFile,
+    pub storage: StorageFile,
     pub engine: EngineFile,
+}
+
+/// Where facts are stored: the local segmented log (default) or a JetStream stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageFile {
+    pub backend: String,
+    pub jetstream: JsLogFile,
+}
+
+impl Default for StorageFile {
+    fn default() -> Self {
+        StorageFile {
+            backend: "file".into(),
+            jetstream: JsLogFile::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsLogFile {
+    pub stream: String,
+    pub subject: String,
+    pub replicas: usize,
+}
+
+impl Default for JsLogFile {
+    fn default() -> Self {
+        JsLogFile {
+            stream: "INCIDENTD_FACTS".into(),
+            subject: "incidentd.facts".into(),
+            replicas: 1,
+        }
+    }
 }
 
 impl Default for FileConfig {
@@ -88,6 +133,7 @@ impl Default for FileConfig {
             nats: NatsFile::default(),
             http: HttpFile::default(),
             log: LogFile::default(),
+            storage: StorageFile::default(),
             engine: EngineFile::default(),
         }
     }
@@ -233,6 +279,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub segment_bytes: u64,
+    /// Facts in a JetStream stream instead of the local log, when set.
+    pub jetstream_log: Option<JsLogConfig>,
     pub snapshot_every: u64,
     pub prune_log: bool,
     pub tick_interval: Duration,
@@ -305,7 +353,28 @@ impl Config {
         } else {
             None
         };
+        let jetstream_log = match file.storage.backend.as_str() {
+            "file" => None,
+            "jetstream" if file.nats.enabled => Some(JsLogConfig {
+                stream: file.storage.jetstream.stream.clone(),
+                subject: file.storage.jetstream.subject.clone(),
+                replicas: file.storage.jetstream.replicas.max(1),
+            }),
+            "jetstream" => {
+                return Err(ConfigError::Invalid {
+                    field: "storage.backend",
+                    message: "\"jetstream\" needs NATS (nats.enabled = true)".into(),
+                });
+            }
+            other => {
+                return Err(ConfigError::Invalid {
+                    field: "storage.backend",
+                    message: format!("{other:?} is not a backend (use \"file\" or \"jetstream\")"),
+                });
+            }
+        };
         Ok(Config {
+            jetstream_log,
             jetstream,
             listen: file.listen.parse().map_err(|e| ConfigError::Invalid {
                 field: "listen",
@@ -329,7 +398,7 @@ impl Config {
             shutdown_grace: duration("http.shutdown_grace", &file.http.shutdown_grace)?,
             segment_bytes: file.log.segment_bytes.max(4096),
             snapshot_every: file.log.snapshot_every,
-            prune_log: file.log.prune_after_snapshot,
+            prune_log: file.log.prune_after_snapshot && file.storage.backend == "file",
             tick_interval,
             engine_queue: file.engine.queue.max(16),
         })

@@ -10,6 +10,7 @@
 //! - [`pipeline`]: the engine thread and the group-commit writer thread between ingest and disk.
 //! - [`eventlog`]: the segmented, checksummed, fsync'd append-only log of facts; [`snapshot`]:
 //!   engine state and read model at a log sequence, so restarts replay only the tail.
+//! - [`jslog`]: the same facts in a JetStream stream (clustered mode), behind one `FactLog` trait.
 //! - [`view`]: the read model (incident views with reasons and timelines) fed by durable facts.
 //! - [`api`]: the HTTP API; [`metrics`]: Prometheus metrics.
 //! - [`replay`]: the engine offline over recorded alerts (`incidentd replay`); [`backtest`]:
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod eventlog;
 pub mod export;
 pub mod ingest;
+pub mod jslog;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

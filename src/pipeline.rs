@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cmdb::{CmdbOp, CmdbSpec};
 use crate::engine::facts::{RecordError, encode_record};
 use crate::engine::{CommandError, Engine, Fact, IncidentId, Input, State};
-use crate::eventlog::{EventLog, LogError};
+use crate::eventlog::LogError;
+use crate::jslog::FactLog;
 use crate::metrics::Metrics;
 use crate::model::{Alert, Millis};
 use crate::rules::Rules;
@@ -284,7 +285,7 @@ impl Running {
 /// Starts the engine and writer threads over an opened log and a replayed engine.
 pub fn start(
     engine: Engine,
-    log: EventLog,
+    log: Box<dyn FactLog>,
     shared: Arc<Shared>,
     outbound: Option<Outbound>,
     queue: usize,
@@ -522,7 +523,7 @@ enum WriteError {
 }
 
 struct Writer {
-    log: EventLog,
+    log: Box<dyn FactLog>,
     shared: Arc<Shared>,
     outbound: Option<Outbound>,
     buf: Vec<u8>,

@@ -51,7 +51,8 @@ fn start(
         Metrics::new().expect("metrics"),
     ));
     let engine = Engine::new(Rules::embedded().expect("rules"));
-    let (p, running) = pipeline::start(engine, log, shared.clone(), None, 64, None).expect("start");
+    let (p, running) =
+        pipeline::start(engine, Box::new(log), shared.clone(), None, 64, None).expect("start");
     (p, running, shared)
 }
 
