@@ -80,36 +80,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let (cmdb, cmdb_from) = load_cmdb(cfg.cmdb.as_deref())?;
     tracing::info!(cis = cmdb.cis.len(), relations = cmdb.relations.len(), from = %cmdb_from, "cmdb loaded");
 
-    let log_dir = cfg.data_dir.join("log");
-    let snapshot_dir = cfg.data_dir.join("snapshots");
-    let started = std::time::Instant::now();
-    let (mut engine, mut view, snapshot_seq) = match crate::snapshot::load_latest(&snapshot_dir)? {
-        Some(s) => {
-            tracing::info!(seq = s.seq, path = %s.path.display(), "snapshot loaded");
-            (Engine::restore(rules.clone(), s.state), s.view, s.seq)
-        }
-        None => (Engine::new(rules.clone()), ReadModel::default(), 0),
-    };
-    let mut first_seq = None;
-    let mut visit = |seq: u64, bytes: &[u8]| -> anyhow::Result<()> {
-        // Segments a snapshot covered may have been pruned: the log must continue right
-        // where the snapshot ends, or history is missing.
-        if first_seq.is_none() {
-            first_seq = Some(seq);
-            if seq > snapshot_seq + 1 {
-                anyhow::bail!(
-                    "the log starts at fact {seq} but no usable snapshot covers facts before it"
-                );
-            }
-        }
-        if seq <= snapshot_seq {
-            return Ok(());
-        }
-        let fact = decode_record(bytes)?;
-        engine.apply(&fact);
-        view.apply(seq, &fact);
-        Ok(())
-    };
     // NATS first: with the JetStream backend the facts are there. The read model is
     // installed in `shared` once replayed.
     let shared = Arc::new(Shared::new(ReadModel::default(), metrics));
@@ -118,51 +88,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let (log, next_seq, records): (Box<dyn FactLog>, u64, u64) = match (&cfg.jetstream_log, &nats) {
-        (Some(js), Some(client)) => loop {
-            match JetStreamLog::open(client.clone(), js, &mut visit).await {
-                Ok((log, records)) => {
-                    let next = log.next_seq();
-                    break (Box::new(log), next, records);
-                }
-                // Setup fails before anything was replayed, so retrying is safe.
-                Err(e @ JsLogError::Setup { .. }) => {
-                    tracing::warn!(error = %e, "waiting for NATS to open the event log");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        },
-        _ => {
-            let mut log_config = LogConfig::new(&log_dir);
-            log_config.segment_bytes = cfg.segment_bytes;
-            let (log, recovery) = EventLog::open(log_config, &mut visit).map_err(|e| match e {
-                OpenError::Log(e) => anyhow::anyhow!(e),
-                OpenError::Visit(e) => anyhow::anyhow!("replaying {}: {e}", log_dir.display()),
-            })?;
-            if recovery.truncated_bytes > 0 {
-                tracing::warn!(
-                    bytes = recovery.truncated_bytes,
-                    "torn tail of the event log truncated"
-                );
-            }
-            (Box::new(log), recovery.next_seq, recovery.records)
-        }
-    };
-    if next_seq <= snapshot_seq {
-        anyhow::bail!(
-            "the event log ends at fact {} but the snapshot covers up to {snapshot_seq}: the log is missing or was replaced",
-            next_seq.saturating_sub(1)
-        );
-    }
-    tracing::info!(
-        snapshot_seq,
-        facts = records,
-        incidents = engine.state().incidents.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "event log replayed"
-    );
-
+    let log_dir = cfg.data_dir.join("log");
+    let snapshot_dir = cfg.data_dir.join("snapshots");
+    let (engine, view, log) = restore(&cfg, &rules, nats.as_ref(), &log_dir, &snapshot_dir).await?;
     shared.metrics.incidents_open.set(view.open_count() as i64);
     *shared.view.write().unwrap_or_else(|e| e.into_inner()) = view;
     let (outbound, publisher) = match &nats {
@@ -377,6 +305,91 @@ async fn reload_on_sighup(reloader: Arc<Reloader>, mut shutdown: watch::Receiver
             }
         }
     }
+}
+
+/// Rebuilds the engine and the read model: the newest snapshot, then the facts after it from
+/// the local log or the JetStream stream. Returns them with the log, positioned at its end.
+async fn restore(
+    cfg: &Config,
+    rules: &Rules,
+    nats: Option<&async_nats::Client>,
+    log_dir: &Path,
+    snapshot_dir: &Path,
+) -> anyhow::Result<(Engine, ReadModel, Box<dyn FactLog>)> {
+    let started = std::time::Instant::now();
+    let (mut engine, mut view, snapshot_seq) = match crate::snapshot::load_latest(snapshot_dir)? {
+        Some(s) => {
+            tracing::info!(seq = s.seq, path = %s.path.display(), "snapshot loaded");
+            (Engine::restore(rules.clone(), s.state), s.view, s.seq)
+        }
+        None => (Engine::new(rules.clone()), ReadModel::default(), 0),
+    };
+    let mut first_seq = None;
+    let mut visit = |seq: u64, bytes: &[u8]| -> anyhow::Result<()> {
+        // Segments a snapshot covered may have been pruned: the log must continue right
+        // where the snapshot ends, or history is missing.
+        if first_seq.is_none() {
+            first_seq = Some(seq);
+            if seq > snapshot_seq + 1 {
+                anyhow::bail!(
+                    "the log starts at fact {seq} but no usable snapshot covers facts before it"
+                );
+            }
+        }
+        if seq <= snapshot_seq {
+            return Ok(());
+        }
+        let fact = decode_record(bytes)?;
+        engine.apply(&fact);
+        view.apply(seq, &fact);
+        Ok(())
+    };
+    let (log, next_seq, records): (Box<dyn FactLog>, u64, u64) = match (&cfg.jetstream_log, nats) {
+        (Some(js), Some(client)) => loop {
+            match JetStreamLog::open(client.clone(), js, &mut visit).await {
+                Ok((log, records)) => {
+                    let next = log.next_seq();
+                    break (Box::new(log), next, records);
+                }
+                // Setup fails before anything was replayed, so retrying is safe.
+                Err(e @ JsLogError::Setup { .. }) => {
+                    tracing::warn!(error = %e, "waiting for NATS to open the event log");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        },
+        _ => {
+            let mut log_config = LogConfig::new(log_dir);
+            log_config.segment_bytes = cfg.segment_bytes;
+            let (log, recovery) = EventLog::open(log_config, &mut visit).map_err(|e| match e {
+                OpenError::Log(e) => anyhow::anyhow!(e),
+                OpenError::Visit(e) => anyhow::anyhow!("replaying {}: {e}", log_dir.display()),
+            })?;
+            if recovery.truncated_bytes > 0 {
+                tracing::warn!(
+                    bytes = recovery.truncated_bytes,
+                    "torn tail of the event log truncated"
+                );
+            }
+            (Box::new(log), recovery.next_seq, recovery.records)
+        }
+    };
+    if next_seq <= snapshot_seq {
+        anyhow::bail!(
+            "the event log ends at fact {} but the snapshot covers up to {snapshot_seq}: the log is missing or was replaced",
+            next_seq.saturating_sub(1)
+        );
+    }
+    tracing::info!(
+        snapshot_seq,
+        facts = records,
+        incidents = engine.state().incidents.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "event log replayed"
+    );
+
+    Ok((engine, view, log))
 }
 
 /// Connects in the background: the service serves HTTP while NATS is away and reports
