@@ -410,7 +410,7 @@ impl EventLog {
     ) -> Result<(EventLog, Recovery), OpenError<E>> {
         create_dir(&*cfg.storage, &cfg.dir)?;
         let segments = list_segments(&cfg.dir)?;
-        let Some((&(last_id, _), sealed)) = segments.split_last() else {
+        let Some(&(last_id, _)) = segments.last() else {
             let (file, path) = create_segment(&*cfg.storage, &cfg.dir, 1)?;
             let log = EventLog::new(cfg, file, path, 1, HEADER_LEN, 0);
             let recovery = Recovery {
@@ -421,23 +421,8 @@ impl EventLog {
             };
             return Ok((log, recovery));
         };
-        let mut next_seq = segments[0].0;
-        let mut records = 0;
-        let mut scan = Scan::default();
-        for (i, (id, path)) in segments.iter().enumerate() {
-            if *id != next_seq {
-                return Err(corrupt(
-                    path,
-                    0,
-                    format!("segment starts at seq {id}, expected {next_seq}"),
-                )
-                .into());
-            }
-            let last = i == sealed.len();
-            scan = scan_segment(path, *id, last, true, cfg.max_record_bytes, &mut visit)?;
-            next_seq += scan.records;
-            records += scan.records;
-        }
+        let (scan, next_seq, records) =
+            scan_all(&segments, true, cfg.max_record_bytes, &mut visit)?;
         let path = segment_path(&cfg.dir, last_id);
         let file = cfg.storage.open_append(&path).map_err(io_err(&path))?;
         let log = EventLog::new(cfg, file, path, last_id, scan.valid_len, scan.records);
@@ -459,21 +444,8 @@ impl EventLog {
         mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
     ) -> Result<u64, OpenError<E>> {
         let segments = list_segments(&cfg.dir)?;
-        let mut next_seq = segments.first().map_or(1, |s| s.0);
-        for (i, (id, path)) in segments.iter().enumerate() {
-            if *id != next_seq {
-                return Err(corrupt(
-                    path,
-                    0,
-                    format!("segment starts at seq {id}, expected {next_seq}"),
-                )
-                .into());
-            }
-            let last = i + 1 == segments.len();
-            let scan = scan_segment(path, *id, last, false, cfg.max_record_bytes, &mut visit)?;
-            next_seq += scan.records;
-        }
-        Ok(next_seq - segments.first().map_or(1, |s| s.0))
+        let (_, _, records) = scan_all(&segments, false, cfg.max_record_bytes, &mut visit)?;
+        Ok(records)
     }
 
     fn new(
@@ -613,6 +585,34 @@ impl EventLog {
     fn replace_file(&mut self, file: File) {
         self.file = Box::new(file);
     }
+}
+
+/// Scans every segment in order, checking they continue each other; `repair` truncates a
+/// torn tail of the last one. Returns the last segment's scan, the next sequence and the
+/// number of records.
+fn scan_all<E>(
+    segments: &[(u64, PathBuf)],
+    repair: bool,
+    max: u32,
+    visit: &mut impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<(Scan, u64, u64), OpenError<E>> {
+    let mut next_seq = segments.first().map_or(1, |s| s.0);
+    let (mut records, mut scan) = (0, Scan::default());
+    for (i, (id, path)) in segments.iter().enumerate() {
+        if *id != next_seq {
+            return Err(corrupt(
+                path,
+                0,
+                format!("segment starts at seq {id}, expected {next_seq}"),
+            )
+            .into());
+        }
+        let last = i + 1 == segments.len();
+        scan = scan_segment(path, *id, last, repair, max, visit)?;
+        next_seq += scan.records;
+        records += scan.records;
+    }
+    Ok((scan, next_seq, records))
 }
 
 /// Result of scanning one segment.
