@@ -181,6 +181,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         nats_enabled: cfg.nats_enabled,
         max_body_bytes: cfg.max_body_bytes,
         reloader,
+        started_at: clock::now(),
     })
     .layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,

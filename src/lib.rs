@@ -5,6 +5,7 @@
 //!   rejected here with a precise error and never reaches the engine.
 //! - [`model`]: the normalized `Alert` every format decodes into, fingerprints, time helpers.
 //! - [`rules`]: correlation rules from TOML files, compiled once.
+//! - [`silence`]: Alertmanager-style silences, created and expired through the engine.
 //! - [`cmdb`]: the CMDB topology graph (JSON/CSV load, lookup keys, bounded neighbourhoods).
 //! - [`engine`]: the deterministic state machine (`decide` → facts → `apply`).
 //! - [`pipeline`]: the engine thread and the group-commit writer thread between ingest and disk.
@@ -33,5 +34,6 @@ pub mod model;
 pub mod pipeline;
 pub mod replay;
 pub mod rules;
+pub mod silence;
 pub mod snapshot;
 pub mod view;

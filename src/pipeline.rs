@@ -99,6 +99,27 @@ enum Command {
     Tick {
         now: Millis,
     },
+    Silence {
+        spec: Box<SilenceRequest>,
+        now: Millis,
+        done: Reply<String>,
+    },
+    ExpireSilence {
+        id: String,
+        now: Millis,
+        done: Reply<()>,
+    },
+}
+
+/// A silence to create (or to replace `replaces` with), as the Alertmanager API posts it.
+#[derive(Clone, Debug)]
+pub struct SilenceRequest {
+    pub replaces: Option<String>,
+    pub matchers: Vec<crate::silence::Matcher>,
+    pub starts_at: Millis,
+    pub ends_at: Millis,
+    pub created_by: String,
+    pub comment: String,
 }
 
 /// State shared between the pipeline threads and the HTTP handlers.
@@ -246,6 +267,25 @@ impl Pipeline {
         .await
     }
 
+    /// Creates a silence; returns its id once it is durable.
+    pub async fn silence(
+        &self,
+        spec: SilenceRequest,
+        now: Millis,
+    ) -> Result<String, PipelineError> {
+        self.request(|done| Command::Silence {
+            spec: Box::new(spec),
+            now,
+            done,
+        })
+        .await
+    }
+
+    pub async fn expire_silence(&self, id: String, now: Millis) -> Result<(), PipelineError> {
+        self.request(|done| Command::ExpireSilence { id, now, done })
+            .await
+    }
+
     pub async fn tick(&self, now: Millis) -> Result<(), PipelineError> {
         self.send(Command::Tick { now }).await
     }
@@ -338,6 +378,7 @@ pub struct SnapshotConfig {
 enum Done {
     Alerts(Reply<usize>, usize),
     Unit(Reply<()>),
+    Id(Reply<String>, String),
 }
 
 impl Done {
@@ -349,6 +390,9 @@ impl Done {
             }
             Done::Unit(tx) => {
                 let _ = tx.send(result);
+            }
+            Done::Id(tx, id) => {
+                let _ = tx.send(result.map(|()| id));
             }
         }
     }
@@ -508,6 +552,41 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
         }
         Command::Tick { now } => {
             let _ = engine.handle(Input::Tick { now }, &mut batch.facts);
+        }
+        Command::Silence { spec, now, done } => {
+            let start = batch.facts.len();
+            let input = Input::Silence {
+                now,
+                replaces: spec.replaces.as_deref(),
+                matchers: &spec.matchers,
+                starts_at: spec.starts_at,
+                ends_at: spec.ends_at,
+                created_by: &spec.created_by,
+                comment: &spec.comment,
+            };
+            match engine.handle(input, &mut batch.facts) {
+                Ok(()) => {
+                    let id = batch.facts[start..]
+                        .iter()
+                        .find_map(|f| match f {
+                            Fact::SilenceCreated { silence, .. } => Some(silence.id.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    batch.replies.push(Done::Id(done, id));
+                }
+                Err(e) => {
+                    let _ = done.send(Err(e.into()));
+                }
+            }
+        }
+        Command::ExpireSilence { id, now, done } => {
+            match engine.handle(Input::ExpireSilence { now, id: &id }, &mut batch.facts) {
+                Ok(()) => batch.replies.push(Done::Unit(done)),
+                Err(e) => {
+                    let _ = done.send(Err(e.into()));
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::cmdb::Topology;
 use crate::engine::{Fact, IncidentId, IncidentState, Priority};
 use crate::model::{Alert, Fingerprint, Millis, Severity, Status, format_time, parse_time};
+use crate::silence::Silence;
 
 /// One alert as shown inside an incident.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,6 +44,11 @@ pub struct AlertView {
     /// Why the alert is suppressed, while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<String>,
+    /// What suppresses it: `silence <id>` or the maintenance window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl AlertView {
@@ -64,6 +70,8 @@ impl AlertView {
             ends_at: alert.ends_at,
             flapping: false,
             suppressed: None,
+            suppressed_by: None,
+            annotations: alert.annotations.clone(),
         }
     }
 
@@ -218,6 +226,8 @@ pub struct ReadModel {
     incidents: BTreeMap<IncidentId, IncidentView>,
     /// The CMDB as the durable facts describe it (owner groups, the CMDB API).
     pub topology: Topology,
+    /// Silences by id, for the Alertmanager API.
+    pub silences: BTreeMap<String, Silence>,
     homes: HashMap<Fingerprint, Home>,
     open: usize,
 }
@@ -248,6 +258,25 @@ impl ReadModel {
     /// Every incident that was not merged into another, oldest first (`replay` output).
     pub fn surviving(&self) -> impl Iterator<Item = &IncidentView> {
         self.incidents.values().filter(|i| i.merged_into.is_none())
+    }
+
+    /// Every alert's current life (in an incident or not), in fingerprint order, with the
+    /// incident holding it.
+    pub fn current_alerts(&self) -> Vec<(&AlertView, Option<IncidentId>)> {
+        let mut out: Vec<(&AlertView, Option<IncidentId>)> = self
+            .homes
+            .values()
+            .filter_map(|h| match h {
+                Home::Loose(v) => Some((&**v, None)),
+                Home::Attached(id, idx) => self
+                    .incidents
+                    .get(id)
+                    .and_then(|i| i.alerts.get(*idx))
+                    .map(|v| (v, Some(*id))),
+            })
+            .collect();
+        out.sort_by_key(|(v, _)| v.fingerprint);
+        out
     }
 
     /// Dedup keys (else fingerprints) of the alerts held back by a maintenance window, sorted.
@@ -457,11 +486,13 @@ impl ReadModel {
             }
             Fact::AlertSuppressed {
                 fingerprint,
+                by,
                 reason,
                 ..
             } => {
                 let (view, id) = self.alert_mut(fingerprint)?;
                 view.suppressed = Some(reason.clone());
+                view.suppressed_by = Some(by.clone());
                 id
             }
             Fact::AlertFlapping {
@@ -527,6 +558,18 @@ impl ReadModel {
             }
             Fact::CmdbChanged { ops, .. } => {
                 self.topology.apply(ops);
+                None
+            }
+            Fact::SilenceCreated { silence, .. } => {
+                self.silences.insert(silence.id.clone(), silence.clone());
+                None
+            }
+            Fact::SilenceExpired { id, .. } => {
+                if let Some(s) = self.silences.get_mut(id) {
+                    s.ends_at = s.ends_at.min(at);
+                    s.starts_at = s.starts_at.min(s.ends_at);
+                    s.updated_at = at;
+                }
                 None
             }
             Fact::RulesLoaded { .. } | Fact::StreamConsumed { .. } => None,

@@ -4,6 +4,8 @@
 //! partial-acceptance rule: valid items are accepted, and if any item was rejected the answer
 //! is 400 listing each rejected index and field, with the accepted count.
 
+mod alertmanager;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -36,6 +38,8 @@ pub struct AppState {
     pub nats_enabled: bool,
     pub max_body_bytes: usize,
     pub reloader: Arc<Reloader>,
+    /// When the service started (Alertmanager's status reports it).
+    pub started_at: crate::model::Millis,
 }
 
 /// Errors as JSON `{"error": ..., "details": [...]}`; 4xx for the caller, 5xx for us.
@@ -89,7 +93,12 @@ impl From<PipelineError> for ApiError {
             PipelineError::Command(e @ CommandError::AlreadyResolved(_)) => {
                 ApiError::Conflict(e.to_string())
             }
-            PipelineError::Command(e @ CommandError::InvalidCmdb(_)) => ApiError::BadRequest {
+            PipelineError::Command(e @ CommandError::SilenceNotFound(_)) => {
+                ApiError::NotFound(e.to_string())
+            }
+            PipelineError::Command(
+                e @ (CommandError::InvalidCmdb(_) | CommandError::InvalidSilence(_)),
+            ) => ApiError::BadRequest {
                 message: e.to_string(),
                 accepted: None,
                 details: Vec::new(),
@@ -110,7 +119,21 @@ pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.max_body_bytes;
     Router::new()
         .route("/api/v1/alerts", post(post_native))
-        .route("/api/v2/alerts", post(post_alertmanager))
+        .route(
+            "/api/v2/alerts",
+            post(post_alertmanager).get(alertmanager::get_alerts),
+        )
+        .route("/api/v2/alerts/groups", get(alertmanager::get_groups))
+        .route("/api/v2/status", get(alertmanager::get_status))
+        .route("/api/v2/receivers", get(alertmanager::get_receivers))
+        .route(
+            "/api/v2/silences",
+            get(alertmanager::get_silences).post(alertmanager::post_silence),
+        )
+        .route(
+            "/api/v2/silence/{id}",
+            get(alertmanager::get_silence).delete(alertmanager::delete_silence),
+        )
         .route("/api/v1/incidents", get(list_incidents))
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/ack", post(ack_incident))

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::cmdb::CmdbOp;
 pub use crate::model::Priority;
 use crate::model::{Alert, Fingerprint, Millis, Severity};
+use crate::silence::Silence;
 
 /// Current on-disk format version of a fact record.
 pub const FACT_VERSION: u32 = 1;
@@ -169,6 +170,10 @@ pub enum Fact {
         from: IncidentId,
         reason: String,
     },
+    /// An Alertmanager-style silence: matching new alerts are suppressed while it is active.
+    SilenceCreated { at: Millis, silence: Silence },
+    /// Expired by an operator (its end moves to `at`).
+    SilenceExpired { at: Millis, id: String },
     /// JetStream messages (stream sequences) whose alerts are in the log: a redelivery of one
     /// of them is acknowledged without being ingested twice.
     StreamConsumed { at: Millis, seqs: Vec<u64> },
@@ -201,7 +206,9 @@ impl Fact {
             | Fact::AlertFlapping { at, .. }
             | Fact::IncidentsMerged { at, .. }
             | Fact::ImpactChanged { at, .. }
-            | Fact::StreamConsumed { at, .. } => *at,
+            | Fact::StreamConsumed { at, .. }
+            | Fact::SilenceCreated { at, .. }
+            | Fact::SilenceExpired { at, .. } => *at,
         }
     }
 
@@ -257,6 +264,8 @@ impl Fact {
             Fact::IncidentsMerged { .. } => "incidents_merged",
             Fact::ImpactChanged { .. } => "impact_changed",
             Fact::StreamConsumed { .. } => "stream_consumed",
+            Fact::SilenceCreated { .. } => "silence_created",
+            Fact::SilenceExpired { .. } => "silence_expired",
         }
     }
 }

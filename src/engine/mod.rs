@@ -69,6 +69,20 @@ pub enum Input<'a> {
         now: Millis,
         seqs: &'a [u64],
     },
+    /// Create a silence (replacing `replaces`, as Alertmanager's update does).
+    Silence {
+        now: Millis,
+        replaces: Option<&'a str>,
+        matchers: &'a [crate::silence::Matcher],
+        starts_at: Millis,
+        ends_at: Millis,
+        created_by: &'a str,
+        comment: &'a str,
+    },
+    ExpireSilence {
+        now: Millis,
+        id: &'a str,
+    },
 }
 
 /// Why an operator command was refused. Alerts are never refused by the engine.
@@ -80,6 +94,10 @@ pub enum CommandError {
     AlreadyResolved(IncidentId),
     #[error("CMDB change refused: {0}")]
     InvalidCmdb(String),
+    #[error("silence refused: {0}")]
+    InvalidSilence(String),
+    #[error("silence {0} not found")]
+    SilenceNotFound(String),
 }
 
 /// What the engine remembers about one alert (its current life).
@@ -147,6 +165,9 @@ pub struct State {
     pub rules_version: u64,
     pub rules_hash: String,
     consumed: Consumed,
+    /// Every silence ever created, by id (expired ones stay, as in Alertmanager's list).
+    pub silences: BTreeMap<String, crate::silence::Silence>,
+    last_silence: u64,
 }
 
 /// JetStream stream sequences already ingested: everything up to `floor`, plus `above`.
@@ -341,6 +362,10 @@ impl Engine {
                 return;
             }
             self.repeat_slots.insert(*fingerprint, out.len());
+        } else if matches!(fact, Fact::IncidentsMerged { .. }) {
+            // A merge moves alerts between incidents: a repeat after it must not be folded
+            // into one before it, or replay would credit the wrong incident.
+            self.repeat_slots.clear();
         } else if let Some(fp) = fact.fingerprint() {
             self.repeat_slots.remove(&fp);
         }
@@ -414,6 +439,57 @@ impl Engine {
                 self.decide_tick(now.max(self.state.now), out);
                 Ok(())
             }
+            Input::Silence {
+                now,
+                replaces,
+                matchers,
+                starts_at,
+                ends_at,
+                created_by,
+                comment,
+            } => {
+                let now = now.max(self.state.now);
+                crate::silence::validate(matchers, starts_at, ends_at)
+                    .map_err(CommandError::InvalidSilence)?;
+                if let Some(old) = replaces {
+                    if !self.state.silences.contains_key(old) {
+                        return Err(CommandError::SilenceNotFound(old.to_string()));
+                    }
+                    out.push(Fact::SilenceExpired {
+                        at: now,
+                        id: old.to_string(),
+                    });
+                }
+                let n = self.state.last_silence + 1;
+                out.push(Fact::SilenceCreated {
+                    at: now,
+                    silence: crate::silence::Silence {
+                        id: format!("00000000-0000-4000-8000-{n:012x}"),
+                        matchers: matchers.to_vec(),
+                        starts_at,
+                        ends_at,
+                        created_by: created_by.to_string(),
+                        comment: comment.to_string(),
+                        updated_at: now,
+                    },
+                });
+                Ok(())
+            }
+            Input::ExpireSilence { now, id } => {
+                let silence = self
+                    .state
+                    .silences
+                    .get(id)
+                    .ok_or_else(|| CommandError::SilenceNotFound(id.to_string()))?;
+                let now = now.max(self.state.now);
+                if silence.ends_at > now {
+                    out.push(Fact::SilenceExpired {
+                        at: now,
+                        id: id.to_string(),
+                    });
+                }
+                Ok(())
+            }
             Input::Consumed { now, seqs } => {
                 let fresh: Vec<u64> = seqs
                     .iter()
@@ -468,7 +544,7 @@ impl Engine {
                     Some(inc) => self.escalate(inc, alert, now, out),
                     // Suppressed until now: once no window covers it, it correlates.
                     None if current.suppressed
-                        && self.maintenance(alert, current.ci, now).is_none() =>
+                        && self.suppression(alert, current.ci, now).is_none() =>
                     {
                         self.correlate(alert, current.ci, now, out);
                     }
@@ -558,6 +634,29 @@ impl Engine {
         }
     }
 
+    /// Why the alert is suppressed now, if it is: an active silence matching it (by its
+    /// id), else a maintenance window covering it.
+    fn suppression(
+        &self,
+        alert: &Alert,
+        ci: Option<CiIdx>,
+        now: Millis,
+    ) -> Option<(String, String)> {
+        if let Some(s) = self
+            .state
+            .silences
+            .values()
+            .find(|s| s.active(now) && s.matches(alert))
+        {
+            return Some((
+                format!("silence {}", s.id),
+                format!("silenced by {} ({}): {}", s.id, s.created_by, s.comment),
+            ));
+        }
+        self.maintenance(alert, ci, now)
+            .map(|by| (by.clone(), format!("suppressed by {by}")))
+    }
+
     /// The first active maintenance window covering the alert.
     fn maintenance(&self, alert: &Alert, ci: Option<CiIdx>, now: Millis) -> Option<String> {
         let topo = &self.state.topology;
@@ -589,12 +688,12 @@ impl Engine {
 
     /// Finds the incident a new firing alert belongs to, or opens one.
     fn correlate(&self, alert: &Alert, ci: Option<CiIdx>, now: Millis, out: &mut Vec<Fact>) {
-        if let Some(by) = self.maintenance(alert, ci, now) {
+        if let Some((by, reason)) = self.suppression(alert, ci, now) {
             out.push(Fact::AlertSuppressed {
                 at: now,
                 fingerprint: alert.fingerprint,
-                reason: format!("suppressed by {by}"),
                 by,
+                reason,
             });
             return;
         }
@@ -1330,6 +1429,17 @@ impl Engine {
                 s.rules_hash = hash.clone();
             }
             Fact::CmdbChanged { ops, .. } => s.topology.apply(ops),
+            Fact::SilenceCreated { silence, .. } => {
+                s.last_silence += 1;
+                s.silences.insert(silence.id.clone(), silence.clone());
+            }
+            Fact::SilenceExpired { at, id } => {
+                if let Some(silence) = s.silences.get_mut(id) {
+                    silence.ends_at = silence.ends_at.min(*at);
+                    silence.starts_at = silence.starts_at.min(silence.ends_at);
+                    silence.updated_at = *at;
+                }
+            }
             Fact::StreamConsumed { seqs, .. } => {
                 for &seq in seqs {
                     s.consumed.insert(seq);
