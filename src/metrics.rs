@@ -12,7 +12,7 @@ pub struct Metrics {
     registry: Registry,
     /// Alerts accepted into the engine on any path, counted after their facts are durable.
     pub alerts_received: IntCounter,
-    /// Alerts (or whole payloads) rejected at decode, by reason code.
+    /// Alerts (or whole payloads) rejected at decode, by reason code and format.
     pub alerts_rejected: IntCounterVec,
     pub incidents_open: IntGauge,
     pub facts_appended: IntCounter,
@@ -64,11 +64,17 @@ impl Metrics {
                 "incidentd_alerts_received_total",
                 "Alerts accepted into the engine (all paths), counted after durable append.",
             )?,
-            alerts_rejected: counter_vec(
-                "incidentd_alerts_rejected_total",
-                "Alerts or payloads rejected at decode, by reason.",
-                "reason",
-            )?,
+            alerts_rejected: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "incidentd_alerts_rejected_total",
+                        "Alerts or payloads rejected at decode, by reason and format.",
+                    ),
+                    &["reason", "format"],
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             incidents_open: gauge(
                 "incidentd_incidents_open",
                 "Incidents open or acknowledged.",
@@ -115,6 +121,13 @@ impl Metrics {
             )?,
             registry,
         })
+    }
+
+    /// Counts `n` rejections for `reason` in `format` (label values from a fixed set).
+    pub fn rejected(&self, reason: &str, format: &str, n: u64) {
+        self.alerts_rejected
+            .with_label_values(&[reason, format])
+            .inc_by(n);
     }
 
     /// Prometheus text exposition of every metric.

@@ -211,6 +211,18 @@ pub struct RootCause<'a> {
     pub name: &'a str,
 }
 
+/// What one sender has sent, from durable facts (`GET /api/v1/sources`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceStats {
+    /// Alert messages accepted (first sightings, repeats and refires).
+    pub messages: u64,
+    /// Distinct alerts (new fingerprints, or new lives of old ones).
+    pub distinct: u64,
+    pub resolved: u64,
+    pub suppressed: u64,
+    pub last_seen: Millis,
+}
+
 /// Where an alert's current life is shown.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Home {
@@ -228,6 +240,8 @@ pub struct ReadModel {
     pub topology: Topology,
     /// Silences by id, for the Alertmanager API.
     pub silences: BTreeMap<String, Silence>,
+    /// Per sender, so a NOC sees a noisy or broken one at once.
+    pub sources: BTreeMap<String, SourceStats>,
     homes: HashMap<Fingerprint, Home>,
     open: usize,
 }
@@ -298,6 +312,37 @@ impl ReadModel {
         self.open
     }
 
+    fn count_source(&mut self, fact: &Fact, at: Millis) {
+        let (source, messages, distinct, resolved, suppressed) = match fact {
+            Fact::AlertReceived { alert, .. } => (alert.source.clone(), 1, 1, 0, 0),
+            Fact::AlertRepeated {
+                fingerprint, count, ..
+            } => match self.alert_mut(fingerprint) {
+                Some((v, _)) => (v.source.clone(), *count, 0, 0, 0),
+                None => return,
+            },
+            Fact::AlertRefired { fingerprint, .. } => match self.alert_mut(fingerprint) {
+                Some((v, _)) => (v.source.clone(), 1, 0, 0, 0),
+                None => return,
+            },
+            Fact::AlertResolved { fingerprint, .. } => match self.alert_mut(fingerprint) {
+                Some((v, _)) => (v.source.clone(), 0, 0, 1, 0),
+                None => return,
+            },
+            Fact::AlertSuppressed { fingerprint, .. } => match self.alert_mut(fingerprint) {
+                Some((v, _)) => (v.source.clone(), 0, 0, 0, 1),
+                None => return,
+            },
+            _ => return,
+        };
+        let s = self.sources.entry(source).or_default();
+        s.messages += messages;
+        s.distinct += distinct;
+        s.resolved += resolved;
+        s.suppressed += suppressed;
+        s.last_seen = s.last_seen.max(at);
+    }
+
     fn alert_mut(&mut self, fp: &Fingerprint) -> Option<(&mut AlertView, Option<IncidentId>)> {
         match self.homes.get_mut(fp)? {
             Home::Loose(view) => Some((view, None)),
@@ -312,6 +357,7 @@ impl ReadModel {
     /// Applies one durable fact. Returns the incident it changed, if any.
     pub fn apply(&mut self, seq: u64, fact: &Fact) -> Option<IncidentId> {
         let at = fact.at();
+        self.count_source(fact, at);
         let mut note: Option<(&'static str, String)> = None;
         let touched = match fact {
             Fact::AlertReceived { alert, .. } => {

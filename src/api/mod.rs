@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::app::{ReloadError, Reloader};
 use crate::clock;
@@ -138,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/ack", post(ack_incident))
         .route("/api/v1/incidents/{id}/resolve", post(resolve_incident))
+        .route("/api/v1/sources", get(sources))
         .route("/api/v1/rules/reload", post(reload_rules))
         .route("/api/v1/cmdb/changes", post(cmdb_changes))
         .route(
@@ -177,13 +178,13 @@ async fn ingest_body(
     format: Format,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<usize, ApiError> {
-    let rejected = &state.shared.metrics.alerts_rejected;
+    let metrics = &state.shared.metrics;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            rejected.with_label_values(&["too_large"]).inc();
+            metrics.rejected("too_large", format.as_str(), 1);
             return ApiError::TooLarge(state.max_body_bytes);
         }
-        rejected.with_label_values(&["unreadable_body"]).inc();
+        metrics.rejected("unreadable_body", format.as_str(), 1);
         ApiError::BadRequest {
             message: e.body_text(),
             accepted: None,
@@ -192,7 +193,7 @@ async fn ingest_body(
     })?;
     let decoded =
         ingest::decode(format, &body, Stamp::Live(clock::now()), &state.limits).map_err(|e| {
-            rejected.with_label_values(&[e.code]).inc();
+            metrics.rejected(e.code, format.as_str(), 1);
             ApiError::BadRequest {
                 message: e.message,
                 accepted: Some(0),
@@ -200,7 +201,7 @@ async fn ingest_body(
             }
         })?;
     for e in &decoded.errors {
-        rejected.with_label_values(&[e.code]).inc();
+        metrics.rejected(e.code, format.as_str(), 1);
     }
     let total = decoded.alerts.len() + decoded.errors.len();
     if state.shared.log_full.load(Ordering::SeqCst) {
@@ -456,12 +457,70 @@ async fn remove_relation(
     apply_cmdb(&state, vec![CmdbOp::RemoveRelation { relation }]).await
 }
 
+/// Per sender: messages, distinct alerts, duplicates, resolutions, suppressions, last seen;
+/// the busiest first.
+async fn sources(State(state): State<AppState>) -> Response {
+    let view = state.shared.view();
+    let mut list: Vec<Value> = view
+        .sources
+        .iter()
+        .map(|(source, s)| {
+            json!({
+                "source": source,
+                "messages": s.messages,
+                "distinct": s.distinct,
+                "duplicates": s.messages.saturating_sub(s.distinct),
+                "resolved": s.resolved,
+                "suppressed": s.suppressed,
+                "last_seen": crate::model::format_time(s.last_seen),
+            })
+        })
+        .collect();
+    list.sort_by_key(|v| std::cmp::Reverse(v["messages"].as_u64().unwrap_or(0)));
+    Json(list).into_response()
+}
+
+/// Prometheus text: the registry, plus per-source series rendered from the read model (so
+/// no label value is registered on the hot path).
 async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.shared.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.shared.metrics.render();
+    let view = state.shared.view();
+    let escape = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    for (name, help, pick) in [
+        (
+            "incidentd_source_alerts_total",
+            "Alert messages accepted per source.",
+            0,
+        ),
+        (
+            "incidentd_source_distinct_alerts_total",
+            "Distinct alerts per source.",
+            1,
+        ),
+        (
+            "incidentd_source_duplicates_total",
+            "Duplicate alert messages per source.",
+            2,
+        ),
+    ] {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for (source, s) in &view.sources {
+            let value = match pick {
+                0 => s.messages,
+                1 => s.distinct,
+                _ => s.messages.saturating_sub(s.distinct),
+            };
+            text.push_str(&format!(
+                "{name}{{source=\"{}\"}} {value}\n",
+                escape(source)
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Ready when the log is writable and, if NATS ingest is on, connected and subscribed.

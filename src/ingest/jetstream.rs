@@ -137,7 +137,7 @@ impl JetStreamIngest {
         let mut alerts = Vec::new();
         let mut accepted = Vec::new();
         let mut messages = Vec::new();
-        let rejected = &self.shared.metrics.alerts_rejected;
+        let metrics = &self.shared.metrics;
         for msg in chunk {
             let msg = match msg {
                 Ok(msg) => msg,
@@ -163,12 +163,12 @@ impl JetStreamIngest {
             };
             match decoded {
                 Err((code, reason)) => {
-                    rejected.with_label_values(&[code]).inc();
+                    metrics.rejected(code, format.map_or("unknown", Format::as_str), 1);
                     self.poison(&msg, format!("{code}: {reason}")).await;
                 }
                 Ok(d) => {
                     for e in &d.errors {
-                        rejected.with_label_values(&[e.code]).inc();
+                        metrics.rejected(e.code, format.map_or("unknown", Format::as_str), 1);
                     }
                     if let Some(first) = d.errors.first() {
                         let reason =

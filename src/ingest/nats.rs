@@ -146,23 +146,19 @@ impl NatsIngest {
                 let reason = format!(
                     "unknown_format: subject {subject:?} names no known format (use alerts.native.> or alerts.alertmanager.>)"
                 );
-                self.reject(&msg, "unknown_format", reason).await;
+                self.reject(&msg, "unknown_format", "unknown", reason).await;
                 continue;
             };
             match ingest::decode(format, &msg.payload, Stamp::Live(now), &self.limits) {
                 Err(e) => {
                     let reason = format!("{}: {}", e.code, e.message);
-                    self.reject(&msg, e.code, reason).await;
+                    self.reject(&msg, e.code, format.as_str(), reason).await;
                 }
                 Ok(decoded) => {
                     alerts.extend(decoded.alerts);
                     if let Some(first) = decoded.errors.first() {
                         for e in &decoded.errors[1..] {
-                            self.shared
-                                .metrics
-                                .alerts_rejected
-                                .with_label_values(&[e.code])
-                                .inc();
+                            self.shared.metrics.rejected(e.code, format.as_str(), 1);
                         }
                         let reason = decoded
                             .errors
@@ -170,7 +166,7 @@ impl NatsIngest {
                             .map(|e| format!("{}: alert {}: {}", e.code, e.index, e.message))
                             .collect::<Vec<_>>()
                             .join("; ");
-                        self.reject(&msg, first.code, reason).await;
+                        self.reject(&msg, first.code, format.as_str(), reason).await;
                     }
                 }
             }
@@ -207,12 +203,8 @@ impl NatsIngest {
     }
 
     /// Counts a rejection and republishes the message, untouched, to the dead letter.
-    async fn reject(&self, msg: &Message, code: &'static str, reason: String) {
-        self.shared
-            .metrics
-            .alerts_rejected
-            .with_label_values(&[code])
-            .inc();
+    async fn reject(&self, msg: &Message, code: &'static str, format: &str, reason: String) {
+        self.shared.metrics.rejected(code, format, 1);
         self.dead_letter(msg, &self.deadletter_subject, reason)
             .await;
     }
