@@ -134,6 +134,9 @@ pub fn router(state: AppState) -> Router {
             "/api/v2/silence/{id}",
             get(alertmanager::get_silence).delete(alertmanager::delete_silence),
         )
+        .route("/api/v1/ingest/{format}", post(post_format))
+        .route("/v2/enqueue", post(post_pagerduty))
+        .route("/alert", post(post_alerta))
         .route("/api/v1/incidents", get(list_incidents))
         .route("/api/v1/incidents/{id}", get(get_incident))
         .route("/api/v1/incidents/{id}/ack", post(ack_incident))
@@ -162,6 +165,45 @@ async fn post_native(
 ) -> Result<Response, ApiError> {
     let accepted = ingest_body(&state, Format::Native, body).await?;
     Ok(Json(json!({ "accepted": accepted })).into_response())
+}
+
+/// Any format by its name (`native`, `alertmanager`, `grafana`, `pagerduty`, `alerta`,
+/// `inspection`), the same tokens as the NATS subjects `alerts.<format>.>`.
+async fn post_format(
+    State(state): State<AppState>,
+    Path(format): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let format = Format::from_subject_token(&format).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no format {format:?} (use native, alertmanager, grafana, pagerduty, alerta or inspection)"
+        ))
+    })?;
+    let accepted = ingest_body(&state, format, body).await?;
+    Ok(Json(json!({ "accepted": accepted })).into_response())
+}
+
+/// PagerDuty Events API v2 `/v2/enqueue`: 202 with `status`, as PagerDuty answers.
+async fn post_pagerduty(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    ingest_body(&state, Format::PagerDuty, body).await?;
+    let reply = json!({"status": "success", "message": "Event processed"});
+    Ok((StatusCode::ACCEPTED, Json(reply)).into_response())
+}
+
+/// Alerta's `POST /alert`.
+async fn post_alerta(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let accepted = ingest_body(&state, Format::Alerta, body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"status": "ok", "accepted": accepted})),
+    )
+        .into_response())
 }
 
 /// Alertmanager answers an empty 200; Prometheus and amtool expect nothing more.

@@ -33,27 +33,73 @@ enum Kind {
     Webhook,
 }
 
+/// What differs between senders of the Alertmanager webhook shape.
+pub(super) struct Dialect {
+    /// Sender's name in messages ("Alertmanager", "Grafana").
+    pub name: &'static str,
+    /// `name` with its article, for "field `alerts` of {} webhook".
+    pub a_name: &'static str,
+    /// What a top-level object was expected to be, for shape errors.
+    pub expected: &'static str,
+    /// Accepted webhook `version` values, and how messages list them.
+    pub versions: &'static [&'static str],
+    pub versions_text: &'static str,
+    /// `source` when the alert has no `source` label.
+    pub default_source: &'static str,
+    /// Per-alert string fields copied into annotations, as (field, annotation key).
+    pub annotations: &'static [(&'static str, &'static str)],
+}
+
+const ALERTMANAGER: Dialect = Dialect {
+    name: "Alertmanager",
+    a_name: "an Alertmanager",
+    expected: "a postableAlerts array or an Alertmanager webhook object",
+    versions: &["4"],
+    versions_text: "\"4\"",
+    default_source: "prometheus",
+    annotations: &[("generatorURL", "generator_url")],
+};
+
 /// Decodes a parsed payload in either Alertmanager shape.
 pub(super) fn decode_value(
     value: Value,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Decoded, PayloadError> {
-    let (kind, items) = match value {
-        Value::Array(items) => (Kind::Postable, items),
-        Value::Object(obj) => (Kind::Webhook, webhook_alerts(obj)?),
-        other => {
-            return Err(wrong_shape(format!(
-                "expected a postableAlerts array or an Alertmanager webhook object, got {}",
-                type_name(&other)
-            )));
-        }
-    };
+    match value {
+        Value::Array(items) => decode_items(items, Kind::Postable, &ALERTMANAGER, stamp, limits),
+        Value::Object(obj) => decode_webhook(obj, &ALERTMANAGER, stamp, limits),
+        other => Err(wrong_shape(format!(
+            "expected {}, got {}",
+            ALERTMANAGER.expected,
+            type_name(&other)
+        ))),
+    }
+}
+
+/// Decodes a webhook notification object as sent by `dialect`.
+pub(super) fn decode_webhook(
+    obj: Map<String, Value>,
+    dialect: &Dialect,
+    stamp: Stamp,
+    limits: &Limits,
+) -> Result<Decoded, PayloadError> {
+    let items = webhook_alerts(obj, dialect)?;
+    decode_items(items, Kind::Webhook, dialect, stamp, limits)
+}
+
+fn decode_items(
+    items: Vec<Value>,
+    kind: Kind,
+    dialect: &Dialect,
+    stamp: Stamp,
+    limits: &Limits,
+) -> Result<Decoded, PayloadError> {
     check_item_count(items.len(), limits)?;
     let mut out = Decoded::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         out.push(match item {
-            Value::Object(obj) => decode_object(index, obj, kind, stamp, limits),
+            Value::Object(obj) => decode_object(index, obj, kind, dialect, stamp, limits),
             other => Err(not_an_object(index, &other)),
         });
     }
@@ -62,42 +108,49 @@ pub(super) fn decode_value(
 
 /// Checks the webhook envelope and returns its alerts. Group-level fields (`groupKey`,
 /// `commonLabels`, …) are ignored: every alert carries its own full label set.
-fn webhook_alerts(mut obj: Map<String, Value>) -> Result<Vec<Value>, PayloadError> {
+fn webhook_alerts(
+    mut obj: Map<String, Value>,
+    dialect: &Dialect,
+) -> Result<Vec<Value>, PayloadError> {
     let alerts = match obj.remove("alerts") {
         Some(Value::Array(alerts)) => alerts,
         Some(other) => {
             return Err(wrong_shape(format!(
-                "field `alerts` of an Alertmanager webhook must be an array, got {}",
+                "field `alerts` of {} webhook must be an array, got {}",
+                dialect.a_name,
                 type_name(&other)
             )));
         }
         None => {
-            return Err(wrong_shape(
-                "expected a postableAlerts array or an Alertmanager webhook object with `alerts`, \
-                 got an object without `alerts`"
-                    .to_string(),
-            ));
+            return Err(wrong_shape(format!(
+                "expected {} with `alerts`, got an object without `alerts`",
+                dialect.expected
+            )));
         }
     };
     match obj.get("version") {
-        Some(Value::String(v)) if v == "4" => Ok(alerts),
+        Some(Value::String(v)) if dialect.versions.contains(&v.as_str()) => Ok(alerts),
         Some(Value::String(v)) => Err(PayloadError {
             code: "invalid_value",
             message: format!(
-                "unsupported Alertmanager webhook version {}, only \"4\" is supported",
-                quote(v)
+                "unsupported {} webhook version {}, only {} is supported",
+                dialect.name,
+                quote(v),
+                dialect.versions_text
             ),
         }),
         None | Some(Value::Null) => Err(PayloadError {
             code: "missing_field",
-            message:
-                "missing required field `version` of the Alertmanager webhook (expected \"4\")"
-                    .to_string(),
+            message: format!(
+                "missing required field `version` of the {} webhook (expected {})",
+                dialect.name, dialect.versions_text
+            ),
         }),
         Some(other) => Err(PayloadError {
             code: "wrong_type",
             message: format!(
-                "field `version` of the Alertmanager webhook must be a string, got {}",
+                "field `version` of the {} webhook must be a string, got {}",
+                dialect.name,
                 type_name(other)
             ),
         }),
@@ -108,6 +161,7 @@ fn decode_object(
     index: usize,
     mut obj: Map<String, Value>,
     kind: Kind,
+    dialect: &Dialect,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Alert, ItemError> {
@@ -127,7 +181,7 @@ fn decode_object(
         .ok_or_else(|| missing(index, "labels.alertname"))?
         .to_string();
     let source = label(index, &labels, "source", limits.max_name_bytes)?
-        .unwrap_or("prometheus")
+        .unwrap_or(dialect.default_source)
         .to_string();
     let ci = label(index, &labels, "ci", limits.max_name_bytes)?.map(str::to_string);
     let severity = labels
@@ -139,10 +193,12 @@ fn decode_object(
         Some(v) => string_map(index, "annotations", v, limits, false)?,
     };
     let summary = summary(index, &annotations, limits)?;
-    if let Some(url) = opt_string(index, &mut obj, "generatorURL", limits.max_value_bytes)?
-        && !url.is_empty()
-    {
-        annotations.insert("generator_url".to_string(), url);
+    for &(field, key) in dialect.annotations {
+        if let Some(text) = opt_string(index, &mut obj, field, limits.max_value_bytes)?
+            && !text.is_empty()
+        {
+            annotations.insert(key.to_string(), text);
+        }
     }
 
     let status = match kind {

@@ -7,17 +7,21 @@
 //! than deriving `Deserialize`: that way every rejection names its exact field and reason, and
 //! strings are moved out of the parsed tree instead of being copied.
 
+pub mod alerta;
 pub mod alertmanager;
+pub mod grafana;
+pub mod inspection;
 pub mod jetstream;
 pub mod native;
 pub mod nats;
+pub mod pagerduty;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::model::{Alert, Millis};
+use crate::model::{Alert, Millis, Status};
 
 /// Which decoder a payload needs; NATS subject token `alerts.<format>.>` and HTTP routes map to this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +30,14 @@ pub enum Format {
     Native,
     /// Prometheus `postableAlerts` (`/api/v2/alerts`) or an Alertmanager webhook (version 4).
     Alertmanager,
+    /// Grafana unified-alerting webhook: the Alertmanager webhook plus Grafana's fields.
+    Grafana,
+    /// PagerDuty Events API v2 (`trigger` and `resolve` events).
+    PagerDuty,
+    /// Alerta `POST /alert` body.
+    Alerta,
+    /// Results of automated inspection systems (one check on one target).
+    Inspection,
 }
 
 impl Format {
@@ -34,6 +46,10 @@ impl Format {
         match s {
             "native" => Some(Format::Native),
             "alertmanager" => Some(Format::Alertmanager),
+            "grafana" => Some(Format::Grafana),
+            "pagerduty" => Some(Format::PagerDuty),
+            "alerta" => Some(Format::Alerta),
+            "inspection" => Some(Format::Inspection),
             _ => None,
         }
     }
@@ -43,6 +59,10 @@ impl Format {
         match self {
             Format::Native => "native",
             Format::Alertmanager => "alertmanager",
+            Format::Grafana => "grafana",
+            Format::PagerDuty => "pagerduty",
+            Format::Alerta => "alerta",
+            Format::Inspection => "inspection",
         }
     }
 }
@@ -104,6 +124,17 @@ pub struct ItemError {
     pub message: String,
 }
 
+impl ItemError {
+    /// Re-roots an error raised by a helper on a nested object, so `source` reads
+    /// `payload.source` in both `field` and `message`.
+    fn under(mut self, parent: &str) -> ItemError {
+        let old = format!("`{}`", self.field);
+        self.field = format!("{parent}.{}", self.field);
+        self.message = self.message.replacen(&old, &format!("`{}`", self.field), 1);
+        self
+    }
+}
+
 impl fmt::Display for ItemError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "alert {}: {}", self.index, self.message)
@@ -153,6 +184,46 @@ pub fn decode(
     match format {
         Format::Native => native::decode_value(value, stamp, limits),
         Format::Alertmanager => alertmanager::decode_value(value, stamp, limits),
+        Format::Grafana => grafana::decode_value(value, stamp, limits),
+        Format::PagerDuty => decode_each(value, stamp, limits, pagerduty::decode_object),
+        Format::Alerta => decode_each(value, stamp, limits, alerta::decode_object),
+        Format::Inspection => decode_each(value, stamp, limits, inspection::decode_object),
+    }
+}
+
+/// Decodes one item object at `index`; the per-item half of a format that takes one object
+/// or an array of them.
+type DecodeObject = fn(usize, Map<String, Value>, Stamp, &Limits) -> Result<Alert, ItemError>;
+
+/// One object (item 0) or an array of them, each decoded on its own by `decode_object`.
+fn decode_each(
+    value: Value,
+    stamp: Stamp,
+    limits: &Limits,
+    decode_object: DecodeObject,
+) -> Result<Decoded, PayloadError> {
+    match value {
+        Value::Array(items) => {
+            check_item_count(items.len(), limits)?;
+            let mut out = Decoded::with_capacity(items.len());
+            for (index, item) in items.into_iter().enumerate() {
+                out.push(match item {
+                    Value::Object(obj) => decode_object(index, obj, stamp, limits),
+                    other => Err(not_an_object(index, &other)),
+                });
+            }
+            Ok(out)
+        }
+        Value::Object(obj) => {
+            check_item_count(1, limits)?;
+            let mut out = Decoded::with_capacity(1);
+            out.push(decode_object(0, obj, stamp, limits));
+            Ok(out)
+        }
+        other => Err(wrong_shape(format!(
+            "expected an alert object or an array of them, got {}",
+            type_name(&other)
+        ))),
     }
 }
 
@@ -321,6 +392,109 @@ fn opt_string(
     }
 }
 
+/// A required string field: present, a string, non-empty, at most `limit` bytes.
+fn required_name(
+    index: usize,
+    obj: &mut Map<String, Value>,
+    field: &str,
+    limit: usize,
+) -> Result<String, ItemError> {
+    match opt_string(index, obj, field, limit)? {
+        None => Err(missing(index, field)),
+        Some(s) if s.is_empty() => Err(item_error(
+            index,
+            field,
+            "invalid_value",
+            format!("field `{field}` must not be empty"),
+        )),
+        Some(s) => Ok(s),
+    }
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+/// A JSON value as label or annotation text: a string as is, anything else as compact JSON.
+fn json_text(value: Value) -> String {
+    match value {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// Adds one label or annotation that a decoder derived from field `field` into `map` (named
+/// `target` in messages), under the same key, value and count limits as [`string_map`].
+fn put_entry(
+    index: usize,
+    field: &str,
+    (target, map): (&str, &mut BTreeMap<String, String>),
+    key: String,
+    value: String,
+    limits: &Limits,
+) -> Result<(), ItemError> {
+    if key.len() > limits.max_key_bytes {
+        return Err(item_error(
+            index,
+            field,
+            "too_large",
+            format!(
+                "field `{field}` gives a key of {} bytes for {target}, limit {}",
+                key.len(),
+                limits.max_key_bytes
+            ),
+        ));
+    }
+    check_len(index, field, &value, limits.max_value_bytes)?;
+    if map.len() >= limits.max_labels && !map.contains_key(&key) {
+        return Err(item_error(
+            index,
+            field,
+            "too_large",
+            format!(
+                "field `{field}` brings {target} over the limit of {}",
+                limits.max_labels
+            ),
+        ));
+    }
+    map.insert(key, value);
+    Ok(())
+}
+
+/// `received_at` for a format whose only time is the event's own (`at`, from `field`): live
+/// ingest stamps the receive time, replay needs the event time.
+fn event_received_at(
+    index: usize,
+    stamp: Stamp,
+    at: Option<Millis>,
+    field: &str,
+) -> Result<Millis, ItemError> {
+    match (stamp, at) {
+        (Stamp::Live(now), _) => Ok(now),
+        (Stamp::Replay, Some(at)) => Ok(at),
+        (Stamp::Replay, None) => Err(item_error(
+            index,
+            field,
+            "missing_field",
+            format!("replay needs `{field}`"),
+        )),
+    }
+}
+
+/// `starts_at` and `ends_at` of an event that happened at `at` (else on receipt): a firing
+/// event starts then, a resolving one ends then (and starts no later, as in [`default_start`]).
+fn event_times(
+    status: Status,
+    at: Option<Millis>,
+    received_at: Millis,
+) -> (Millis, Option<Millis>) {
+    let at = at.unwrap_or(received_at);
+    match status {
+        Status::Firing => (at, None),
+        Status::Resolved => (default_start(received_at, Some(at)), Some(at)),
+    }
+}
+
 /// An optional RFC 3339 timestamp field.
 fn opt_time(
     index: usize,
@@ -462,7 +636,14 @@ mod tests {
 
     #[test]
     fn format_tokens_round_trip() {
-        for f in [Format::Native, Format::Alertmanager] {
+        for f in [
+            Format::Native,
+            Format::Alertmanager,
+            Format::Grafana,
+            Format::PagerDuty,
+            Format::Alerta,
+            Format::Inspection,
+        ] {
             assert_eq!(Format::from_subject_token(f.as_str()), Some(f));
         }
         assert_eq!(Format::from_subject_token("zabbix"), None);

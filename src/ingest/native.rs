@@ -15,9 +15,9 @@
 use serde_json::{Map, Value};
 
 use super::{
-    Decoded, ItemError, Limits, PayloadError, Stamp, check_item_count, default_start,
-    ends_before_starts, item_error, missing, not_an_object, opt_string, opt_time, quote,
-    string_map, take, type_name, wrong_shape,
+    Decoded, ItemError, Limits, PayloadError, Stamp, decode_each, default_start,
+    ends_before_starts, item_error, non_empty, opt_string, opt_time, quote, required_name,
+    string_map, take,
 };
 use crate::model::{Alert, Fingerprint, Severity, Status};
 
@@ -27,38 +27,7 @@ pub(super) fn decode_value(
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Decoded, PayloadError> {
-    match value {
-        Value::Array(items) => {
-            check_item_count(items.len(), limits)?;
-            let mut out = Decoded::with_capacity(items.len());
-            for (index, item) in items.into_iter().enumerate() {
-                out.push(decode_item(index, item, stamp, limits));
-            }
-            Ok(out)
-        }
-        Value::Object(obj) => {
-            check_item_count(1, limits)?;
-            let mut out = Decoded::with_capacity(1);
-            out.push(decode_object(0, obj, stamp, limits));
-            Ok(out)
-        }
-        other => Err(wrong_shape(format!(
-            "expected an alert object or an array of them, got {}",
-            type_name(&other)
-        ))),
-    }
-}
-
-fn decode_item(
-    index: usize,
-    item: Value,
-    stamp: Stamp,
-    limits: &Limits,
-) -> Result<Alert, ItemError> {
-    match item {
-        Value::Object(obj) => decode_object(index, obj, stamp, limits),
-        other => Err(not_an_object(index, &other)),
-    }
+    decode_each(value, stamp, limits, decode_object)
 }
 
 /// Fields are checked in document order of the contract; the first problem is reported.
@@ -68,8 +37,8 @@ fn decode_object(
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Alert, ItemError> {
-    let source = required_name(index, &mut obj, "source", limits)?;
-    let name = required_name(index, &mut obj, "name", limits)?;
+    let source = required_name(index, &mut obj, "source", limits.max_name_bytes)?;
+    let name = required_name(index, &mut obj, "name", limits.max_name_bytes)?;
     let ci = non_empty(opt_string(index, &mut obj, "ci", limits.max_name_bytes)?);
 
     let severity = match opt_string(index, &mut obj, "severity", usize::MAX)? {
@@ -168,29 +137,6 @@ fn decode_object(
         dedup_key,
         received_at,
     })
-}
-
-/// `source` and `name`: present, a string, non-empty, within `max_name_bytes`.
-fn required_name(
-    index: usize,
-    obj: &mut Map<String, Value>,
-    field: &str,
-    limits: &Limits,
-) -> Result<String, ItemError> {
-    match opt_string(index, obj, field, limits.max_name_bytes)? {
-        None => Err(missing(index, field)),
-        Some(s) if s.is_empty() => Err(item_error(
-            index,
-            field,
-            "invalid_value",
-            format!("field `{field}` must not be empty"),
-        )),
-        Some(s) => Ok(s),
-    }
-}
-
-fn non_empty(s: Option<String>) -> Option<String> {
-    s.filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]

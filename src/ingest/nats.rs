@@ -144,7 +144,7 @@ impl NatsIngest {
             let token = subject.split('.').nth(1).unwrap_or("");
             let Some(format) = Format::from_subject_token(token) else {
                 let reason = format!(
-                    "unknown_format: subject {subject:?} names no known format (use alerts.native.> or alerts.alertmanager.>)"
+                    "unknown_format: subject {subject:?} names no known format (use alerts.<native|alertmanager|grafana|pagerduty|alerta|inspection>.>)"
                 );
                 self.reject(&msg, "unknown_format", "unknown", reason).await;
                 continue;
