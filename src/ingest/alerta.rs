@@ -190,15 +190,7 @@ fn strings(
 mod tests {
     use super::super::{Decoded, Format, decode};
     use super::*;
-    use crate::model::{Millis, parse_time};
-
-    fn t(s: &str) -> Millis {
-        parse_time(s).unwrap()
-    }
-
-    fn now() -> Millis {
-        t("2026-11-23T10:05:00Z")
-    }
+    use crate::ingest::testing::{now, t};
 
     fn live(body: &str) -> Decoded {
         decode(

@@ -381,15 +381,7 @@ fn am_time(
 mod tests {
     use super::super::{Format, decode};
     use super::*;
-    use crate::model::parse_time;
-
-    fn t(s: &str) -> Millis {
-        parse_time(s).unwrap()
-    }
-
-    fn now() -> Millis {
-        t("2026-11-23T10:05:00Z")
-    }
+    use crate::ingest::testing::{now, t};
 
     fn run(body: &str, stamp: Stamp) -> Result<Decoded, PayloadError> {
         decode(

@@ -49,15 +49,8 @@ pub(super) fn decode_value(
 mod tests {
     use super::super::{Format, ItemError, decode};
     use super::*;
-    use crate::model::{Fingerprint, Millis, Severity, Status, parse_time};
-
-    fn t(s: &str) -> Millis {
-        parse_time(s).unwrap()
-    }
-
-    fn now() -> Millis {
-        t("2026-11-23T10:05:00Z")
-    }
+    use crate::ingest::testing::{now, t};
+    use crate::model::{Fingerprint, Severity, Status};
 
     fn run(body: &str) -> Result<Decoded, PayloadError> {
         decode(

@@ -115,15 +115,7 @@ pub(super) fn decode_object(
 mod tests {
     use super::super::{Decoded, Format, PayloadError, decode};
     use super::*;
-    use crate::model::{Millis, parse_time};
-
-    fn t(s: &str) -> Millis {
-        parse_time(s).unwrap()
-    }
-
-    fn now() -> Millis {
-        t("2026-11-23T10:05:00Z")
-    }
+    use crate::ingest::testing::{now, t};
 
     fn run(body: &str, stamp: Stamp) -> Result<Decoded, PayloadError> {
         decode(

@@ -630,6 +630,22 @@ fn ends_before_starts(
     )
 }
 
+/// Helpers every decoder's tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::model::{Millis, parse_time};
+
+    /// An RFC 3339 time in milliseconds.
+    pub fn t(s: &str) -> Millis {
+        parse_time(s).unwrap()
+    }
+
+    /// The receive time the decoder tests stamp with.
+    pub fn now() -> Millis {
+        t("2026-11-23T10:05:00Z")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,15 +145,7 @@ mod tests {
 
     use super::super::{Format, decode};
     use super::*;
-    use crate::model::{Millis, parse_time};
-
-    fn t(s: &str) -> Millis {
-        parse_time(s).unwrap()
-    }
-
-    fn now() -> Millis {
-        t("2026-11-23T10:05:00Z")
-    }
+    use crate::ingest::testing::{now, t};
 
     fn run(body: &str, stamp: Stamp, limits: &Limits) -> Result<Decoded, PayloadError> {
         decode(Format::Native, body.as_bytes(), stamp, limits)
