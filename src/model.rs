@@ -177,6 +177,14 @@ impl<'de> Deserialize<'de> for Fingerprint {
     }
 }
 
+/// Names a secret without revealing it: 48 bits of FNV-1a as 12 hex digits, enough to tell
+/// senders apart, far too few to recover a 128-bit key from.
+pub fn secret_tag(secret: &str) -> String {
+    let mut h = Fnv1a::new();
+    h.field(secret.as_bytes());
+    format!("{:012x}", h.0 >> 16)
+}
+
 /// 64-bit FNV-1a with a 0xFF separator after each field (0xFF never occurs in UTF-8).
 struct Fnv1a(u64);
 

@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::{
-    ItemError, Limits, Stamp, event_received_at, event_times, item_error, non_empty, opt_string,
-    opt_time, put_entry, quote, required_name, take, wrong_type,
+    ItemError, Limits, Stamp, check_times, event_received_at, event_times, item_error, non_empty,
+    opt_string, opt_time, put_entry, quote, required_name, take, wrong_type,
 };
 use crate::model::{Alert, Fingerprint, Severity, Status};
 
@@ -129,7 +129,7 @@ pub(super) fn decode_object(
         .into_iter()
         .collect();
     let fingerprint = Fingerprint::native(&source, &name, Some(&ci), &identity, None);
-    Ok(Alert {
+    let alert = Alert {
         fingerprint,
         source,
         name,
@@ -143,7 +143,9 @@ pub(super) fn decode_object(
         ends_at,
         dedup_key: None,
         received_at,
-    })
+    };
+    check_times(index, &alert, ("createTime", "createTime"), limits)?;
+    Ok(alert)
 }
 
 /// Alerta's severities, with the three clearing ones resolving the alert.

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::{
-    Decoded, ItemError, Limits, PayloadError, Stamp, check_item_count, check_len, default_start,
-    ends_before_starts, item_error, missing, not_an_object, opt_string, quote, show_time,
-    string_map, take, type_name, wrong_shape,
+    Decoded, ItemError, Limits, PayloadError, Stamp, check_item_count, check_len, check_times,
+    default_start, ends_before_starts, item_error, missing, not_an_object, opt_string, quote,
+    show_time, string_map, take, type_name, wrong_shape,
 };
 use crate::model::{Alert, Fingerprint, Millis, Severity, Status};
 
@@ -265,7 +265,7 @@ fn decode_object(
         ));
     }
 
-    Ok(Alert {
+    let alert = Alert {
         fingerprint: Fingerprint::alertmanager(&labels),
         source,
         name,
@@ -279,7 +279,9 @@ fn decode_object(
         ends_at,
         dedup_key: None,
         received_at,
-    })
+    };
+    check_times(index, &alert, ("startsAt", "endsAt"), limits)?;
+    Ok(alert)
 }
 
 /// A label that becomes a top-level field, held to that field's size limit.

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::{
-    ItemError, Limits, Stamp, event_received_at, event_times, item_error, json_text, non_empty,
-    opt_string, opt_time, put_entry, quote, required_name, take, wrong_type,
+    ItemError, Limits, Stamp, check_times, event_received_at, event_times, item_error, json_text,
+    non_empty, opt_string, opt_time, put_entry, quote, required_name, take, wrong_type,
 };
 use crate::model::{Alert, Fingerprint, Severity, Status};
 
@@ -94,7 +94,7 @@ pub(super) fn decode_object(
     let received_at = event_received_at(index, stamp, checked_at, "checked_at")?;
     let (starts_at, ends_at) = event_times(status, checked_at, received_at);
     let fingerprint = Fingerprint::native(&source, &name, Some(&ci), &BTreeMap::new(), None);
-    Ok(Alert {
+    let alert = Alert {
         fingerprint,
         source,
         name,
@@ -108,7 +108,9 @@ pub(super) fn decode_object(
         ends_at,
         dedup_key: None,
         received_at,
-    })
+    };
+    check_times(index, &alert, ("checked_at", "checked_at"), limits)?;
+    Ok(alert)
 }
 
 #[cfg(test)]

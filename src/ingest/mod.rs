@@ -86,6 +86,12 @@ pub struct Limits {
     pub max_summary_bytes: usize,
     /// Nesting of JSON arrays and objects, counting the top level as 1.
     pub max_depth: usize,
+    /// How long before receipt an alert's start or resolve time may lie. Generous, because a
+    /// rule such as Prometheus's Watchdog fires for months; what it catches is a sender whose
+    /// clock sits at the epoch or whose year is mistyped.
+    pub max_past_secs: u64,
+    /// How far after receipt a start or resolve time may lie: clock skew, not prophecy.
+    pub max_future_secs: u64,
 }
 
 impl Default for Limits {
@@ -98,6 +104,8 @@ impl Default for Limits {
             max_name_bytes: 256,
             max_summary_bytes: 8192,
             max_depth: 32,
+            max_past_secs: 5 * 365 * 86_400,
+            max_future_secs: 3_600,
         }
     }
 }
@@ -231,10 +239,91 @@ fn decode_each(
 /// deep payload should be refused before any allocation.
 fn parse_json(body: &[u8], limits: &Limits) -> Result<Value, PayloadError> {
     check_depth(body, limits.max_depth)?;
-    serde_json::from_slice(body).map_err(|e| PayloadError {
-        code: "malformed_json",
-        message: format!("malformed JSON: {e}"),
-    })
+    match serde_json::from_slice::<Strict>(body) {
+        Ok(Strict(value)) => Ok(value),
+        Err(e) if e.classify() == serde_json::error::Category::Data => Err(PayloadError {
+            code: "duplicate_key",
+            message: format!("ambiguous JSON: {e}"),
+        }),
+        Err(e) => Err(PayloadError {
+            code: "malformed_json",
+            message: format!("malformed JSON: {e}"),
+        }),
+    }
+}
+
+/// A JSON value parsed like `serde_json::Value`, except that an object with the same key twice
+/// is an error: senders and parsers disagree on which copy wins (serde_json keeps the last,
+/// others the first), so guessing could store an alert its sender never meant. Its only
+/// `Data`-category error is the duplicate key, which is how [`parse_json`] tells it apart.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // JSON cannot spell NaN or infinity, so `from_f64` only declines what never arrives.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key {}",
+                    quote(&key)
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// Counts bracket nesting outside strings. Byte-wise is safe for UTF-8: `"`, `\`, brackets
@@ -630,6 +719,48 @@ fn ends_before_starts(
     )
 }
 
+/// Refuses times no sane clock produced: more than `max_past_secs` before receipt or more than
+/// `max_future_secs` after it. `fields` name the sender's start and end fields for messages.
+/// A firing alert's end is a timeout the sender asks for, not a time it saw, so only a
+/// resolve time is bounded; a timeout far ahead merely never fires.
+fn check_times(
+    index: usize,
+    alert: &Alert,
+    (start_field, end_field): (&str, &str),
+    limits: &Limits,
+) -> Result<(), ItemError> {
+    let past = Millis::try_from(limits.max_past_secs.saturating_mul(1_000)).unwrap_or(Millis::MAX);
+    let future =
+        Millis::try_from(limits.max_future_secs.saturating_mul(1_000)).unwrap_or(Millis::MAX);
+    let check = |field: &str, at: Millis| {
+        let before = alert.received_at.saturating_sub(at);
+        let after = at.saturating_sub(alert.received_at);
+        let (gap, side, limit) = if before > past {
+            (before, "before", past)
+        } else if after > future {
+            (after, "after", future)
+        } else {
+            return Ok(());
+        };
+        Err(item_error(
+            index,
+            field,
+            "invalid_value",
+            format!(
+                "field `{field}` ({}) is {} {side} receipt, limit {}",
+                show_time(at),
+                crate::model::format_duration(gap),
+                crate::model::format_duration(limit)
+            ),
+        ))
+    };
+    check(start_field, alert.starts_at)?;
+    match (alert.status, alert.ends_at) {
+        (Status::Resolved, Some(end)) => check(end_field, end),
+        _ => Ok(()),
+    }
+}
+
 /// Helpers every decoder's tests share.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -687,6 +818,86 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.code, "malformed_json");
         assert!(err.message.contains("line 1 column"), "{}", err.message);
+    }
+
+    fn native(body: &str) -> Result<Decoded, PayloadError> {
+        decode(
+            Format::Native,
+            body.as_bytes(),
+            Stamp::Live(testing::now()),
+            &Limits::default(),
+        )
+    }
+
+    #[test]
+    fn duplicate_keys_refuse_the_payload() {
+        for (body, key) in [
+            (r#"{"source":"a","name":"n","source":"b"}"#, "source"),
+            (
+                r#"[{"source":"a","name":"n","labels":{"x":"1","x":"2"}}]"#,
+                "x",
+            ),
+            (
+                r#"{"source":"a","name":"n","annotations":{"d":{"k":1,"k":2}}}"#,
+                "k",
+            ),
+        ] {
+            let err = native(body).map(|_| ()).unwrap_err();
+            assert_eq!(err.code, "duplicate_key", "{body}");
+            assert!(
+                err.message
+                    .contains(&format!("duplicate key \"{key}\" at line 1")),
+                "{}",
+                err.message
+            );
+        }
+        // Same key in different objects is fine, and so is every JSON value kind.
+        let ok = native(
+            r#"[{"source":"a","name":"n","labels":{"x":"1"}},{"source":"a","name":"m","labels":{"x":"1"},"extra":[1,-2,3.5,true,null,{"x":"y"}]}]"#,
+        )
+        .unwrap();
+        assert_eq!((ok.alerts.len(), ok.errors.len()), (2, 0));
+    }
+
+    #[test]
+    fn numbers_out_of_range_stay_malformed() {
+        let err = native(r#"{"source":"a","name":"n","x":1e400}"#)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.code, "malformed_json");
+    }
+
+    #[test]
+    fn times_far_from_receipt_are_refused() {
+        let reject = |body: &str| {
+            let d = native(body).unwrap();
+            assert!(d.alerts.is_empty(), "{body}");
+            d.errors[0].clone()
+        };
+        let e = reject(r#"{"source":"a","name":"n","starts_at":"1970-01-01T00:00:00Z"}"#);
+        assert_eq!((e.field.as_str(), e.code), ("starts_at", "invalid_value"));
+        assert!(
+            e.message.starts_with("field `starts_at` (1970-01-01T00:00:00Z) is 20780d10h5m before receipt, limit 1825d"),
+            "{}",
+            e.message
+        );
+        let e = reject(r#"{"source":"a","name":"n","starts_at":"2026-11-23T12:00:00Z"}"#);
+        assert_eq!(
+            e.message,
+            "field `starts_at` (2026-11-23T12:00:00Z) is 1h55m after receipt, limit 1h"
+        );
+        let e = reject(
+            r#"{"source":"a","name":"n","status":"resolved","starts_at":"2026-11-23T10:00:00Z","ends_at":"2099-01-01T00:00:00Z"}"#,
+        );
+        assert_eq!(e.field, "ends_at");
+        // Clock skew within the limit, a long-firing alert and a far timeout are accepted.
+        for body in [
+            r#"{"source":"a","name":"n","starts_at":"2026-11-23T10:30:00Z"}"#,
+            r#"{"source":"a","name":"n","starts_at":"2023-01-01T00:00:00Z"}"#,
+            r#"{"source":"a","name":"n","starts_at":"2026-11-23T10:00:00Z","ends_at":"2099-01-01T00:00:00Z"}"#,
+        ] {
+            assert_eq!(native(body).unwrap().alerts.len(), 1, "{body}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use serde_json::{Map, Value};
 
 use super::{
-    Decoded, ItemError, Limits, PayloadError, Stamp, decode_each, default_start,
+    Decoded, ItemError, Limits, PayloadError, Stamp, check_times, decode_each, default_start,
     ends_before_starts, item_error, non_empty, opt_string, opt_time, quote, required_name,
     string_map, take,
 };
@@ -122,7 +122,7 @@ fn decode_object(
 
     let fingerprint =
         Fingerprint::native(&source, &name, ci.as_deref(), &labels, dedup_key.as_deref());
-    Ok(Alert {
+    let alert = Alert {
         fingerprint,
         source,
         name,
@@ -136,7 +136,9 @@ fn decode_object(
         ends_at,
         dedup_key,
         received_at,
-    })
+    };
+    check_times(index, &alert, ("starts_at", "ends_at"), limits)?;
+    Ok(alert)
 }
 
 #[cfg(test)]

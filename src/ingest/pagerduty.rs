@@ -12,8 +12,9 @@
 //! acknowledges incidents, not alerts. A resolve needs `dedup_key` and may omit `payload`.
 //!
 //! Identity: PagerDuty scopes `dedup_key` per `routing_key`, and a resolve usually carries no
-//! `payload`, so `source` is `pagerduty:<routing_key>` for every event and `payload.source` goes
-//! to the label `pd_source`. The fingerprint is the native one, which for a `dedup_key` hashes
+//! `payload`, so `source` is `pagerduty:<tag>` for every event, where the tag is a short hash of
+//! the routing key (a send credential, which must not show in `/api/v1/sources`, metrics or
+//! the log), and `payload.source` goes to the label `pd_source`. The fingerprint is the native one, which for a `dedup_key` hashes
 //! only source and key, so a resolve matches its trigger whatever else it carries. A trigger
 //! without `dedup_key` is fingerprinted from source, name, ci and labels (PagerDuty would
 //! make up a key and return it; we cannot), so only a timeout or a person can close it.
@@ -24,12 +25,10 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::{
-    ItemError, Limits, Stamp, event_received_at, event_times, item_error, json_text, missing,
-    non_empty, opt_string, opt_time, put_entry, quote, required_name, take, wrong_type,
+    ItemError, Limits, Stamp, check_times, event_received_at, event_times, item_error, json_text,
+    missing, non_empty, opt_string, opt_time, put_entry, quote, required_name, take, wrong_type,
 };
 use crate::model::{Alert, Fingerprint, Millis, Severity, Status};
-
-const SOURCE_PREFIX: &str = "pagerduty:";
 
 /// The fields read from `payload`.
 #[derive(Default)]
@@ -50,8 +49,7 @@ pub(super) fn decode_object(
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Alert, ItemError> {
-    let key_limit = limits.max_name_bytes.saturating_sub(SOURCE_PREFIX.len());
-    let routing_key = required_name(index, &mut obj, "routing_key", key_limit)?;
+    let routing_key = required_name(index, &mut obj, "routing_key", limits.max_name_bytes)?;
     let status = match required_name(index, &mut obj, "event_action", usize::MAX)?.as_str() {
         "trigger" => Status::Firing,
         "resolve" => Status::Resolved,
@@ -96,7 +94,7 @@ pub(super) fn decode_object(
         Some(other) => return Err(wrong_type(index, "payload", "an object", &other)),
     };
 
-    let source = format!("{SOURCE_PREFIX}{routing_key}");
+    let source = format!("pagerduty:{}", crate::model::secret_tag(&routing_key));
     let name = p
         .class
         .clone()
@@ -117,7 +115,7 @@ pub(super) fn decode_object(
     let (starts_at, ends_at) = event_times(status, p.timestamp, received_at);
     let fingerprint =
         Fingerprint::native(&source, &name, ci.as_deref(), &labels, dedup_key.as_deref());
-    Ok(Alert {
+    let alert = Alert {
         fingerprint,
         source,
         name,
@@ -132,7 +130,14 @@ pub(super) fn decode_object(
         ends_at,
         dedup_key,
         received_at,
-    })
+    };
+    check_times(
+        index,
+        &alert,
+        ("payload.timestamp", "payload.timestamp"),
+        limits,
+    )?;
+    Ok(alert)
 }
 
 /// Reads `payload`; field names in errors are relative to it. `summary`, `source` and
@@ -251,6 +256,8 @@ mod tests {
     }
 
     /// Shaped like the trigger example in PagerDuty's Events API v2 reference.
+    const KEY: &str = "e93facc04764012d7bfb002500d5d1a6";
+
     const TRIGGER: &str = r#"{
       "payload": {
         "summary": "DISK at 99% on machine prod-datapipe03.example.com",
@@ -287,7 +294,14 @@ mod tests {
         let d = live(TRIGGER);
         assert!(d.errors.is_empty(), "{:?}", d.errors);
         let a = &d.alerts[0];
-        assert_eq!(a.source, "pagerduty:e93facc04764012d7bfb002500d5d1a6");
+        assert_eq!(
+            a.source,
+            format!("pagerduty:{}", crate::model::secret_tag(KEY))
+        );
+        assert!(
+            !format!("{a:?}").contains(KEY),
+            "the routing key must not be stored"
+        );
         assert_eq!(a.name, "disk");
         assert_eq!(a.ci.as_deref(), Some("mysql"));
         assert_eq!(a.severity, Severity::Critical);
