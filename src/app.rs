@@ -187,14 +187,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         axum::http::StatusCode::REQUEST_TIMEOUT,
         cfg.request_timeout,
     ));
-    let mut http_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|stop| *stop).await;
-            })
-            .into_future(),
-    );
+    let server = tokio::spawn(serve_http(
+        listener,
+        router,
+        cfg.header_timeout,
+        shutdown_rx.clone(),
+    ));
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining ingest");
@@ -221,10 +219,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = ticker.await;
     let _ = hangup.await;
-    match tokio::time::timeout(cfg.shutdown_grace, server).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
-        Err(_) => tracing::warn!("http requests still running after the grace period; dropped"),
-        _ => {}
+    if tokio::time::timeout(cfg.shutdown_grace, server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("http requests still running after the grace period; dropped");
     }
     // Every pipeline handle is gone now: the engine works off its queue, the writer commits
     // the rest with a final fsync, and both threads end.
@@ -466,6 +465,50 @@ async fn tick(pipeline: pipeline::Pipeline, every: Duration, mut shutdown: watch
             }
         }
     }
+}
+
+/// Serves HTTP/1.1 until `shutdown`, then waits for requests in flight. This is axum::serve's
+/// loop plus hyper's header read timeout, which axum::serve leaves unset: without it a client
+/// that never finishes its headers holds a connection and a task forever (slowloris). The body
+/// is bounded separately by the request timeout layer.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, usually: back off rather than spin.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 async fn wait_for_signal() {

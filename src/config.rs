@@ -26,7 +26,8 @@
 //!
 //! [http]
 //! max_body_bytes = 10485760
-//! request_timeout = "30s"
+//! request_timeout = "30s"       # a whole request, body included; 408 after it
+//! header_timeout = "10s"        # request headers; a client slower than this is dropped
 //! shutdown_grace = "10s"
 //!
 //! [log]
@@ -198,6 +199,7 @@ impl Default for NatsFile {
 pub struct HttpFile {
     pub max_body_bytes: usize,
     pub request_timeout: String,
+    pub header_timeout: String,
     pub shutdown_grace: String,
 }
 
@@ -206,6 +208,7 @@ impl Default for HttpFile {
         HttpFile {
             max_body_bytes: 10 * 1024 * 1024,
             request_timeout: "30s".into(),
+            header_timeout: "10s".into(),
             shutdown_grace: "10s".into(),
         }
     }
@@ -277,6 +280,7 @@ pub struct Config {
     pub jetstream: Option<JetStreamConfig>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub header_timeout: Duration,
     pub shutdown_grace: Duration,
     pub segment_bytes: u64,
     /// Facts in a JetStream stream instead of the local log, when set.
@@ -395,6 +399,7 @@ impl Config {
             outbound_prefix: file.nats.outbound_prefix,
             max_body_bytes: file.http.max_body_bytes,
             request_timeout: duration("http.request_timeout", &file.http.request_timeout)?,
+            header_timeout: duration("http.header_timeout", &file.http.header_timeout)?,
             shutdown_grace: duration("http.shutdown_grace", &file.http.shutdown_grace)?,
             segment_bytes: file.log.segment_bytes.max(4096),
             snapshot_every: file.log.snapshot_every,

@@ -81,3 +81,147 @@ async fn pagerduty_alerta_grafana_and_inspection_are_ingested() {
     let (status, _) = post_json(&c, &d.url("/api/v1/ingest/bogus"), &json!({})).await;
     assert_eq!(status, 404);
 }
+
+/// CloudEvents on both transports: structured, batched and binary over HTTP; structured and
+/// binary (`ce-` headers) over NATS; a broken binary event goes to the dead letter with the
+/// header it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_over_http_and_nats() {
+    use futures_util::StreamExt;
+
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Incidentd::start(&dir.path().join("data"), &nats.url());
+    let c = client();
+    eventually(20, "ready", || async {
+        (get_json(&c, &d.url("/readyz")).await.0 == 200).then_some(())
+    })
+    .await;
+    let url = d.url("/api/v1/ingest/cloudevents");
+    let event = |id: &str, kind: &str, subject: &str| {
+        json!({"specversion": "1.0", "id": id, "source": "/probes/dc1", "type": kind,
+               "subject": subject, "datacontenttype": "application/json",
+               "data": {"severity": "major", "summary": format!("{kind} on {subject}")}})
+    };
+
+    let r = c
+        .post(&url)
+        .header("content-type", "application/cloudevents+json")
+        .body(event("e1", "PortDown", "sw-a").to_string())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 200);
+    let batch = json!([
+        event("e2", "FanFail", "sw-b"),
+        event("e3", "PsuFail", "sw-c")
+    ]);
+    let r = c
+        .post(&url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = c
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "e4")
+        .header("ce-source", "/probes/dc2")
+        .header("ce-type", "TempHigh")
+        .header("ce-subject", "sw-d")
+        .header("content-type", "application/json")
+        .body(r#"{"severity":"critical"}"#)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = c
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-source", "/probes/dc2")
+        .header("ce-type", "TempHigh")
+        .body("{}")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["details"][0]["field"], "ce-id", "{body}");
+
+    let nc = async_nats::connect(nats.url()).await.expect("connect");
+    let mut dead = nc.subscribe("alerts.deadletter").await.expect("sub");
+    nc.flush().await.expect("flush");
+    nc.publish(
+        "alerts.cloudevents.dc1",
+        event("e5", "LinkDown", "sw-e").to_string().into(),
+    )
+    .await
+    .expect("publish");
+    let mut headers = async_nats::HeaderMap::new();
+    for (k, v) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "e6"),
+        ("ce-source", "/probes/dc1"),
+        ("ce-type", "BgpDown"),
+        ("ce-subject", "rt-1"),
+        ("content-type", "application/json"),
+    ] {
+        headers.insert(k, v);
+    }
+    nc.publish_with_headers(
+        "alerts.cloudevents.dc1",
+        headers,
+        r#"{"severity":"critical"}"#.into(),
+    )
+    .await
+    .expect("publish");
+    let mut broken = async_nats::HeaderMap::new();
+    broken.insert("ce-specversion", "1.0");
+    broken.insert("ce-id", "e7");
+    nc.publish_with_headers("alerts.cloudevents.dc1", broken, "{}".into())
+        .await
+        .expect("publish");
+    nc.flush().await.expect("flush");
+
+    let all = eventually(20, "six incidents", || async {
+        let all = incidents(&c, &d).await;
+        (all.len() == 6).then_some(all)
+    })
+    .await;
+    let mut seen: Vec<(String, String, String)> = all
+        .iter()
+        .flat_map(|i| i["alerts"].as_array().cloned().unwrap_or_default())
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().unwrap_or_default().to_string();
+            (s("name"), s("ci"), s("severity"))
+        })
+        .collect();
+    seen.sort();
+    let want = [
+        ("BgpDown", "rt-1", "critical"),
+        ("FanFail", "sw-b", "major"),
+        ("LinkDown", "sw-e", "major"),
+        ("PortDown", "sw-a", "major"),
+        ("PsuFail", "sw-c", "major"),
+        ("TempHigh", "sw-d", "critical"),
+    ]
+    .map(|(n, c, s)| (n.to_string(), c.to_string(), s.to_string()));
+    assert_eq!(seen, want);
+
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(10), dead.next())
+        .await
+        .expect("dead letter in time")
+        .expect("message");
+    let reason = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Incidentd-Reject-Reason"))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default();
+    assert!(
+        reason.starts_with("missing_field: alert 0: missing required header `ce-source`"),
+        "{reason}"
+    );
+}

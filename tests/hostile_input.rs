@@ -63,6 +63,24 @@ async fn hostile_payloads_are_refused_precisely() {
             400,
             "invalid_value",
         ),
+        (
+            "a duplicate key",
+            br#"{"source": "s", "name": "n", "name": "m"}"#.to_vec(),
+            400,
+            "duplicate_key",
+        ),
+        (
+            "a start at the epoch",
+            br#"{"source": "s", "name": "n", "starts_at": "1970-01-01T00:00:00Z"}"#.to_vec(),
+            400,
+            "invalid_value",
+        ),
+        (
+            "a start in the year 2999",
+            br#"{"source": "s", "name": "n", "starts_at": "2999-01-01T00:00:00Z"}"#.to_vec(),
+            400,
+            "invalid_value",
+        ),
     ];
     let mut rejected = 0.0;
     for (what, body, status, code) in cases {
@@ -87,8 +105,9 @@ async fn hostile_payloads_are_refused_precisely() {
         );
         rejected += 1.0;
     }
-    // Larger than the body limit (10 MiB): 413 before the body is buffered.
-    let r = c
+    // Larger than the body limit (10 MiB): 413 before the body is buffered. Its own client: the
+    // server closes that connection mid-upload, which must not poison the shared pool.
+    let r = client()
         .post(&url)
         .header("content-type", "application/json")
         .body(vec![b' '; 11 * 1024 * 1024])
@@ -125,4 +144,80 @@ async fn reason_count(c: &reqwest::Client, d: &Incidentd, reason: &str) -> f64 {
         .filter(|l| l.starts_with("incidentd_alerts_rejected_total{") && l.contains(&needle))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Slow clients cannot hold the service: a body that trickles in is cut off with 408 at the
+/// request timeout, and a request whose headers never finish is dropped, while other clients
+/// are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_timed_out() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("incidentd.toml");
+    std::fs::write(
+        &config,
+        "[http]\nrequest_timeout = \"1s\"\nheader_timeout = \"1s\"\n",
+    )
+    .expect("config");
+    let d = Incidentd::start_with(
+        &dir.path().join("data"),
+        &format!("nats://127.0.0.1:{}", free_port()),
+        Some(&config),
+    );
+    let addr = d.url("").trim_start_matches("http://").to_string();
+    let c = client();
+
+    // Headers complete, body promised 1000 bytes, 20 sent.
+    let mut body_slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    body_slow
+        .write_all(
+            b"POST /api/v1/alerts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"source\":\"s\",\"name\"",
+        )
+        .await
+        .expect("write");
+    // Headers never finished.
+    let mut head_slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    head_slow
+        .write_all(b"POST /api/v1/alerts HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+
+    // Meanwhile the service answers others at once.
+    let (status, _) = post_json(
+        &c,
+        &d.url("/api/v1/alerts"),
+        &json!({"source": "s", "name": "Fast"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), body_slow.read_to_end(&mut answer))
+        .await
+        .expect("the trickling body was cut off")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), head_slow.read_to_end(&mut rest))
+        .await
+        .expect("unfinished headers were dropped");
+    assert!(closed.is_err() || rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"));
+
+    let names: Vec<String> = incidents(&c, &d)
+        .await
+        .iter()
+        .flat_map(|i| i["alerts"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(names, ["Fast"], "nothing of the slow requests was stored");
 }

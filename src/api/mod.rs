@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -168,18 +168,20 @@ async fn post_native(
 }
 
 /// Any format by its name (`native`, `alertmanager`, `grafana`, `pagerduty`, `alerta`,
-/// `inspection`), the same tokens as the NATS subjects `alerts.<format>.>`.
+/// `inspection`, `cloudevents`), the same tokens as the NATS subjects `alerts.<format>.>`.
+/// Headers matter only to CloudEvents, whose binary mode carries attributes in `ce-` headers.
 async fn post_format(
     State(state): State<AppState>,
     Path(format): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let format = Format::from_subject_token(&format).ok_or_else(|| {
         ApiError::NotFound(format!(
-            "no format {format:?} (use native, alertmanager, grafana, pagerduty, alerta or inspection)"
+            "no format {format:?} (use native, alertmanager, grafana, pagerduty, alerta, inspection or cloudevents)"
         ))
     })?;
-    let accepted = ingest_body(&state, format, body).await?;
+    let accepted = ingest_with_headers(&state, format, &headers, body).await?;
     Ok(Json(json!({ "accepted": accepted })).into_response())
 }
 
@@ -220,6 +222,15 @@ async fn ingest_body(
     format: Format,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<usize, ApiError> {
+    ingest_with_headers(state, format, &HeaderMap::new(), body).await
+}
+
+async fn ingest_with_headers(
+    state: &AppState,
+    format: Format,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<usize, ApiError> {
     let metrics = &state.shared.metrics;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -233,15 +244,24 @@ async fn ingest_body(
             details: Vec::new(),
         }
     })?;
-    let decoded =
-        ingest::decode(format, &body, Stamp::Live(clock::now()), &state.limits).map_err(|e| {
-            metrics.rejected(e.code, format.as_str(), 1);
-            ApiError::BadRequest {
-                message: e.message,
-                accepted: Some(0),
-                details: Vec::new(),
-            }
-        })?;
+    let headers = headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+    let decoded = ingest::decode_with_headers(
+        format,
+        &body,
+        headers,
+        Stamp::Live(clock::now()),
+        &state.limits,
+    )
+    .map_err(|e| {
+        metrics.rejected(e.code, format.as_str(), 1);
+        ApiError::BadRequest {
+            message: e.message,
+            accepted: Some(0),
+            details: Vec::new(),
+        }
+    })?;
     for e in &decoded.errors {
         metrics.rejected(e.code, format.as_str(), 1);
     }

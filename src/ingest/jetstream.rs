@@ -158,8 +158,14 @@ impl JetStreamIngest {
                     "unknown_format",
                     format!("subject {subject:?} names no known format"),
                 )),
-                Some(f) => ingest::decode(f, &msg.payload, Stamp::Live(now), &self.limits)
-                    .map_err(|e| (e.code, e.message)),
+                Some(f) => ingest::decode_with_headers(
+                    f,
+                    &msg.payload,
+                    super::nats::message_headers(&msg),
+                    Stamp::Live(now),
+                    &self.limits,
+                )
+                .map_err(|e| (e.code, e.message)),
             };
             match decoded {
                 Err((code, reason)) => {

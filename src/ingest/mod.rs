@@ -9,6 +9,7 @@
 
 pub mod alerta;
 pub mod alertmanager;
+pub mod cloudevents;
 pub mod grafana;
 pub mod inspection;
 pub mod jetstream;
@@ -38,6 +39,8 @@ pub enum Format {
     Alerta,
     /// Results of automated inspection systems (one check on one target).
     Inspection,
+    /// CloudEvents 1.0 carrying a native alert as `data`, structured or binary (`ce-` headers).
+    CloudEvents,
 }
 
 impl Format {
@@ -50,6 +53,7 @@ impl Format {
             "pagerduty" => Some(Format::PagerDuty),
             "alerta" => Some(Format::Alerta),
             "inspection" => Some(Format::Inspection),
+            "cloudevents" => Some(Format::CloudEvents),
             _ => None,
         }
     }
@@ -63,6 +67,7 @@ impl Format {
             Format::PagerDuty => "pagerduty",
             Format::Alerta => "alerta",
             Format::Inspection => "inspection",
+            Format::CloudEvents => "cloudevents",
         }
     }
 }
@@ -196,7 +201,25 @@ pub fn decode(
         Format::PagerDuty => decode_each(value, stamp, limits, pagerduty::decode_object),
         Format::Alerta => decode_each(value, stamp, limits, alerta::decode_object),
         Format::Inspection => decode_each(value, stamp, limits, inspection::decode_object),
+        Format::CloudEvents => cloudevents::decode_value(value, stamp, limits),
     }
+}
+
+/// Like [`decode`], for a transport that has headers: a CloudEvent in binary mode carries its
+/// attributes in `ce-` headers and only its data in the body. Other formats ignore headers.
+pub fn decode_with_headers<'h>(
+    format: Format,
+    body: &[u8],
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    stamp: Stamp,
+    limits: &Limits,
+) -> Result<Decoded, PayloadError> {
+    if format == Format::CloudEvents
+        && let Some(attrs) = cloudevents::binary_attributes(headers)
+    {
+        return cloudevents::decode_binary(attrs, body, stamp, limits);
+    }
+    decode(format, body, stamp, limits)
 }
 
 /// Decodes one item object at `index`; the per-item half of a format that takes one object
@@ -790,6 +813,7 @@ mod tests {
             Format::PagerDuty,
             Format::Alerta,
             Format::Inspection,
+            Format::CloudEvents,
         ] {
             assert_eq!(Format::from_subject_token(f.as_str()), Some(f));
         }

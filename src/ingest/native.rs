@@ -31,7 +31,7 @@ pub(super) fn decode_value(
 }
 
 /// Fields are checked in document order of the contract; the first problem is reported.
-fn decode_object(
+pub(super) fn decode_object(
     index: usize,
     mut obj: Map<String, Value>,
     stamp: Stamp,

@@ -144,12 +144,18 @@ impl NatsIngest {
             let token = subject.split('.').nth(1).unwrap_or("");
             let Some(format) = Format::from_subject_token(token) else {
                 let reason = format!(
-                    "unknown_format: subject {subject:?} names no known format (use alerts.<native|alertmanager|grafana|pagerduty|alerta|inspection>.>)"
+                    "unknown_format: subject {subject:?} names no known format (use alerts.<native|alertmanager|grafana|pagerduty|alerta|inspection|cloudevents>.>)"
                 );
                 self.reject(&msg, "unknown_format", "unknown", reason).await;
                 continue;
             };
-            match ingest::decode(format, &msg.payload, Stamp::Live(now), &self.limits) {
+            match ingest::decode_with_headers(
+                format,
+                &msg.payload,
+                message_headers(&msg),
+                Stamp::Live(now),
+                &self.limits,
+            ) {
                 Err(e) => {
                     let reason = format!("{}: {}", e.code, e.message);
                     self.reject(&msg, e.code, format.as_str(), reason).await;
@@ -231,4 +237,13 @@ impl NatsIngest {
             Err(e) => tracing::warn!(error = %e, "dead-letter publish failed"),
         }
     }
+}
+
+/// A message's headers as name/value pairs, for decoders that read them (CloudEvents binary
+/// mode). A header sent twice contributes its first value.
+pub(crate) fn message_headers(msg: &Message) -> impl Iterator<Item = (&str, &str)> {
+    msg.headers
+        .iter()
+        .flat_map(|headers| headers.iter())
+        .filter_map(|(name, values)| Some((name.as_ref(), values.first()?.as_str())))
 }
