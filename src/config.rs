@@ -28,6 +28,7 @@
 //! max_body_bytes = 10485760
 //! request_timeout = "30s"
 //! shutdown_grace = "10s"
+//! stream_buffer = 65536    # incident changes held for console clients that reconnect
 //!
 //! [log]
 //! segment_bytes = 67108864
@@ -199,6 +200,7 @@ pub struct HttpFile {
     pub max_body_bytes: usize,
     pub request_timeout: String,
     pub shutdown_grace: String,
+    pub stream_buffer: usize,
 }
 
 impl Default for HttpFile {
@@ -207,6 +209,7 @@ impl Default for HttpFile {
             max_body_bytes: 10 * 1024 * 1024,
             request_timeout: "30s".into(),
             shutdown_grace: "10s".into(),
+            stream_buffer: crate::stream::DEFAULT_RING,
         }
     }
 }
@@ -278,6 +281,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Incident changes the live stream holds for reconnecting clients.
+    pub stream_buffer: usize,
     pub segment_bytes: u64,
     /// Facts in a JetStream stream instead of the local log, when set.
     pub jetstream_log: Option<JsLogConfig>,
@@ -396,6 +401,7 @@ impl Config {
             max_body_bytes: file.http.max_body_bytes,
             request_timeout: duration("http.request_timeout", &file.http.request_timeout)?,
             shutdown_grace: duration("http.shutdown_grace", &file.http.shutdown_grace)?,
+            stream_buffer: file.http.stream_buffer.max(1),
             segment_bytes: file.log.segment_bytes.max(4096),
             snapshot_every: file.log.snapshot_every,
             prune_log: file.log.prune_after_snapshot && file.storage.backend == "file",
