@@ -7,7 +7,8 @@
 // Usage: node console.test.mjs <base-url>   (run by tests/console.rs)
 // Env: CHROMIUM (default /usr/bin/chromium), REPO (default ../..), SHOTS (default $REPO/docs)
 
-import { readFileSync, mkdirSync } from 'node:fs';
+import { readFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -61,9 +62,13 @@ function storm() {
   });
 }
 
-const browser = await chromium.launch({
+// A fresh profile every run: nothing remembered from earlier runs (filters, wall mode).
+const profile = mkdtempSync(join(tmpdir(), 'incidentd-chromium-'));
+const context = await chromium.launchPersistentContext(profile, {
   executablePath,
   headless: true,
+  viewport: { width: 1680, height: 1050 },
+  colorScheme: 'dark',
   args: [
     '--headless',
     '--no-sandbox',
@@ -78,9 +83,7 @@ const browser = await chromium.launch({
 const problems = [];
 let exitCode = 0;
 try {
-  // A fresh context is a fresh profile: no storage from earlier runs.
-  const context = await browser.newContext({ viewport: { width: 1680, height: 1050 }, colorScheme: 'dark' });
-  const page = await context.newPage();
+  const page = context.pages()[0] || (await context.newPage());
   page.on('console', (m) => {
     if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
   });
@@ -189,6 +192,7 @@ try {
   if (problems.length) console.error(problems.join('\n'));
   exitCode = 1;
 } finally {
-  await browser.close();
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
 }
 process.exit(exitCode);

@@ -216,7 +216,12 @@ function connect() {
   const es = new EventSource(`/api/v1/stream?after=${state.seq}`);
   state.source = es;
   es.onopen = () => setConn('live', 'Live: updates stream in');
-  es.onerror = () => setConn('down', 'Connection lost; reconnecting…');
+  es.onerror = () => {
+    setConn('down', 'Connection lost; reconnecting…');
+    // The browser retries dropped connections itself, but gives up on an HTTP error answer
+    // (a restart behind a proxy, say): start over from what this page has seen.
+    if (es.readyState === EventSource.CLOSED) setTimeout(connect, 3000);
+  };
   es.addEventListener('hello', () => setConn('live', 'Live: updates stream in'));
   es.onmessage = (m) => {
     let ev;
