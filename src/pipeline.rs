@@ -748,7 +748,7 @@ impl Writer {
     fn publish(&mut self, group: &mut Vec<Batch>, seqs: &[u64]) {
         let facts = || group.iter().flat_map(|b| &b.facts).zip(seqs);
         let mut touched = Vec::new();
-        let events = {
+        {
             let mut view = self.shared.view.write().unwrap_or_else(|e| e.into_inner());
             for (fact, &seq) in facts() {
                 touched.push(view.apply(seq, fact));
@@ -757,8 +757,10 @@ impl Writer {
                 .metrics
                 .incidents_open
                 .set(view.open_count() as i64);
-            stream_events(&view, facts().zip(touched.iter().copied()))
-        };
+        }
+        // Rendered under a read lock (this thread is the only writer, so nothing changes in
+        // between), so HTTP readers are not held up by the serialization.
+        let events = stream_events(&self.shared.view(), facts().zip(touched.iter().copied()));
         if let Some(&head) = seqs.last() {
             self.shared.stream.publish(events, head);
         }

@@ -518,6 +518,12 @@ function typing(e) {
 
 function onKey(e) {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (!$('help').hidden && e.key === 'Tab') {
+    // Modal: focus stays on the dialog's one control.
+    e.preventDefault();
+    $('help-close').focus();
+    return;
+  }
   if (e.key === 'Escape') {
     if (!$('help').hidden) toggleHelp(false);
     else if (typing(e)) e.target.blur();
@@ -525,6 +531,7 @@ function onKey(e) {
     return;
   }
   if (typing(e)) return;
+  if (!$('help').hidden && e.key !== '?') return;
   const inAlerts = e.target === $('alert-list') || e.target === $('timeline-list');
   const handled = {
     '/': () => $('f-q').focus(),
