@@ -83,6 +83,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     // NATS first: with the JetStream backend the facts are there. The read model is
     // installed in `shared` once replayed.
     let shared = Arc::new(Shared::new(ReadModel::default(), metrics));
+    shared.stream.set_capacity(cfg.stream_buffer);
     let nats = if cfg.nats_enabled {
         Some(connect_nats(&cfg.nats_url, shared.clone()).await?)
     } else {
@@ -197,6 +198,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down: draining ingest");
     let _ = shutdown_tx.send(true);
+    // Live streams never end by themselves; graceful shutdown would wait for them.
+    shared.stream.close();
     tokio::spawn(async {
         wait_for_signal().await;
         tracing::warn!("second signal: exiting now");

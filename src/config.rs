@@ -29,6 +29,7 @@
 //! request_timeout = "30s"       # a whole request, body included; 408 after it
 //! header_timeout = "10s"        # request headers; a client slower than this is dropped
 //! shutdown_grace = "10s"
+//! stream_buffer = 65536    # incident changes held for console clients that reconnect
 //!
 //! [log]
 //! segment_bytes = 67108864
@@ -201,6 +202,7 @@ pub struct HttpFile {
     pub request_timeout: String,
     pub header_timeout: String,
     pub shutdown_grace: String,
+    pub stream_buffer: usize,
 }
 
 impl Default for HttpFile {
@@ -210,6 +212,7 @@ impl Default for HttpFile {
             request_timeout: "30s".into(),
             header_timeout: "10s".into(),
             shutdown_grace: "10s".into(),
+            stream_buffer: crate::stream::DEFAULT_RING,
         }
     }
 }
@@ -282,6 +285,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub header_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Incident changes the live stream holds for reconnecting clients.
+    pub stream_buffer: usize,
     pub segment_bytes: u64,
     /// Facts in a JetStream stream instead of the local log, when set.
     pub jetstream_log: Option<JsLogConfig>,
@@ -401,6 +406,7 @@ impl Config {
             request_timeout: duration("http.request_timeout", &file.http.request_timeout)?,
             header_timeout: duration("http.header_timeout", &file.http.header_timeout)?,
             shutdown_grace: duration("http.shutdown_grace", &file.http.shutdown_grace)?,
+            stream_buffer: file.http.stream_buffer.max(1),
             segment_bytes: file.log.segment_bytes.max(4096),
             snapshot_every: file.log.snapshot_every,
             prune_log: file.log.prune_after_snapshot && file.storage.backend == "file",

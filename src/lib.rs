@@ -13,7 +13,9 @@
 //!   engine state and read model at a log sequence, so restarts replay only the tail.
 //! - [`jslog`]: the same facts in a JetStream stream (clustered mode), behind one `FactLog` trait.
 //! - [`view`]: the read model (incident views with reasons and timelines) fed by durable facts.
-//! - [`api`]: the HTTP API; [`metrics`]: Prometheus metrics.
+//! - [`api`]: the HTTP API and the NOC web console; [`stream`]: the live stream of incident
+//!   changes the console follows; [`picture`]: an incident's topology neighbourhood to draw;
+//!   [`metrics`]: Prometheus metrics.
 //! - [`replay`]: the engine offline over recorded alerts (`incidentd replay`); [`backtest`]:
 //!   quality against ground truth, baselines, rule diffs; [`export`]: log back to replay input.
 //! - [`config`], [`clock`], [`app`]: configuration, the one wall clock, wiring and shutdown.
@@ -31,9 +33,11 @@ pub mod ingest;
 pub mod jslog;
 pub mod metrics;
 pub mod model;
+pub mod picture;
 pub mod pipeline;
 pub mod replay;
 pub mod rules;
 pub mod silence;
 pub mod snapshot;
+pub mod stream;
 pub mod view;

@@ -57,6 +57,8 @@ pub enum PipelineError {
 pub enum Action {
     Acknowledge,
     Resolve,
+    /// A note in the incident's history; the text travels as the command's comment.
+    Comment,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, PipelineError>>;
@@ -133,6 +135,8 @@ pub struct Shared {
     pub nats_subscribed: AtomicBool,
     /// Signalled on every NATS (re)connect, so ingest can re-prove its subscription.
     pub nats_reconnected: tokio::sync::Notify,
+    /// Live incident changes for the console (`GET /api/v1/stream`).
+    pub stream: crate::stream::Hub,
 }
 
 impl Shared {
@@ -147,6 +151,7 @@ impl Shared {
             nats_connected: AtomicBool::new(false),
             nats_subscribed: AtomicBool::new(false),
             nats_reconnected: tokio::sync::Notify::new(),
+            stream: crate::stream::Hub::default(),
         }
     }
 
@@ -333,6 +338,7 @@ pub fn start(
 ) -> std::io::Result<(Pipeline, Running)> {
     let (tx, rx) = mpsc::channel(queue);
     let (batch_tx, batch_rx) = std_mpsc::sync_channel(WRITER_QUEUE);
+    shared.stream.start_at(log.next_seq().saturating_sub(1));
     let every = snapshots.as_ref().map_or(0, |s| s.every_facts);
     let engine = std::thread::Builder::new()
         .name("incidentd-engine".into())
@@ -510,6 +516,12 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
                     incident,
                     by: &by,
                     comment,
+                },
+                Action::Comment => Input::Comment {
+                    now,
+                    incident,
+                    actor: &by,
+                    text: comment.unwrap_or_default(),
                 },
             };
             match engine.handle(input, &mut batch.facts) {
@@ -746,6 +758,12 @@ impl Writer {
                 .incidents_open
                 .set(view.open_count() as i64);
         }
+        // Rendered under a read lock (this thread is the only writer, so nothing changes in
+        // between), so HTTP readers are not held up by the serialization.
+        let events = stream_events(&self.shared.view(), facts().zip(touched.iter().copied()));
+        if let Some(&head) = seqs.last() {
+            self.shared.stream.publish(events, head);
+        }
         let alerts: usize = group.iter().map(|b| b.alerts).sum();
         self.shared.metrics.alerts_received.inc_by(alerts as u64);
         if let Some(out) = &self.outbound {
@@ -772,4 +790,46 @@ impl Writer {
             }
         }
     }
+}
+
+/// One stream event per fact that changed an incident, each carrying the incident's summary
+/// as of the end of the group (rendered once per incident, however many facts touched it).
+fn stream_events<'a>(
+    view: &ReadModel,
+    facts: impl Iterator<Item = ((&'a Fact, &'a u64), Option<IncidentId>)>,
+) -> Vec<crate::stream::Event> {
+    let mut rendered: std::collections::HashMap<IncidentId, Option<Arc<str>>> =
+        std::collections::HashMap::new();
+    let mut summary = |id: IncidentId| {
+        rendered
+            .entry(id)
+            .or_insert_with(|| {
+                let inc = view.get(id)?;
+                serde_json::to_string(&inc.summary(&view.topology))
+                    .ok()
+                    .map(Arc::from)
+            })
+            .clone()
+    };
+    let mut events = Vec::new();
+    for ((fact, &seq), touched) in facts {
+        let Some(incident) = touched.or_else(|| fact.incident()) else {
+            continue;
+        };
+        let Some(text) = summary(incident) else {
+            continue;
+        };
+        let merged = match fact {
+            Fact::IncidentsMerged { from, .. } => summary(*from),
+            _ => None,
+        };
+        events.push(crate::stream::Event {
+            seq,
+            kind: fact.kind(),
+            incident,
+            summary: text,
+            merged,
+        });
+    }
+    events
 }

@@ -145,11 +145,7 @@ impl IncidentView {
     /// `topology` supplies the root CI's owner group.
     pub fn doc<'a>(&'a self, topology: &'a Topology, timeline: bool) -> IncidentDoc<'a> {
         let root = self.root_alert();
-        let owner_group = root
-            .and_then(|a| a.ci.as_deref())
-            .and_then(|id| topology.index(id))
-            .and_then(|i| topology.ci(i))
-            .and_then(|c| c.owner_group.as_deref());
+        let owner_group = self.owner_group(topology);
         IncidentDoc {
             id: self.id.to_string(),
             state: self.state.as_str(),
@@ -244,6 +240,10 @@ pub struct ReadModel {
     pub sources: BTreeMap<String, SourceStats>,
     homes: HashMap<Fingerprint, Home>,
     open: usize,
+    /// Sequence of the last fact applied: a client that read the model resumes the live
+    /// stream after it (`GET /api/v1/stream?after=`).
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 impl ReadModel {
@@ -259,14 +259,11 @@ impl ReadModel {
         offset: usize,
         limit: usize,
     ) -> (usize, Vec<&IncidentView>) {
-        let matching = || {
-            self.incidents
-                .values()
-                .rev()
-                .filter(move |i| state.is_none_or(|s| i.state == s))
+        let filter = Filter {
+            states: state.into_iter().collect(),
+            ..Filter::default()
         };
-        let page = matching().skip(offset).take(limit).collect();
-        (matching().count(), page)
+        self.query(&filter, Sort::Newest, offset, limit)
     }
 
     /// Every incident that was not merged into another, oldest first (`replay` output).
@@ -356,6 +353,7 @@ impl ReadModel {
 
     /// Applies one durable fact. Returns the incident it changed, if any.
     pub fn apply(&mut self, seq: u64, fact: &Fact) -> Option<IncidentId> {
+        self.last_seq = self.last_seq.max(seq);
         let at = fact.at();
         self.count_source(fact, at);
         let mut note: Option<(&'static str, String)> = None;
@@ -530,6 +528,11 @@ impl ReadModel {
                 note = Some(("incident_reopened", reason.clone()));
                 Some(*incident)
             }
+            Fact::IncidentCommented { incident, text, .. } => {
+                self.incidents.get(incident)?;
+                note = Some(("incident_commented", text.clone()));
+                Some(*incident)
+            }
             Fact::AlertSuppressed {
                 fingerprint,
                 by,
@@ -625,9 +628,9 @@ impl ReadModel {
         inc.updated_at = inc.updated_at.max(at);
         if let Some((event, text)) = note {
             let by = match fact {
-                Fact::IncidentAcknowledged { by, .. } | Fact::IncidentResolved { by, .. } => {
-                    Some(by.clone())
-                }
+                Fact::IncidentAcknowledged { by, .. }
+                | Fact::IncidentResolved { by, .. }
+                | Fact::IncidentCommented { actor: by, .. } => Some(by.clone()),
                 _ => None,
             };
             inc.timeline.push(TimelineEntry {
@@ -639,6 +642,255 @@ impl ReadModel {
             });
         }
         Some(id)
+    }
+}
+
+/// Which incidents a console list shows (`GET /api/v1/incidents` filters). Empty sets and
+/// `None` mean "any".
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub states: Vec<IncidentState>,
+    pub priorities: Vec<Priority>,
+    /// A business service CI id among the impacted services.
+    pub service: Option<String>,
+    /// The root CI's owner group.
+    pub owner_group: Option<String>,
+    /// Case-insensitive words that must all occur in the id, title, root CI, rule, group key,
+    /// services or owner group.
+    pub words: Vec<String>,
+}
+
+impl Filter {
+    fn matches(&self, inc: &IncidentView, topology: &Topology) -> bool {
+        if !self.states.is_empty() && !self.states.contains(&inc.state) {
+            return false;
+        }
+        if !self.priorities.is_empty() && !self.priorities.contains(&inc.priority) {
+            return false;
+        }
+        if let Some(svc) = &self.service
+            && !inc.services.iter().any(|s| s == svc)
+        {
+            return false;
+        }
+        let owner = || inc.owner_group(topology).unwrap_or("");
+        if let Some(group) = &self.owner_group
+            && owner() != group
+        {
+            return false;
+        }
+        if self.words.is_empty() {
+            return true;
+        }
+        let mut hay = format!(
+            "{} {} {} {} {} {}",
+            inc.id,
+            inc.title(),
+            inc.root_ci().unwrap_or(""),
+            inc.rule,
+            inc.group_key,
+            owner()
+        );
+        for svc in &inc.services {
+            hay.push(' ');
+            hay.push_str(svc);
+        }
+        let hay = hay.to_lowercase();
+        self.words.iter().all(|w| hay.contains(w.as_str()))
+    }
+}
+
+/// Order of a console list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sort {
+    /// Newest first (the contract's default).
+    #[default]
+    Newest,
+    /// Most urgent first, then newest.
+    Priority,
+    /// Oldest first: what has been burning longest.
+    Age,
+    /// Most recently changed first.
+    Updated,
+}
+
+impl Sort {
+    pub fn parse(s: &str) -> Option<Sort> {
+        Some(match s {
+            "newest" => Sort::Newest,
+            "priority" => Sort::Priority,
+            "age" | "oldest" => Sort::Age,
+            "updated" => Sort::Updated,
+            _ => return None,
+        })
+    }
+}
+
+/// Active incidents per state and priority (`GET /api/v1/incidents/summary`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counts {
+    pub seq: u64,
+    pub total: usize,
+    pub by_state: BTreeMap<&'static str, usize>,
+    /// Per state, per priority: `{"open": {"P1": 2, ...}, ...}`; every key present.
+    pub by_state_priority: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
+    /// Business services and owner groups seen on open or acknowledged incidents, for the
+    /// console's filter lists.
+    pub services: BTreeSet<String>,
+    pub owner_groups: BTreeSet<String>,
+}
+
+impl ReadModel {
+    /// Incidents matching `filter`, in `sort` order, `offset`/`limit` paginated; also how many
+    /// matched in total.
+    pub fn query(
+        &self,
+        filter: &Filter,
+        sort: Sort,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<&IncidentView>) {
+        let matching = self
+            .incidents
+            .values()
+            .rev()
+            .filter(|i| filter.matches(i, &self.topology));
+        if sort == Sort::Newest {
+            let mut total = 0;
+            let mut page = Vec::with_capacity(limit.min(1024));
+            for (n, inc) in matching.enumerate() {
+                total += 1;
+                if n >= offset && page.len() < limit {
+                    page.push(inc);
+                }
+            }
+            return (total, page);
+        }
+        let mut all: Vec<&IncidentView> = matching.collect();
+        // Stable sorts over newest-first input: ties stay newest first.
+        match sort {
+            Sort::Priority => all.sort_by_key(|i| i.priority),
+            Sort::Age => all.sort_by_key(|i| (i.opened_at, i.id)),
+            Sort::Updated => all.sort_by_key(|i| std::cmp::Reverse(i.updated_at)),
+            Sort::Newest => {}
+        }
+        let total = all.len();
+        let page = all.into_iter().skip(offset).take(limit).collect();
+        (total, page)
+    }
+
+    /// Counts per state and priority, and the filter choices, over all incidents.
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts {
+            seq: self.last_seq,
+            ..Counts::default()
+        };
+        for state in [
+            IncidentState::Open,
+            IncidentState::Acknowledged,
+            IncidentState::Resolved,
+        ] {
+            c.by_state.insert(state.as_str(), 0);
+            let per = c.by_state_priority.entry(state.as_str()).or_default();
+            for p in [
+                Priority::P1,
+                Priority::P2,
+                Priority::P3,
+                Priority::P4,
+                Priority::P5,
+            ] {
+                per.insert(p.as_str(), 0);
+            }
+        }
+        for inc in self.incidents.values() {
+            c.total += 1;
+            *c.by_state.entry(inc.state.as_str()).or_default() += 1;
+            *c.by_state_priority
+                .entry(inc.state.as_str())
+                .or_default()
+                .entry(inc.priority.as_str())
+                .or_default() += 1;
+            if inc.state != IncidentState::Resolved {
+                c.services.extend(inc.services.iter().cloned());
+                if let Some(g) = inc.owner_group(&self.topology) {
+                    c.owner_groups.insert(g.to_string());
+                }
+            }
+        }
+        c
+    }
+}
+
+/// An incident without its alerts and timeline: what the console board and the live stream
+/// carry, so a 10k-alert incident costs the same as a small one.
+#[derive(Serialize)]
+pub struct IncidentSummary<'a> {
+    pub id: String,
+    pub state: &'static str,
+    pub priority: &'static str,
+    pub title: String,
+    pub root_cause: Option<RootCause<'a>>,
+    pub impacted_services: &'a [String],
+    pub owner_group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
+    pub alert_count: usize,
+    /// Member alerts still firing.
+    pub firing_count: usize,
+    /// The worst severity among the member alerts.
+    pub severity: Option<Severity>,
+    pub rule: &'a str,
+    pub group_key: &'a str,
+    pub opened_at: String,
+    pub updated_at: String,
+    pub resolved_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<&'a str>,
+    pub timeline_count: usize,
+}
+
+impl IncidentView {
+    /// The root CI's owner group, from the topology.
+    pub fn owner_group<'a>(&'a self, topology: &'a Topology) -> Option<&'a str> {
+        self.root_ci()
+            .and_then(|id| topology.index(id))
+            .and_then(|i| topology.ci(i))
+            .and_then(|c| c.owner_group.as_deref())
+    }
+
+    pub fn summary<'a>(&'a self, topology: &'a Topology) -> IncidentSummary<'a> {
+        let root = self.root_alert();
+        IncidentSummary {
+            id: self.id.to_string(),
+            state: self.state.as_str(),
+            priority: self.priority.as_str(),
+            title: self.title(),
+            root_cause: root.map(|a| RootCause {
+                ci: a.ci.as_deref(),
+                fingerprint: a.fingerprint,
+                name: &a.name,
+            }),
+            impacted_services: &self.services,
+            owner_group: self.owner_group(topology),
+            merged_into: self.merged_into.map(|id| id.to_string()),
+            alert_count: self.alerts.len(),
+            firing_count: self
+                .alerts
+                .iter()
+                .filter(|a| a.status == Status::Firing)
+                .count(),
+            severity: self.alerts.iter().map(|a| a.severity).max(),
+            rule: &self.rule,
+            group_key: &self.group_key,
+            opened_at: format_time(self.opened_at),
+            updated_at: format_time(self.updated_at),
+            resolved_at: self.resolved_at.map(format_time),
+            acknowledged_by: self.acknowledged_by.as_deref(),
+            resolved_by: self.resolved_by.as_deref(),
+            timeline_count: self.timeline.len(),
+        }
     }
 }
 

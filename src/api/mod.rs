@@ -5,6 +5,7 @@
 //! is 400 listing each rejected index and field, with the accepted count.
 
 mod alertmanager;
+mod console;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,9 +23,10 @@ use serde_json::{Value, json};
 use crate::app::{ReloadError, Reloader};
 use crate::clock;
 use crate::cmdb::{CiSpec, CmdbOp, RelationSpec};
-use crate::engine::{CommandError, IncidentId, IncidentState};
+use crate::engine::{CommandError, IncidentId, IncidentState, Priority};
 use crate::ingest::{self, Format, ItemError, Limits, Stamp};
 use crate::pipeline::{Action, Pipeline, PipelineError, Shared};
+use crate::view::{Filter, Sort};
 
 /// Largest page of incidents one request may ask for.
 const MAX_PAGE: usize = 500;
@@ -138,7 +140,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/enqueue", post(post_pagerduty))
         .route("/alert", post(post_alerta))
         .route("/api/v1/incidents", get(list_incidents))
-        .route("/api/v1/incidents/{id}", get(get_incident))
+        .route("/api/v1/incidents/{id}", get(get_incident_query))
         .route("/api/v1/incidents/{id}/ack", post(ack_incident))
         .route("/api/v1/incidents/{id}/resolve", post(resolve_incident))
         .route("/api/v1/sources", get(sources))
@@ -155,6 +157,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .merge(console::routes())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -290,7 +293,21 @@ async fn ingest_with_headers(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// `open`, `acknowledged`, `resolved`, `active` (open or acknowledged), `all`, or a
+    /// comma-separated list.
     state: Option<String>,
+    /// `P1`..`P5`, or a comma-separated list.
+    priority: Option<String>,
+    /// A business service CI id among the impacted services.
+    service: Option<String>,
+    owner_group: Option<String>,
+    /// Free text: every word must occur in the id, title, root CI, rule, group, services or
+    /// owner group (case-insensitive).
+    q: Option<String>,
+    /// `newest` (default), `priority`, `age` (oldest first) or `updated`.
+    sort: Option<String>,
+    /// `full` (default: the contract's incident with its alerts) or `summary` (no alerts).
+    view: Option<String>,
     limit: Option<usize>,
     offset: Option<usize>,
 }
@@ -300,7 +317,49 @@ struct Page<T> {
     total: usize,
     offset: usize,
     limit: usize,
+    /// The read model's last fact sequence: follow `GET /api/v1/stream?after=seq` from here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     items: Vec<T>,
+}
+
+fn parse_states(s: Option<&str>) -> Result<Vec<IncidentState>, ApiError> {
+    let mut states = Vec::new();
+    for part in s.unwrap_or("").split(',').map(str::trim) {
+        match part {
+            "" | "all" => {}
+            "active" => states.extend([IncidentState::Open, IncidentState::Acknowledged]),
+            other => states.push(IncidentState::parse(other).ok_or_else(|| {
+                bad_request(format!(
+                    "state must be open, acknowledged, resolved, active or all \
+                     (or a comma-separated list), got {other:?}"
+                ))
+            })?),
+        }
+    }
+    if s.is_some_and(|s| s.split(',').any(|p| p.trim() == "all")) {
+        states.clear();
+    }
+    Ok(states)
+}
+
+fn parse_priorities(s: Option<&str>) -> Result<Vec<Priority>, ApiError> {
+    s.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            Priority::parse(&p.to_ascii_uppercase()).ok_or_else(|| {
+                bad_request(format!(
+                    "priority must be P1..P5 (or a comma-separated list), got {p:?}"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 async fn list_incidents(
@@ -312,34 +371,103 @@ async fn list_incidents(
         accepted: None,
         details: Vec::new(),
     })?;
-    let filter = match q.state.as_deref() {
-        None | Some("") | Some("all") => None,
-        Some(s) => Some(IncidentState::parse(s).ok_or_else(|| ApiError::BadRequest {
-            message: format!("state must be open, acknowledged, resolved or all, got {s:?}"),
-            accepted: None,
-            details: Vec::new(),
-        })?),
+    let filter = Filter {
+        states: parse_states(q.state.as_deref())?,
+        priorities: parse_priorities(q.priority.as_deref())?,
+        service: non_empty(q.service),
+        owner_group: non_empty(q.owner_group),
+        words: q
+            .q
+            .as_deref()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_lowercase)
+            .collect(),
+    };
+    let sort = match q.sort.as_deref() {
+        None | Some("") => Sort::Newest,
+        Some(s) => Sort::parse(s).ok_or_else(|| {
+            bad_request(format!(
+                "sort must be newest, priority, age or updated, got {s:?}"
+            ))
+        })?,
+    };
+    let summary = match q.view.as_deref() {
+        None | Some("") | Some("full") => false,
+        Some("summary") => true,
+        Some(v) => {
+            return Err(bad_request(format!(
+                "view must be full or summary, got {v:?}"
+            )));
+        }
     };
     let offset = q.offset.unwrap_or(0);
     let limit = q.limit.unwrap_or(50).min(MAX_PAGE);
     let view = state.shared.view();
-    let (total, incidents) = view.list(filter, offset, limit);
-    let page = Page {
+    let (total, incidents) = view.query(&filter, sort, offset, limit);
+    let seq = Some(view.last_seq);
+    // Serialize under the read lock: views borrow from the model.
+    if summary {
+        let items = incidents
+            .iter()
+            .map(|i| i.summary(&view.topology))
+            .collect();
+        return Ok(Json(Page {
+            total,
+            offset,
+            limit,
+            seq,
+            items,
+        })
+        .into_response());
+    }
+    let items = incidents
+        .iter()
+        .map(|i| i.doc(&view.topology, false))
+        .collect();
+    Ok(Json(Page {
         total,
         offset,
         limit,
-        items: incidents
-            .iter()
-            .map(|i| i.doc(&view.topology, false))
-            .collect(),
-    };
-    // Serialize under the read lock: views borrow from the model.
-    Ok(Json(page).into_response())
+        seq,
+        items,
+    })
+    .into_response())
 }
 
 fn parse_id(id: &str) -> Result<IncidentId, ApiError> {
     IncidentId::parse(id)
         .ok_or_else(|| ApiError::NotFound(format!("no incident {id:?} (ids look like INC-000042)")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetailQuery {
+    /// `full` (default: alerts and timeline) or `summary` (neither; page them through
+    /// `/alerts` and `/timeline`).
+    view: Option<String>,
+}
+
+async fn get_incident_query(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<DetailQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
+    match q.view.as_deref() {
+        None | Some("") | Some("full") => get_incident(State(state), Path(id)).await,
+        Some("summary") => {
+            let id = parse_id(&id)?;
+            let view = state.shared.view();
+            let incident = view
+                .get(id)
+                .ok_or_else(|| ApiError::NotFound(format!("incident {id} not found")))?;
+            Ok(Json(incident.summary(&view.topology)).into_response())
+        }
+        Some(v) => Err(bad_request(format!(
+            "view must be full or summary, got {v:?}"
+        ))),
+    }
 }
 
 async fn get_incident(
@@ -357,6 +485,8 @@ async fn get_incident(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ActionBody {
+    /// Who acts; `actor` is accepted too, as the comment endpoint names it.
+    #[serde(alias = "actor")]
     by: String,
     comment: Option<String>,
 }

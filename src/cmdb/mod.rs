@@ -1219,6 +1219,27 @@ impl Topology {
         }
     }
 
+    /// What `idx` directly depends on, as `(relation, CI)` in load order (live CIs only), for
+    /// pictures of a neighbourhood.
+    pub fn depends_on(&self, idx: CiIdx) -> impl Iterator<Item = (Relation, CiIdx)> + '_ {
+        self.out
+            .get(idx as usize)
+            .into_iter()
+            .flatten()
+            .filter(|e| self.is_live(e.other))
+            .map(|e| (e.rel, e.other))
+    }
+
+    /// What directly depends on `idx`, as `(relation, CI)` in load order (live CIs only).
+    pub fn dependents(&self, idx: CiIdx) -> impl Iterator<Item = (Relation, CiIdx)> + '_ {
+        self.inc
+            .get(idx as usize)
+            .into_iter()
+            .flatten()
+            .filter(|e| self.is_live(e.other))
+            .map(|e| (e.rel, e.other))
+    }
+
     /// Dependents of `idx` via relations in `rels` (its direct fan-in).
     ///
     /// Counts in-edges: a dependent linked by two relation types in `rels` counts twice.

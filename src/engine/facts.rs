@@ -139,6 +139,13 @@ pub enum Fact {
         incident: IncidentId,
         reason: String,
     },
+    /// An operator's note on an incident (any state): part of its history, no state change.
+    IncidentCommented {
+        at: Millis,
+        incident: IncidentId,
+        actor: String,
+        text: String,
+    },
     RulesLoaded {
         at: Millis,
         version: u64,
@@ -200,6 +207,7 @@ impl Fact {
             | Fact::IncidentAcknowledged { at, .. }
             | Fact::IncidentResolved { at, .. }
             | Fact::IncidentReopened { at, .. }
+            | Fact::IncidentCommented { at, .. }
             | Fact::RulesLoaded { at, .. }
             | Fact::CmdbChanged { at, .. }
             | Fact::AlertSuppressed { at, .. }
@@ -222,6 +230,7 @@ impl Fact {
             | Fact::IncidentAcknowledged { incident, .. }
             | Fact::IncidentResolved { incident, .. }
             | Fact::IncidentReopened { incident, .. }
+            | Fact::IncidentCommented { incident, .. }
             | Fact::ImpactChanged { incident, .. }
             | Fact::IncidentsMerged { into: incident, .. } => Some(*incident),
             _ => None,
@@ -257,6 +266,7 @@ impl Fact {
             Fact::IncidentAcknowledged { .. } => "incident_acknowledged",
             Fact::IncidentResolved { .. } => "incident_resolved",
             Fact::IncidentReopened { .. } => "incident_reopened",
+            Fact::IncidentCommented { .. } => "incident_commented",
             Fact::RulesLoaded { .. } => "rules_loaded",
             Fact::CmdbChanged { .. } => "cmdb_changed",
             Fact::AlertSuppressed { .. } => "alert_suppressed",

@@ -54,6 +54,13 @@ pub enum Input<'a> {
         by: &'a str,
         comment: Option<&'a str>,
     },
+    /// An operator's comment; refused only for an unknown incident.
+    Comment {
+        now: Millis,
+        incident: IncidentId,
+        actor: &'a str,
+        text: &'a str,
+    },
     /// Live topology changes (HTTP API, NATS `cmdb.>`, replay input).
     Cmdb {
         now: Millis,
@@ -415,6 +422,21 @@ impl Engine {
                     incident,
                     by: by.to_string(),
                     comment: comment.map(str::to_string),
+                });
+                Ok(())
+            }
+            Input::Comment {
+                now,
+                incident,
+                actor,
+                text,
+            } => {
+                self.incident(incident)?;
+                out.push(Fact::IncidentCommented {
+                    at: now.max(self.state.now),
+                    incident,
+                    actor: actor.to_string(),
+                    text: text.to_string(),
                 });
                 Ok(())
             }
@@ -1424,6 +1446,8 @@ impl Engine {
                     }
                 }
             }
+            // History only: the read model shows it; the engine's state does not change.
+            Fact::IncidentCommented { .. } => {}
             Fact::RulesLoaded { version, hash, .. } => {
                 s.rules_version = *version;
                 s.rules_hash = hash.clone();

@@ -312,6 +312,53 @@ fn operators_acknowledge_and_resolve() {
 }
 
 #[test]
+fn operators_comment_in_any_state_without_changing_it() {
+    let mut s = Scenario::given();
+    s.alert(&alert("HighLatency", "payments", T0));
+    let comment = |id, now| Input::Comment {
+        now,
+        incident: IncidentId(id),
+        actor: "ana",
+        text: "checking the switch",
+    };
+    let mut out = Vec::new();
+    assert_eq!(
+        s.engine.handle(comment(9, T0), &mut out),
+        Err(CommandError::NotFound(IncidentId(9)))
+    );
+    assert!(out.is_empty());
+    let before = s.incident(1).clone();
+    // Engine time never moves backwards: a comment stamped earlier is recorded at `now`.
+    let facts = s.when(&[comment(1, T0 - MIN)]);
+    assert_eq!(
+        facts,
+        [Fact::IncidentCommented {
+            at: T0,
+            incident: IncidentId(1),
+            actor: "ana".into(),
+            text: "checking the switch".into(),
+        }]
+    );
+    assert_eq!(
+        *s.incident(1),
+        before,
+        "a comment changes no incident state"
+    );
+    s.when(&[Input::Resolve {
+        now: T0 + MIN,
+        incident: IncidentId(1),
+        by: "ana",
+        comment: None,
+    }]);
+    assert_eq!(
+        kinds(&s.when(&[comment(1, T0 + 2 * MIN)])),
+        ["incident_commented"],
+        "resolved incidents still take notes"
+    );
+    assert_eq!(s.replayed(), *s.engine.state());
+}
+
+#[test]
 fn a_more_severe_alert_raises_the_priority() {
     let mut s = Scenario::given();
     s.alert(&alert("HighLatency", "payments", T0));
@@ -782,6 +829,7 @@ mod properties {
         Tick,
         Ack(u64),
         Close(u64),
+        Comment(u64),
         Recable {
             host: usize,
             tor: bool,
@@ -796,6 +844,7 @@ mod properties {
             1 => Just(Step::Tick),
             1 => (1..6u64).prop_map(Step::Ack),
             1 => (1..6u64).prop_map(Step::Close),
+            1 => (1..6u64).prop_map(Step::Comment),
             1 => (0..3usize, any::<bool>()).prop_map(|(host, tor)| Step::Recable { host, tor }),
         ]
     }
@@ -832,6 +881,10 @@ mod properties {
                     }
                     Step::Close(id) => {
                         let input = Input::Resolve { now, incident: IncidentId(id), by: "p", comment: Some("done") };
+                        s.when(&[input]);
+                    }
+                    Step::Comment(id) => {
+                        let input = Input::Comment { now, incident: IncidentId(id), actor: "p", text: "note" };
                         s.when(&[input]);
                     }
                     Step::Recable { host, tor } => {
