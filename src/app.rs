@@ -21,7 +21,6 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::engine::facts::decode_record;
 use crate::eventlog::{EventLog, LogConfig, OpenError};
-use crate::ingest::Limits;
 use crate::ingest::jetstream::JetStreamIngest;
 use crate::ingest::nats::NatsIngest;
 use crate::jslog::{FactLog, JetStreamLog, JsLogError};
@@ -137,7 +136,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let hangup = tokio::spawn(reload_on_sighup(reloader.clone(), shutdown_rx.clone()));
-    let limits = Arc::new(Limits::default());
+    let limits = Arc::new(cfg.limits);
     let ingest = nats.clone().map(|client| {
         let ingest = NatsIngest {
             client,

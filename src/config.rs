@@ -88,6 +88,8 @@ pub struct FileConfig {
     pub log: LogFile,
     pub storage: StorageFile,
     pub engine: EngineFile,
+    /// Decoder limits (`[limits]`, field names as in [`crate::ingest::Limits`]).
+    pub limits: crate::ingest::Limits,
 }
 
 /// Where facts are stored: the local segmented log (default) or a JetStream stream.
@@ -137,6 +139,7 @@ impl Default for FileConfig {
             log: LogFile::default(),
             storage: StorageFile::default(),
             engine: EngineFile::default(),
+            limits: crate::ingest::Limits::default(),
         }
     }
 }
@@ -294,6 +297,7 @@ pub struct Config {
     pub prune_log: bool,
     pub tick_interval: Duration,
     pub engine_queue: usize,
+    pub limits: crate::ingest::Limits,
 }
 
 impl Config {
@@ -412,6 +416,7 @@ impl Config {
             prune_log: file.log.prune_after_snapshot && file.storage.backend == "file",
             tick_interval,
             engine_queue: file.engine.queue.max(16),
+            limits: file.limits,
         })
     }
 }
@@ -419,6 +424,26 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shipped_config_is_valid_and_says_the_defaults() {
+        let shipped: FileConfig = toml::from_str(include_str!("../deploy/incidentd.toml"))
+            .expect("deploy/incidentd.toml parses");
+        assert_eq!(shipped.limits, crate::ingest::Limits::default());
+    }
+
+    #[test]
+    fn limits_are_set_one_by_one() {
+        let file: FileConfig =
+            toml::from_str("[limits]\nmax_labels = 16\nmax_future_secs = 60\n").expect("ok");
+        assert_eq!(file.limits.max_labels, 16);
+        assert_eq!(file.limits.max_future_secs, 60);
+        assert_eq!(
+            file.limits.max_depth,
+            crate::ingest::Limits::default().max_depth
+        );
+        assert!(toml::from_str::<FileConfig>("[limits]\nmax_lables = 1\n").is_err());
+    }
 
     #[test]
     fn defaults_run_without_a_file() {
