@@ -185,6 +185,41 @@ try {
   await page.waitForSelector('body.wall');
   await page.keyboard.press('w');
 
+  step('storm scale: 10,000 more incidents and one incident of 10,000 alerts');
+  await page.keyboard.press('Escape');
+  const before = Number((await page.textContent('#list-status')).match(/\d+/)[0]);
+  const batch = (n, make) => Array.from({ length: n }, (_, i) => make(i));
+  for (let b = 0; b < 20; b++) {
+    await post('/api/v1/alerts', batch(500, (i) => ({ source: 'storm', name: `Check-${b * 500 + i}`, severity: 'minor' })));
+  }
+  for (let b = 0; b < 20; b++) {
+    await post('/api/v1/alerts', batch(500, (i) => ({
+      source: 'storm-k8s', name: 'PodCrashLooping', severity: 'major', labels: { pod: `web-${b * 500 + i}` },
+    })));
+  }
+  const want = before + 10001;
+  await page.waitForFunction(
+    (n) => document.querySelector('#list-status').textContent === `${n} incidents`,
+    want,
+    { timeout: 30000 },
+  );
+  const boardRows = await page.locator('#incident-list .row.incident').count();
+  check(boardRows > 0 && boardRows < 200, `the board renders a window, not ${want} rows: ${boardRows}`);
+  await page.evaluate(() => { const l = document.getElementById('incident-list'); l.scrollTop = l.scrollHeight; });
+  await page.waitForFunction(() => document.querySelectorAll('#incident-list .row.incident').length > 0);
+
+  step('opening the 10,000-alert incident');
+  await page.fill('#f-q', 'PodCrashLooping');
+  const big = page.locator('#incident-list .row.incident', { hasText: 'PodCrashLooping' });
+  await big.first().waitFor({ timeout: 10000 });
+  await big.first().click();
+  await page.waitForFunction(() => document.querySelector('#alert-total').textContent === '(10000)', null, { timeout: 15000 });
+  const alertRows = await page.locator('#alert-list .row.alert').count();
+  check(alertRows > 0 && alertRows < 200, `the member list renders a window of 10000: ${alertRows}`);
+  await page.evaluate(() => { const l = document.getElementById('alert-list'); l.scrollTop = l.scrollHeight; });
+  await page.waitForFunction(() => document.querySelectorAll('#alert-list .row.alert').length > 0);
+  check(await page.evaluate(() => window.__noReload === true), 'still the same page after the storm');
+
   check(problems.length === 0, `no errors in the page:\n${problems.join('\n')}`);
   step('ok');
 } catch (e) {
