@@ -141,7 +141,11 @@ async fn an_operator_follows_a_storm_live_in_the_console() {
     let shot = std::fs::metadata(repo_path("docs/console.png")).expect("docs/console.png");
     assert!(shot.len() > 10_000, "a real screenshot, not an empty file");
     // What the browser did is in the log: the acknowledgement carries the actor.
-    let (_, incidents) = get_json(&c, &d.url("/api/v1/incidents?view=summary&state=all&q=dc1-tor-05")).await;
+    let (_, incidents) = get_json(
+        &c,
+        &d.url("/api/v1/incidents?view=summary&state=all&q=dc1-tor-05"),
+    )
+    .await;
     let inc = incidents["items"]
         .as_array()
         .and_then(|items| items.iter().find(|i| i["root_cause"]["ci"] == "dc1-tor-05"))
