@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::cmdb::{CmdbOp, CmdbSpec};
 use crate::engine::facts::{RecordError, encode_record};
@@ -50,6 +50,39 @@ pub enum PipelineError {
     LogFull,
     #[error("incidentd is shutting down")]
     Closed,
+    /// Retryable: the engine's queue stayed full for the whole shed wait; nothing was
+    /// queued, so nothing of this request will be stored.
+    #[error("ingest queue full; nothing was queued, retry later")]
+    Busy,
+}
+
+/// Bounds between ingest and the engine. Ingest that finds them full waits at most
+/// `shed_after` and is then refused ([`PipelineError::Busy`]), so overload sheds load
+/// explicitly instead of queueing without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Commands (requests, NATS chunks, operator actions) queued for the engine.
+    pub commands: usize,
+    /// Alerts queued for the engine and not yet taken by it.
+    pub alerts: usize,
+    /// How long an alert submission waits for room before it is shed.
+    pub shed_after: Duration,
+}
+
+impl QueueConfig {
+    pub const DEFAULT_ALERTS: usize = 65_536;
+    pub const DEFAULT_SHED_AFTER: Duration = Duration::from_millis(100);
+}
+
+impl From<usize> for QueueConfig {
+    /// `commands` queued commands with the default alert bound and shed wait.
+    fn from(commands: usize) -> Self {
+        QueueConfig {
+            commands,
+            alerts: QueueConfig::DEFAULT_ALERTS,
+            shed_after: QueueConfig::DEFAULT_SHED_AFTER,
+        }
+    }
 }
 
 /// An operator's action on an incident.
@@ -68,6 +101,8 @@ enum Command {
         /// For JetStream ingest: (stream sequence, number of alerts) per message, in the
         /// order of `alerts`. Messages already in the log are skipped, new ones recorded.
         messages: Option<Vec<(u64, usize)>>,
+        /// Room taken in the alert bound; given back once the engine has handled them.
+        room: Option<OwnedSemaphorePermit>,
     },
     Operator {
         action: Action,
@@ -166,15 +201,95 @@ pub struct Outbound {
 #[derive(Clone)]
 pub struct Pipeline {
     tx: mpsc::Sender<Command>,
+    /// One permit per alert that may wait for the engine.
+    room: Arc<Semaphore>,
+    max_room: u32,
+    shed_after: Duration,
+}
+
+/// Room for alerts in the engine's queue, reserved before the work of decoding them.
+pub struct Room(OwnedSemaphorePermit);
+
+impl Room {
+    /// Room for as many alerts as both hold.
+    pub fn merge(&mut self, other: Room) {
+        self.0.merge(other.0);
+    }
 }
 
 impl Pipeline {
-    /// Submits alerts and waits until the facts they caused are durable.
+    /// Submits alerts and waits until the facts they caused are durable. Waits as long as
+    /// the queue is full (for callers that must not lose alerts: start-up, tests).
     pub async fn submit(&self, alerts: Vec<Alert>) -> Result<usize, PipelineError> {
+        let room = self.room(alerts.len(), None).await?;
         self.request(|done| Command::Alerts {
             alerts,
             done: Some(done),
             messages: None,
+            room: Some(room.0),
+        })
+        .await
+    }
+
+    /// Like [`submit`](Self::submit), but refused with [`PipelineError::Busy`] when the
+    /// queue stays full for the shed wait: then nothing was queued. HTTP ingest uses this.
+    pub async fn offer(&self, alerts: Vec<Alert>) -> Result<usize, PipelineError> {
+        let room = self.room(alerts.len(), Some(self.shed_after)).await?;
+        self.offer_with(alerts, room).await
+    }
+
+    /// Submits alerts for which room was already reserved and waits for durability; shed
+    /// (`Busy`) if even the command queue stays full for the shed wait.
+    pub async fn offer_with(&self, alerts: Vec<Alert>, room: Room) -> Result<usize, PipelineError> {
+        let (done, rx) = oneshot::channel();
+        let cmd = Command::Alerts {
+            alerts,
+            done: Some(done),
+            messages: None,
+            room: Some(room.0),
+        };
+        self.tx
+            .send_timeout(cmd, self.shed_after)
+            .await
+            .map_err(|e| match e {
+                mpsc::error::SendTimeoutError::Timeout(_) => PipelineError::Busy,
+                mpsc::error::SendTimeoutError::Closed(_) => PipelineError::Closed,
+            })?;
+        rx.await.map_err(|_| PipelineError::Closed)?
+    }
+
+    /// Reserves room for `n` alerts, waiting at most `wait` (forever when `None`). A batch
+    /// larger than the whole bound takes all of it.
+    pub async fn room(&self, n: usize, wait: Option<Duration>) -> Result<Room, PipelineError> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX).clamp(1, self.max_room);
+        let acquire = self.room.clone().acquire_many_owned(n);
+        let permit = match wait {
+            None => acquire.await,
+            Some(wait) => match self.room.clone().try_acquire_many_owned(n) {
+                Ok(p) => Ok(p),
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(PipelineError::Closed),
+                Err(tokio::sync::TryAcquireError::NoPermits) => tokio::time::timeout(wait, acquire)
+                    .await
+                    .map_err(|_| PipelineError::Busy)?,
+            },
+        };
+        permit.map(Room).map_err(|_| PipelineError::Closed)
+    }
+
+    /// Reserves room for `n` more alerts without waiting.
+    pub fn try_room(&self, n: usize) -> Option<Room> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX).clamp(1, self.max_room);
+        self.room.clone().try_acquire_many_owned(n).ok().map(Room)
+    }
+
+    /// Queues alerts without waiting for durability, in room reserved before (core NATS
+    /// has nothing to acknowledge). Waits only while the command queue itself is full.
+    pub async fn enqueue_with(&self, alerts: Vec<Alert>, room: Room) -> Result<(), PipelineError> {
+        self.send(Command::Alerts {
+            alerts,
+            done: None,
+            messages: None,
+            room: Some(room.0),
         })
         .await
     }
@@ -186,23 +301,28 @@ impl Pipeline {
         alerts: Vec<Alert>,
         messages: Vec<(u64, usize)>,
     ) -> Result<usize, PipelineError> {
+        // JetStream keeps the backlog: the pull consumer fetches only what fits, so this
+        // waits for room instead of shedding.
+        let room = self.room(alerts.len(), None).await?;
         self.request(|done| Command::Alerts {
             alerts,
             done: Some(done),
             messages: Some(messages),
+            room: Some(room.0),
         })
         .await
     }
 
     /// Queues alerts without waiting for durability (core NATS has nothing to acknowledge).
-    /// Waits only while the engine's queue is full.
+    /// Waits while the queue is full.
     pub async fn enqueue(&self, alerts: Vec<Alert>) -> Result<(), PipelineError> {
-        self.send(Command::Alerts {
-            alerts,
-            done: None,
-            messages: None,
-        })
-        .await
+        let room = self.room(alerts.len(), None).await?;
+        self.enqueue_with(alerts, room).await
+    }
+
+    /// How long ingest waits for room before shedding.
+    pub fn shed_after(&self) -> Duration {
+        self.shed_after
     }
 
     /// Acknowledges or resolves an incident; returns once the fact is durable.
@@ -328,10 +448,14 @@ pub fn start(
     log: Box<dyn FactLog>,
     shared: Arc<Shared>,
     outbound: Option<Outbound>,
-    queue: usize,
+    queue: impl Into<QueueConfig>,
     snapshots: Option<SnapshotConfig>,
 ) -> std::io::Result<(Pipeline, Running)> {
-    let (tx, rx) = mpsc::channel(queue);
+    let queue = queue.into();
+    let (tx, rx) = mpsc::channel(queue.commands.max(1));
+    let max_room = u32::try_from(queue.alerts)
+        .unwrap_or(u32::MAX)
+        .clamp(1, Semaphore::MAX_PERMITS as u32);
     let (batch_tx, batch_rx) = std_mpsc::sync_channel(WRITER_QUEUE);
     let every = snapshots.as_ref().map_or(0, |s| s.every_facts);
     let engine = std::thread::Builder::new()
@@ -350,7 +474,13 @@ pub fn start(
             }
             .run(batch_rx)
         })?;
-    Ok((Pipeline { tx }, Running { engine, writer }))
+    let pipeline = Pipeline {
+        tx,
+        room: Arc::new(Semaphore::new(max_room as usize)),
+        max_room,
+        shed_after: queue.shed_after,
+    };
+    Ok((pipeline, Running { engine, writer }))
 }
 
 /// One engine batch on its way to disk.
@@ -454,6 +584,7 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
             alerts,
             done,
             messages: None,
+            room: _room,
         } => {
             for alert in &alerts {
                 // Alerts are never refused by the engine.
@@ -468,6 +599,7 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
             alerts,
             done,
             messages: Some(messages),
+            room: _room,
         } => {
             let (mut start, mut fresh, mut handled) = (0, Vec::new(), 0);
             for (seq, n) in messages {

@@ -3,8 +3,11 @@
 //! reason in a header.
 //!
 //! Core NATS has no acknowledgement, so alerts are queued to the engine without waiting for
-//! durability; when the engine queue is full this task waits, the subscription buffer fills
-//! and the client reports a slow consumer (counted in metrics), never unbounded memory.
+//! durability. Room in the engine's queue is reserved before a chunk is decoded; when the
+//! queue stays full for `engine.shed_after`, the chunk is dropped undecoded and counted
+//! (`incidentd_nats_messages_shed_total`), so overload costs little and memory stays bounded.
+//! Should this task still fall behind, the client's subscription buffer overflows and the
+//! client reports a slow consumer (counted in `incidentd_nats_events_total`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,7 +20,7 @@ use tokio::sync::watch;
 use crate::clock;
 use crate::cmdb::CmdbOp;
 use crate::ingest::{self, Format, Limits, Stamp};
-use crate::pipeline::{Pipeline, Shared};
+use crate::pipeline::{Pipeline, PipelineError, Shared};
 
 /// Header naming why a dead-lettered message was rejected.
 pub const REASON_HEADER: &str = "Incidentd-Reject-Reason";
@@ -134,6 +137,21 @@ impl NatsIngest {
     }
 
     async fn handle(&self, messages: Vec<Message>) {
+        // Reserve room first: under overload, shedding must cost less than decoding.
+        let wait = Some(self.pipeline.shed_after());
+        let mut room = match self.pipeline.room(messages.len(), wait).await {
+            Ok(room) => room,
+            Err(PipelineError::Busy) => {
+                let m = &self.shared.metrics;
+                m.nats_messages_shed.inc_by(messages.len() as u64);
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("engine closed while nats ingest was running");
+                return;
+            }
+        };
+        let reserved = messages.len();
         let now = clock::now();
         let mut alerts = Vec::new();
         for msg in messages {
@@ -171,7 +189,23 @@ impl NatsIngest {
                 }
             }
         }
-        if !alerts.is_empty() && self.pipeline.enqueue(alerts).await.is_err() {
+        if alerts.is_empty() {
+            return;
+        }
+        if alerts.len() > reserved {
+            // Messages holding arrays: room for the extra alerts, or the chunk is shed.
+            match self.pipeline.room(alerts.len() - reserved, wait).await {
+                Ok(extra) => room.merge(extra),
+                Err(_) => {
+                    let m = &self.shared.metrics;
+                    m.alerts_shed
+                        .with_label_values(&["nats"])
+                        .inc_by(alerts.len() as u64);
+                    return;
+                }
+            }
+        }
+        if self.pipeline.enqueue_with(alerts, room).await.is_err() {
             tracing::warn!("engine closed while nats ingest was running");
         }
     }
