@@ -259,6 +259,8 @@ async fn start_incidentd(
         child,
         name: "incidentd",
     };
+    // For profilers: `perf record -p <pid>`.
+    println!("incidentd pid {} (log {})", proc.pid(), tmp.join("incidentd.log").display());
     wait_port(port, "incidentd").await?;
     let base = Http::new(port);
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -34,8 +34,9 @@ use crate::view::ReadModel;
 const MAX_COMMANDS: usize = 512;
 /// Most alerts the engine takes into one batch, so a batch's latency stays bounded.
 const MAX_ALERTS: usize = 8192;
-/// Engine batches the writer may have queued before the engine waits (backpressure).
-const WRITER_QUEUE: usize = 8;
+/// Engine batches the writer may have queued before the engine waits (backpressure). Two
+/// keep the engine and the writer both busy; more only add latency under overload.
+const WRITER_QUEUE: usize = 2;
 /// Most engine batches the writer commits with one fsync.
 const MAX_GROUP: usize = 64;
 
@@ -70,7 +71,9 @@ pub struct QueueConfig {
 }
 
 impl QueueConfig {
-    pub const DEFAULT_ALERTS: usize = 65_536;
+    /// Enough for several engine batches in flight, small enough that a queue worked off
+    /// at the engine's pace stays well under a second of latency.
+    pub const DEFAULT_ALERTS: usize = 16_384;
     pub const DEFAULT_SHED_AFTER: Duration = Duration::from_millis(100);
 }
 
@@ -553,7 +556,11 @@ fn engine_loop(
             continue;
         }
         since_snapshot += batch.facts.len() as u64;
-        if snapshot_every > 0 && since_snapshot >= snapshot_every {
+        // At least as many facts as the state holds entries between two snapshots: a
+        // snapshot copies the whole state, so this keeps its cost per fact constant as the
+        // state grows (a fixed interval made it quadratic), and the log tail a restart
+        // replays stays no longer than the state itself.
+        if snapshot_every > 0 && since_snapshot >= snapshot_every.max(engine.state().size()) {
             batch.snapshot = Some(Box::new(engine.state().clone()));
             since_snapshot = 0;
         }
@@ -866,12 +873,14 @@ impl Writer {
 
     /// After durability: show, count, publish, acknowledge, in that order.
     fn publish(&mut self, group: &mut Vec<Batch>, seqs: &[u64]) {
-        let facts = || group.iter().flat_map(|b| &b.facts).zip(seqs);
         let mut touched = Vec::new();
         {
             let mut view = self.shared.view.write().unwrap_or_else(|e| e.into_inner());
-            for (fact, &seq) in facts() {
-                touched.push(view.apply(seq, fact));
+            let facts = group.iter_mut().flat_map(|b| &mut b.facts).zip(seqs);
+            for (fact, &seq) in facts {
+                // A received alert's strings move into the view; that fact is never
+                // published (it changes no incident), so nothing below reads them.
+                touched.push(view.apply_owned(seq, fact));
             }
             self.shared
                 .metrics
@@ -880,19 +889,32 @@ impl Writer {
         }
         let alerts: usize = group.iter().map(|b| b.alerts).sum();
         self.shared.metrics.alerts_received.inc_by(alerts as u64);
+        let facts = || group.iter().flat_map(|b| &b.facts).zip(seqs);
         if let Some(out) = &self.outbound {
+            /// The outbound message, serialized straight from the fact (no `Value` tree).
+            #[derive(serde::Serialize)]
+            struct Outgoing<'a> {
+                seq: u64,
+                incident: &'a str,
+                fact: &'a Fact,
+            }
+            let mut buf = Vec::with_capacity(256);
             for ((fact, &seq), incident) in facts().zip(touched) {
                 let Some(incident) = incident.or_else(|| fact.incident()) else {
                     continue;
                 };
+                let incident = incident.to_string();
                 let subject = format!("{}.{}.{incident}", out.prefix, fact.kind());
-                let payload = serde_json::json!({
-                    "seq": seq,
-                    "incident": incident.to_string(),
-                    "fact": fact,
-                });
-                let payload = Bytes::from(payload.to_string());
-                if out.tx.try_send((subject, payload)).is_err() {
+                buf.clear();
+                let message = Outgoing {
+                    seq,
+                    incident: &incident,
+                    fact,
+                };
+                if serde_json::to_writer(&mut buf, &message).is_err() {
+                    continue; // plain data: cannot fail
+                }
+                if out.tx.try_send((subject, Bytes::copy_from_slice(&buf))).is_err() {
                     self.shared.metrics.outbound_dropped.inc();
                 }
             }

@@ -106,13 +106,14 @@ impl NatsIngest {
             }
         };
         let mut chunks = sub.ready_chunks(CHUNK);
+        let mut shedding = false;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 Some(msg) = cmdb.next() => self.handle_cmdb(msg).await,
                 chunk = chunks.next() => match chunk {
-                    Some(messages) => self.handle(messages).await,
+                    Some(messages) => self.handle(messages, &mut shedding).await,
                     None => return Ok(()),
                 },
             }
@@ -126,7 +127,7 @@ impl NatsIngest {
         }
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while let Some(messages) = chunks.next().await {
-                self.handle(messages).await;
+                self.handle(messages, &mut shedding).await;
             }
         })
         .await;
@@ -136,10 +137,17 @@ impl NatsIngest {
         Ok(())
     }
 
-    async fn handle(&self, messages: Vec<Message>) {
+    /// `shedding`: the previous chunk found no room. Then this one does not wait: waiting
+    /// once per overload episode, not per chunk, lets shedding keep pace with the inflow.
+    async fn handle(&self, messages: Vec<Message>, shedding: &mut bool) {
         // Reserve room first: under overload, shedding must cost less than decoding.
-        let wait = Some(self.pipeline.shed_after());
-        let mut room = match self.pipeline.room(messages.len(), wait).await {
+        let wait = (!*shedding).then(|| self.pipeline.shed_after());
+        let room = match wait {
+            Some(_) => self.pipeline.room(messages.len(), wait).await,
+            None => self.pipeline.try_room(messages.len()).ok_or(PipelineError::Busy),
+        };
+        *shedding = matches!(room, Err(PipelineError::Busy));
+        let mut room = match room {
             Ok(room) => room,
             Err(PipelineError::Busy) => {
                 let m = &self.shared.metrics;
@@ -194,6 +202,7 @@ impl NatsIngest {
         }
         if alerts.len() > reserved {
             // Messages holding arrays: room for the extra alerts, or the chunk is shed.
+            let wait = Some(self.pipeline.shed_after());
             match self.pipeline.room(alerts.len() - reserved, wait).await {
                 Ok(extra) => room.merge(extra),
                 Err(_) => {
