@@ -115,6 +115,12 @@ struct Args {
     /// Overload factor for `overload` (offered = factor × measured capacity).
     #[arg(long, default_value_t = 2.0)]
     factor: f64,
+    /// Run the Alertmanager baseline where a mode has one (memory).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    baseline: bool,
+    /// Run the Alertmanager baseline where a mode has one (memory).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    baseline: bool,
     /// Print the results as JSON too.
     #[arg(long)]
     json: bool,
@@ -260,7 +266,11 @@ async fn start_incidentd(
         name: "incidentd",
     };
     // For profilers: `perf record -p <pid>`.
-    println!("incidentd pid {} (log {})", proc.pid(), tmp.join("incidentd.log").display());
+    println!(
+        "incidentd pid {} (log {})",
+        proc.pid(),
+        tmp.join("incidentd.log").display()
+    );
     wait_port(port, "incidentd").await?;
     let base = Http::new(port);
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -1361,11 +1371,12 @@ async fn run_memory(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
         ));
         out.push(o);
     }
-    if find_binary(
-        "prometheus-alertmanager",
-        &["/usr/bin/prometheus-alertmanager"],
-    )
-    .is_some()
+    if args.baseline
+        && find_binary(
+            "prometheus-alertmanager",
+            &["/usr/bin/prometheus-alertmanager"],
+        )
+        .is_some()
     {
         let (am, http) = start_alertmanager(tmp).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -914,7 +914,11 @@ impl Writer {
                 if serde_json::to_writer(&mut buf, &message).is_err() {
                     continue; // plain data: cannot fail
                 }
-                if out.tx.try_send((subject, Bytes::copy_from_slice(&buf))).is_err() {
+                if out
+                    .tx
+                    .try_send((subject, Bytes::copy_from_slice(&buf)))
+                    .is_err()
+                {
                     self.shared.metrics.outbound_dropped.inc();
                 }
             }

@@ -353,7 +353,9 @@ impl ReadModel {
         // Borrow the view's source (no copy per fact): fields are borrowed disjointly.
         let view = match self.homes.get(fingerprint) {
             Some(Home::Loose(view)) => Some(&**view),
-            Some(Home::Attached(id, idx)) => self.incidents.get(id).and_then(|i| i.alerts.get(*idx)),
+            Some(Home::Attached(id, idx)) => {
+                self.incidents.get(id).and_then(|i| i.alerts.get(*idx))
+            }
             None => None,
         };
         if let Some(view) = view {

@@ -144,7 +144,10 @@ impl NatsIngest {
         let wait = (!*shedding).then(|| self.pipeline.shed_after());
         let room = match wait {
             Some(_) => self.pipeline.room(messages.len(), wait).await,
-            None => self.pipeline.try_room(messages.len()).ok_or(PipelineError::Busy),
+            None => self
+                .pipeline
+                .try_room(messages.len())
+                .ok_or(PipelineError::Busy),
         };
         *shedding = matches!(room, Err(PipelineError::Busy));
         let mut room = match room {
