@@ -46,7 +46,9 @@
 //!
 //! [engine]
 //! tick_interval = "1s"
-//! queue = 4096
+//! queue = 4096                  # commands queued for the engine
+//! max_queued_alerts = 65536     # alerts queued for the engine; beyond it ingest sheds:
+//! shed_after = "100ms"          # HTTP 429 + Retry-After, core NATS messages counted as shed
 //! ```
 
 use std::net::SocketAddr;
@@ -245,6 +247,8 @@ impl Default for LogFile {
 pub struct EngineFile {
     pub tick_interval: String,
     pub queue: usize,
+    pub max_queued_alerts: usize,
+    pub shed_after: String,
 }
 
 impl Default for EngineFile {
@@ -252,6 +256,8 @@ impl Default for EngineFile {
         EngineFile {
             tick_interval: "1s".into(),
             queue: 4096,
+            max_queued_alerts: crate::pipeline::QueueConfig::DEFAULT_ALERTS,
+            shed_after: "100ms".into(),
         }
     }
 }
@@ -296,7 +302,8 @@ pub struct Config {
     pub snapshot_every: u64,
     pub prune_log: bool,
     pub tick_interval: Duration,
-    pub engine_queue: usize,
+    /// Bounds between ingest and the engine, and how long ingest waits before shedding.
+    pub engine_queue: crate::pipeline::QueueConfig,
     pub limits: crate::ingest::Limits,
 }
 
@@ -415,7 +422,11 @@ impl Config {
             snapshot_every: file.log.snapshot_every,
             prune_log: file.log.prune_after_snapshot && file.storage.backend == "file",
             tick_interval,
-            engine_queue: file.engine.queue.max(16),
+            engine_queue: crate::pipeline::QueueConfig {
+                commands: file.engine.queue.max(16),
+                alerts: file.engine.max_queued_alerts.max(1),
+                shed_after: duration("engine.shed_after", &file.engine.shed_after)?,
+            },
             limits: file.limits,
         })
     }

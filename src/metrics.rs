@@ -30,6 +30,10 @@ pub struct Metrics {
     pub deadletter_published: IntCounter,
     /// Outbound incident facts not published because the publish queue was full.
     pub outbound_dropped: IntCounter,
+    /// Alerts refused because the engine's queue stayed full (HTTP 429), by transport.
+    pub alerts_shed: IntCounterVec,
+    /// Core NATS messages dropped undecoded because the engine's queue stayed full.
+    pub nats_messages_shed: IntCounter,
     /// Rule reloads refused because a file was broken (the old rules stayed in force).
     pub rules_reload_failures: IntCounter,
 }
@@ -114,6 +118,15 @@ impl Metrics {
             outbound_dropped: counter(
                 "incidentd_outbound_dropped_total",
                 "Incident facts not published on NATS because the publish queue was full.",
+            )?,
+            alerts_shed: counter_vec(
+                "incidentd_alerts_shed_total",
+                "Alerts refused because the engine queue stayed full (HTTP 429 with Retry-After), by transport.",
+                "transport",
+            )?,
+            nats_messages_shed: counter(
+                "incidentd_nats_messages_shed_total",
+                "Core NATS messages dropped undecoded because the engine queue stayed full.",
             )?,
             rules_reload_failures: counter(
                 "incidentd_rules_reload_failures_total",

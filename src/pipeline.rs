@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::cmdb::{CmdbOp, CmdbSpec};
 use crate::engine::facts::{RecordError, encode_record};
@@ -34,8 +34,9 @@ use crate::view::ReadModel;
 const MAX_COMMANDS: usize = 512;
 /// Most alerts the engine takes into one batch, so a batch's latency stays bounded.
 const MAX_ALERTS: usize = 8192;
-/// Engine batches the writer may have queued before the engine waits (backpressure).
-const WRITER_QUEUE: usize = 8;
+/// Engine batches the writer may have queued before the engine waits (backpressure). Two
+/// keep the engine and the writer both busy; more only add latency under overload.
+const WRITER_QUEUE: usize = 2;
 /// Most engine batches the writer commits with one fsync.
 const MAX_GROUP: usize = 64;
 
@@ -50,6 +51,41 @@ pub enum PipelineError {
     LogFull,
     #[error("incidentd is shutting down")]
     Closed,
+    /// Retryable: the engine's queue stayed full for the whole shed wait; nothing was
+    /// queued, so nothing of this request will be stored.
+    #[error("ingest queue full; nothing was queued, retry later")]
+    Busy,
+}
+
+/// Bounds between ingest and the engine. Ingest that finds them full waits at most
+/// `shed_after` and is then refused ([`PipelineError::Busy`]), so overload sheds load
+/// explicitly instead of queueing without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Commands (requests, NATS chunks, operator actions) queued for the engine.
+    pub commands: usize,
+    /// Alerts queued for the engine and not yet taken by it.
+    pub alerts: usize,
+    /// How long an alert submission waits for room before it is shed.
+    pub shed_after: Duration,
+}
+
+impl QueueConfig {
+    /// Enough for several engine batches in flight, small enough that a queue worked off
+    /// at the engine's pace stays well under a second of latency.
+    pub const DEFAULT_ALERTS: usize = 16_384;
+    pub const DEFAULT_SHED_AFTER: Duration = Duration::from_millis(100);
+}
+
+impl From<usize> for QueueConfig {
+    /// `commands` queued commands with the default alert bound and shed wait.
+    fn from(commands: usize) -> Self {
+        QueueConfig {
+            commands,
+            alerts: QueueConfig::DEFAULT_ALERTS,
+            shed_after: QueueConfig::DEFAULT_SHED_AFTER,
+        }
+    }
 }
 
 /// An operator's action on an incident.
@@ -70,6 +106,8 @@ enum Command {
         /// For JetStream ingest: (stream sequence, number of alerts) per message, in the
         /// order of `alerts`. Messages already in the log are skipped, new ones recorded.
         messages: Option<Vec<(u64, usize)>>,
+        /// Room taken in the alert bound; given back once the engine has handled them.
+        room: Option<OwnedSemaphorePermit>,
     },
     Operator {
         action: Action,
@@ -171,15 +209,95 @@ pub struct Outbound {
 #[derive(Clone)]
 pub struct Pipeline {
     tx: mpsc::Sender<Command>,
+    /// One permit per alert that may wait for the engine.
+    room: Arc<Semaphore>,
+    max_room: u32,
+    shed_after: Duration,
+}
+
+/// Room for alerts in the engine's queue, reserved before the work of decoding them.
+pub struct Room(OwnedSemaphorePermit);
+
+impl Room {
+    /// Room for as many alerts as both hold.
+    pub fn merge(&mut self, other: Room) {
+        self.0.merge(other.0);
+    }
 }
 
 impl Pipeline {
-    /// Submits alerts and waits until the facts they caused are durable.
+    /// Submits alerts and waits until the facts they caused are durable. Waits as long as
+    /// the queue is full (for callers that must not lose alerts: start-up, tests).
     pub async fn submit(&self, alerts: Vec<Alert>) -> Result<usize, PipelineError> {
+        let room = self.room(alerts.len(), None).await?;
         self.request(|done| Command::Alerts {
             alerts,
             done: Some(done),
             messages: None,
+            room: Some(room.0),
+        })
+        .await
+    }
+
+    /// Like [`submit`](Self::submit), but refused with [`PipelineError::Busy`] when the
+    /// queue stays full for the shed wait: then nothing was queued. HTTP ingest uses this.
+    pub async fn offer(&self, alerts: Vec<Alert>) -> Result<usize, PipelineError> {
+        let room = self.room(alerts.len(), Some(self.shed_after)).await?;
+        self.offer_with(alerts, room).await
+    }
+
+    /// Submits alerts for which room was already reserved and waits for durability; shed
+    /// (`Busy`) if even the command queue stays full for the shed wait.
+    pub async fn offer_with(&self, alerts: Vec<Alert>, room: Room) -> Result<usize, PipelineError> {
+        let (done, rx) = oneshot::channel();
+        let cmd = Command::Alerts {
+            alerts,
+            done: Some(done),
+            messages: None,
+            room: Some(room.0),
+        };
+        self.tx
+            .send_timeout(cmd, self.shed_after)
+            .await
+            .map_err(|e| match e {
+                mpsc::error::SendTimeoutError::Timeout(_) => PipelineError::Busy,
+                mpsc::error::SendTimeoutError::Closed(_) => PipelineError::Closed,
+            })?;
+        rx.await.map_err(|_| PipelineError::Closed)?
+    }
+
+    /// Reserves room for `n` alerts, waiting at most `wait` (forever when `None`). A batch
+    /// larger than the whole bound takes all of it.
+    pub async fn room(&self, n: usize, wait: Option<Duration>) -> Result<Room, PipelineError> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX).clamp(1, self.max_room);
+        let acquire = self.room.clone().acquire_many_owned(n);
+        let permit = match wait {
+            None => acquire.await,
+            Some(wait) => match self.room.clone().try_acquire_many_owned(n) {
+                Ok(p) => Ok(p),
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(PipelineError::Closed),
+                Err(tokio::sync::TryAcquireError::NoPermits) => tokio::time::timeout(wait, acquire)
+                    .await
+                    .map_err(|_| PipelineError::Busy)?,
+            },
+        };
+        permit.map(Room).map_err(|_| PipelineError::Closed)
+    }
+
+    /// Reserves room for `n` more alerts without waiting.
+    pub fn try_room(&self, n: usize) -> Option<Room> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX).clamp(1, self.max_room);
+        self.room.clone().try_acquire_many_owned(n).ok().map(Room)
+    }
+
+    /// Queues alerts without waiting for durability, in room reserved before (core NATS
+    /// has nothing to acknowledge). Waits only while the command queue itself is full.
+    pub async fn enqueue_with(&self, alerts: Vec<Alert>, room: Room) -> Result<(), PipelineError> {
+        self.send(Command::Alerts {
+            alerts,
+            done: None,
+            messages: None,
+            room: Some(room.0),
         })
         .await
     }
@@ -191,23 +309,28 @@ impl Pipeline {
         alerts: Vec<Alert>,
         messages: Vec<(u64, usize)>,
     ) -> Result<usize, PipelineError> {
+        // JetStream keeps the backlog: the pull consumer fetches only what fits, so this
+        // waits for room instead of shedding.
+        let room = self.room(alerts.len(), None).await?;
         self.request(|done| Command::Alerts {
             alerts,
             done: Some(done),
             messages: Some(messages),
+            room: Some(room.0),
         })
         .await
     }
 
     /// Queues alerts without waiting for durability (core NATS has nothing to acknowledge).
-    /// Waits only while the engine's queue is full.
+    /// Waits while the queue is full.
     pub async fn enqueue(&self, alerts: Vec<Alert>) -> Result<(), PipelineError> {
-        self.send(Command::Alerts {
-            alerts,
-            done: None,
-            messages: None,
-        })
-        .await
+        let room = self.room(alerts.len(), None).await?;
+        self.enqueue_with(alerts, room).await
+    }
+
+    /// How long ingest waits for room before shedding.
+    pub fn shed_after(&self) -> Duration {
+        self.shed_after
     }
 
     /// Acknowledges or resolves an incident; returns once the fact is durable.
@@ -333,10 +456,14 @@ pub fn start(
     log: Box<dyn FactLog>,
     shared: Arc<Shared>,
     outbound: Option<Outbound>,
-    queue: usize,
+    queue: impl Into<QueueConfig>,
     snapshots: Option<SnapshotConfig>,
 ) -> std::io::Result<(Pipeline, Running)> {
-    let (tx, rx) = mpsc::channel(queue);
+    let queue = queue.into();
+    let (tx, rx) = mpsc::channel(queue.commands.max(1));
+    let max_room = u32::try_from(queue.alerts)
+        .unwrap_or(u32::MAX)
+        .clamp(1, Semaphore::MAX_PERMITS as u32);
     let (batch_tx, batch_rx) = std_mpsc::sync_channel(WRITER_QUEUE);
     shared.stream.start_at(log.next_seq().saturating_sub(1));
     let every = snapshots.as_ref().map_or(0, |s| s.every_facts);
@@ -356,7 +483,13 @@ pub fn start(
             }
             .run(batch_rx)
         })?;
-    Ok((Pipeline { tx }, Running { engine, writer }))
+    let pipeline = Pipeline {
+        tx,
+        room: Arc::new(Semaphore::new(max_room as usize)),
+        max_room,
+        shed_after: queue.shed_after,
+    };
+    Ok((pipeline, Running { engine, writer }))
 }
 
 /// One engine batch on its way to disk.
@@ -429,7 +562,11 @@ fn engine_loop(
             continue;
         }
         since_snapshot += batch.facts.len() as u64;
-        if snapshot_every > 0 && since_snapshot >= snapshot_every {
+        // At least as many facts as the state holds entries between two snapshots: a
+        // snapshot copies the whole state, so this keeps its cost per fact constant as the
+        // state grows (a fixed interval made it quadratic), and the log tail a restart
+        // replays stays no longer than the state itself.
+        if snapshot_every > 0 && since_snapshot >= snapshot_every.max(engine.state().size()) {
             batch.snapshot = Some(Box::new(engine.state().clone()));
             since_snapshot = 0;
         }
@@ -460,6 +597,7 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
             alerts,
             done,
             messages: None,
+            room: _room,
         } => {
             for alert in &alerts {
                 // Alerts are never refused by the engine.
@@ -474,6 +612,7 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
             alerts,
             done,
             messages: Some(messages),
+            room: _room,
         } => {
             let (mut start, mut fresh, mut handled) = (0, Vec::new(), 0);
             for (seq, n) in messages {
@@ -746,18 +885,21 @@ impl Writer {
 
     /// After durability: show, count, publish, acknowledge, in that order.
     fn publish(&mut self, group: &mut Vec<Batch>, seqs: &[u64]) {
-        let facts = || group.iter().flat_map(|b| &b.facts).zip(seqs);
         let mut touched = Vec::new();
         {
             let mut view = self.shared.view.write().unwrap_or_else(|e| e.into_inner());
-            for (fact, &seq) in facts() {
-                touched.push(view.apply(seq, fact));
+            let facts = group.iter_mut().flat_map(|b| &mut b.facts).zip(seqs);
+            for (fact, &seq) in facts {
+                // A received alert's strings move into the view; that fact is never
+                // published (it changes no incident), so nothing below reads them.
+                touched.push(view.apply_owned(seq, fact));
             }
             self.shared
                 .metrics
                 .incidents_open
                 .set(view.open_count() as i64);
         }
+        let facts = || group.iter().flat_map(|b| &b.facts).zip(seqs);
         // Rendered under a read lock (this thread is the only writer, so nothing changes in
         // between), so HTTP readers are not held up by the serialization.
         let events = stream_events(&self.shared.view(), facts().zip(touched.iter().copied()));
@@ -767,18 +909,34 @@ impl Writer {
         let alerts: usize = group.iter().map(|b| b.alerts).sum();
         self.shared.metrics.alerts_received.inc_by(alerts as u64);
         if let Some(out) = &self.outbound {
+            /// The outbound message, serialized straight from the fact (no `Value` tree).
+            #[derive(serde::Serialize)]
+            struct Outgoing<'a> {
+                seq: u64,
+                incident: &'a str,
+                fact: &'a Fact,
+            }
+            let mut buf = Vec::with_capacity(256);
             for ((fact, &seq), incident) in facts().zip(touched) {
                 let Some(incident) = incident.or_else(|| fact.incident()) else {
                     continue;
                 };
+                let incident = incident.to_string();
                 let subject = format!("{}.{}.{incident}", out.prefix, fact.kind());
-                let payload = serde_json::json!({
-                    "seq": seq,
-                    "incident": incident.to_string(),
-                    "fact": fact,
-                });
-                let payload = Bytes::from(payload.to_string());
-                if out.tx.try_send((subject, payload)).is_err() {
+                buf.clear();
+                let message = Outgoing {
+                    seq,
+                    incident: &incident,
+                    fact,
+                };
+                if serde_json::to_writer(&mut buf, &message).is_err() {
+                    continue; // plain data: cannot fail
+                }
+                if out
+                    .tx
+                    .try_send((subject, Bytes::copy_from_slice(&buf)))
+                    .is_err()
+                {
                     self.shared.metrics.outbound_dropped.inc();
                 }
             }

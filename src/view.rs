@@ -75,6 +75,30 @@ impl AlertView {
         }
     }
 
+    /// Like [`new`](Self::new), taking the strings out of `alert` (left empty).
+    fn from_alert(alert: &mut Alert, at: Millis) -> AlertView {
+        AlertView {
+            fingerprint: alert.fingerprint,
+            dedup_key: alert.dedup_key.take(),
+            source: std::mem::take(&mut alert.source),
+            name: std::mem::take(&mut alert.name),
+            ci: alert.ci.take(),
+            severity: alert.severity,
+            status: alert.status,
+            count: 1,
+            reason: String::new(),
+            summary: alert.summary.take(),
+            labels: std::mem::take(&mut alert.labels),
+            first_seen: at,
+            last_seen: at,
+            ends_at: alert.ends_at,
+            flapping: false,
+            suppressed: None,
+            suppressed_by: None,
+            annotations: std::mem::take(&mut alert.annotations),
+        }
+    }
+
     /// How the alert is named in titles and timelines: `sw-core-01: LinkDown`.
     fn label(&self) -> String {
         format!(
@@ -310,34 +334,45 @@ impl ReadModel {
     }
 
     fn count_source(&mut self, fact: &Fact, at: Millis) {
-        let (source, messages, distinct, resolved, suppressed) = match fact {
-            Fact::AlertReceived { alert, .. } => (alert.source.clone(), 1, 1, 0, 0),
+        let (fingerprint, messages, distinct, resolved, suppressed) = match fact {
+            Fact::AlertReceived { alert, .. } => {
+                let source = alert.source.as_str();
+                return bump_source(&mut self.sources, source, at, (1, 1, 0, 0));
+            }
             Fact::AlertRepeated {
                 fingerprint, count, ..
-            } => match self.alert_mut(fingerprint) {
-                Some((v, _)) => (v.source.clone(), *count, 0, 0, 0),
-                None => return,
-            },
-            Fact::AlertRefired { fingerprint, .. } => match self.alert_mut(fingerprint) {
-                Some((v, _)) => (v.source.clone(), 1, 0, 0, 0),
-                None => return,
-            },
-            Fact::AlertResolved { fingerprint, .. } => match self.alert_mut(fingerprint) {
-                Some((v, _)) => (v.source.clone(), 0, 0, 1, 0),
-                None => return,
-            },
-            Fact::AlertSuppressed { fingerprint, .. } => match self.alert_mut(fingerprint) {
-                Some((v, _)) => (v.source.clone(), 0, 0, 0, 1),
-                None => return,
-            },
+            } => (fingerprint, *count, 0, 0, 0),
+            Fact::AlertRefired { fingerprint, .. } => (fingerprint, 1, 0, 0, 0),
+            Fact::AlertResolved { fingerprint, .. } => (fingerprint, 0, 0, 1, 0),
+            Fact::AlertSuppressed { fingerprint, .. } => (fingerprint, 0, 0, 0, 1),
             _ => return,
         };
-        let s = self.sources.entry(source).or_default();
-        s.messages += messages;
-        s.distinct += distinct;
-        s.resolved += resolved;
-        s.suppressed += suppressed;
-        s.last_seen = s.last_seen.max(at);
+        // Borrow the view's source (no copy per fact): fields are borrowed disjointly.
+        let view = match self.homes.get(fingerprint) {
+            Some(Home::Loose(view)) => Some(&**view),
+            Some(Home::Attached(id, idx)) => {
+                self.incidents.get(id).and_then(|i| i.alerts.get(*idx))
+            }
+            None => None,
+        };
+        if let Some(view) = view {
+            let counts = (messages, distinct, resolved, suppressed);
+            bump_source(&mut self.sources, &view.source, at, counts);
+        }
+    }
+
+    /// Applies a durable fact the caller no longer needs, moving a received alert's strings
+    /// into the view instead of copying them. Otherwise the same as [`apply`](Self::apply).
+    pub fn apply_owned(&mut self, seq: u64, fact: &mut Fact) -> Option<IncidentId> {
+        let Fact::AlertReceived { at, alert } = fact else {
+            return self.apply(seq, fact);
+        };
+        let at = *at;
+        bump_source(&mut self.sources, &alert.source, at, (1, 1, 0, 0));
+        let view = AlertView::from_alert(alert, at);
+        self.homes
+            .insert(view.fingerprint, Home::Loose(Box::new(view)));
+        None
     }
 
     fn alert_mut(&mut self, fp: &Fingerprint) -> Option<(&mut AlertView, Option<IncidentId>)> {
@@ -892,6 +927,25 @@ impl IncidentView {
             timeline_count: self.timeline.len(),
         }
     }
+}
+
+/// Adds (messages, distinct, resolved, suppressed) to `source`'s stats; allocates the key
+/// only for a source seen for the first time.
+fn bump_source(
+    sources: &mut BTreeMap<String, SourceStats>,
+    source: &str,
+    at: Millis,
+    (messages, distinct, resolved, suppressed): (u64, u64, u64, u64),
+) {
+    let s = match sources.get_mut(source) {
+        Some(s) => s,
+        None => sources.entry(source.to_string()).or_default(),
+    };
+    s.messages += messages;
+    s.distinct += distinct;
+    s.resolved += resolved;
+    s.suppressed += suppressed;
+    s.last_seen = s.last_seen.max(at);
 }
 
 fn time<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {

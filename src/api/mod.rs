@@ -2,7 +2,9 @@
 //!
 //! Ingest answers 2xx only after the alerts' facts are durable. Batches follow Alertmanager's
 //! partial-acceptance rule: valid items are accepted, and if any item was rejected the answer
-//! is 400 listing each rejected index and field, with the accepted count.
+//! is 400 listing each rejected index and field, with the accepted count. Overload is shed
+//! explicitly: when the engine's queue stays full for `engine.shed_after`, the request gets
+//! 429 with `Retry-After` and nothing of it was stored (counted in `incidentd_alerts_shed_total`).
 
 mod alertmanager;
 mod console;
@@ -61,7 +63,14 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("{0}")]
     Unavailable(String),
+    /// Overload: nothing was queued; the caller retries after `Retry-After` seconds.
+    #[error("{0}")]
+    TooBusy(String),
 }
+
+/// Seconds a shed caller is asked to wait (`Retry-After` on 429 and 503).
+const RETRY_AFTER_BUSY: &str = "1";
+const RETRY_AFTER_UNAVAILABLE: &str = "5";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -71,6 +80,12 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooBusy(_) => StatusCode::TOO_MANY_REQUESTS,
+        };
+        let retry_after = match &self {
+            ApiError::TooBusy(_) => Some(RETRY_AFTER_BUSY),
+            ApiError::Unavailable(_) => Some(RETRY_AFTER_UNAVAILABLE),
+            _ => None,
         };
         let mut body = json!({ "error": self.to_string(), "details": [] });
         if let ApiError::BadRequest {
@@ -82,7 +97,13 @@ impl IntoResponse for ApiError {
                 body["accepted"] = json!(n);
             }
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static(secs));
+        }
+        response
     }
 }
 
@@ -113,6 +134,9 @@ impl From<PipelineError> for ApiError {
                 "event log cannot write right now; nothing was stored, retry later".into(),
             ),
             PipelineError::Closed => ApiError::Unavailable("incidentd is shutting down".into()),
+            PipelineError::Busy => ApiError::TooBusy(
+                "ingest queue full: nothing of this request was stored, retry later".into(),
+            ),
         }
     }
 }
@@ -272,10 +296,21 @@ async fn ingest_with_headers(
     if state.shared.log_full.load(Ordering::SeqCst) {
         return Err(PipelineError::LogFull.into());
     }
-    let accepted = if decoded.alerts.is_empty() {
+    let offered = decoded.alerts.len();
+    let accepted = if offered == 0 {
         0
     } else {
-        state.pipeline.submit(decoded.alerts).await?
+        // Overload is shed with 429 after a bounded wait, never queued without bound.
+        match state.pipeline.offer(decoded.alerts).await {
+            Err(PipelineError::Busy) => {
+                metrics
+                    .alerts_shed
+                    .with_label_values(&["http"])
+                    .inc_by(offered as u64);
+                return Err(PipelineError::Busy.into());
+            }
+            other => other?,
+        }
     };
     if decoded.errors.is_empty() {
         return Ok(accepted);

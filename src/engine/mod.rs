@@ -203,6 +203,11 @@ impl Consumed {
 }
 
 impl State {
+    /// Entries held (alerts and incidents): what copying or writing the state costs.
+    pub fn size(&self) -> u64 {
+        (self.alerts.len() + self.incidents.len()) as u64
+    }
+
     /// Whether the alerts of this JetStream message are already in the log.
     pub fn consumed(&self, seq: u64) -> bool {
         self.consumed.contains(seq)
@@ -638,21 +643,32 @@ impl Engine {
     /// A new alert, or a new life of an old one: record it, then correlate it if it fires.
     fn receive(&self, alert: &Alert, now: Millis, out: &mut Vec<Fact>) {
         let ci = self.resolve_ci(alert);
-        let mut recorded = alert.clone();
-        // Record the CI the lookup found, so the log says where the alert was placed.
-        if let Some(idx) = ci
-            && let Some(c) = self.state.topology.ci(idx)
-        {
-            recorded.ci = Some(c.id.clone());
-        }
-        out.push(Fact::AlertReceived {
-            at: now,
-            alert: recorded.clone(),
-        });
+        // Record the CI the lookup found, so the log says where the alert was placed. Most
+        // senders name the CI id itself: then the alert is recorded as it came, with one copy.
+        let found = ci
+            .and_then(|idx| self.state.topology.ci(idx))
+            .map(|c| c.id.as_str())
+            .filter(|id| alert.ci.as_deref() != Some(*id));
+        let recorded = match found {
+            Some(id) => std::borrow::Cow::Owned(Alert {
+                ci: Some(id.to_string()),
+                ..alert.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(alert),
+        };
         if recorded.status == Status::Firing {
+            out.push(Fact::AlertReceived {
+                at: now,
+                alert: recorded.as_ref().clone(),
+            });
             // Rules see the resolved CI too: `ci` matchers and group keys work for alerts that
             // named their host only by a lookup key.
             self.correlate(&recorded, ci, now, out);
+        } else {
+            out.push(Fact::AlertReceived {
+                at: now,
+                alert: recorded.into_owned(),
+            });
         }
     }
 

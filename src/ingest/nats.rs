@@ -3,8 +3,11 @@
 //! reason in a header.
 //!
 //! Core NATS has no acknowledgement, so alerts are queued to the engine without waiting for
-//! durability; when the engine queue is full this task waits, the subscription buffer fills
-//! and the client reports a slow consumer (counted in metrics), never unbounded memory.
+//! durability. Room in the engine's queue is reserved before a chunk is decoded; when the
+//! queue stays full for `engine.shed_after`, the chunk is dropped undecoded and counted
+//! (`incidentd_nats_messages_shed_total`), so overload costs little and memory stays bounded.
+//! Should this task still fall behind, the client's subscription buffer overflows and the
+//! client reports a slow consumer (counted in `incidentd_nats_events_total`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,7 +20,7 @@ use tokio::sync::watch;
 use crate::clock;
 use crate::cmdb::CmdbOp;
 use crate::ingest::{self, Format, Limits, Stamp};
-use crate::pipeline::{Pipeline, Shared};
+use crate::pipeline::{Pipeline, PipelineError, Shared};
 
 /// Header naming why a dead-lettered message was rejected.
 pub const REASON_HEADER: &str = "Incidentd-Reject-Reason";
@@ -103,13 +106,14 @@ impl NatsIngest {
             }
         };
         let mut chunks = sub.ready_chunks(CHUNK);
+        let mut shedding = false;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 Some(msg) = cmdb.next() => self.handle_cmdb(msg).await,
                 chunk = chunks.next() => match chunk {
-                    Some(messages) => self.handle(messages).await,
+                    Some(messages) => self.handle(messages, &mut shedding).await,
                     None => return Ok(()),
                 },
             }
@@ -123,7 +127,7 @@ impl NatsIngest {
         }
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while let Some(messages) = chunks.next().await {
-                self.handle(messages).await;
+                self.handle(messages, &mut shedding).await;
             }
         })
         .await;
@@ -133,7 +137,32 @@ impl NatsIngest {
         Ok(())
     }
 
-    async fn handle(&self, messages: Vec<Message>) {
+    /// `shedding`: the previous chunk found no room. Then this one does not wait: waiting
+    /// once per overload episode, not per chunk, lets shedding keep pace with the inflow.
+    async fn handle(&self, messages: Vec<Message>, shedding: &mut bool) {
+        // Reserve room first: under overload, shedding must cost less than decoding.
+        let wait = (!*shedding).then(|| self.pipeline.shed_after());
+        let room = match wait {
+            Some(_) => self.pipeline.room(messages.len(), wait).await,
+            None => self
+                .pipeline
+                .try_room(messages.len())
+                .ok_or(PipelineError::Busy),
+        };
+        *shedding = matches!(room, Err(PipelineError::Busy));
+        let mut room = match room {
+            Ok(room) => room,
+            Err(PipelineError::Busy) => {
+                let m = &self.shared.metrics;
+                m.nats_messages_shed.inc_by(messages.len() as u64);
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("engine closed while nats ingest was running");
+                return;
+            }
+        };
+        let reserved = messages.len();
         let now = clock::now();
         let mut alerts = Vec::new();
         for msg in messages {
@@ -177,7 +206,24 @@ impl NatsIngest {
                 }
             }
         }
-        if !alerts.is_empty() && self.pipeline.enqueue(alerts).await.is_err() {
+        if alerts.is_empty() {
+            return;
+        }
+        if alerts.len() > reserved {
+            // Messages holding arrays: room for the extra alerts, or the chunk is shed.
+            let wait = Some(self.pipeline.shed_after());
+            match self.pipeline.room(alerts.len() - reserved, wait).await {
+                Ok(extra) => room.merge(extra),
+                Err(_) => {
+                    let m = &self.shared.metrics;
+                    m.alerts_shed
+                        .with_label_values(&["nats"])
+                        .inc_by(alerts.len() as u64);
+                    return;
+                }
+            }
+        }
+        if self.pipeline.enqueue_with(alerts, room).await.is_err() {
             tracing::warn!("engine closed while nats ingest was running");
         }
     }

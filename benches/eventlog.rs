@@ -1,0 +1,140 @@
+//! Event log cost: encoding a fact as a record, appending with group commit (one fsync per
+//! 1, 8 or 64 batches of 64 facts), and replaying (decode + engine apply + read model apply).
+//! Run with `cargo bench --bench eventlog`. The log lives in a temp dir on the data disk's
+//! file system (`TMPDIR` to choose another), so fsync costs what it costs there.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use incidentd::engine::facts::{decode_record, encode_record};
+use incidentd::engine::{Engine, Fact, Input};
+use incidentd::eventlog::{EventLog, LogConfig};
+use incidentd::model::{Alert, Fingerprint, Severity, Status};
+use incidentd::rules::Rules;
+use incidentd::view::ReadModel;
+
+const T0: i64 = 1_795_000_000_000;
+const FACTS_PER_BATCH: usize = 64;
+
+fn alert(i: usize, at: i64) -> Alert {
+    let mut labels = BTreeMap::new();
+    labels.insert("service".to_string(), format!("svc-{}", i % 500));
+    labels.insert("check".to_string(), format!("c{i}"));
+    let name = format!("Check{}", i % 37);
+    Alert {
+        fingerprint: Fingerprint::native("bench", &name, None, &labels, None),
+        source: "bench".into(),
+        name,
+        ci: Some(format!("host-{}", i % 2000)),
+        severity: Severity::Major,
+        status: Status::Firing,
+        summary: Some("benchmark alert with a realistic summary line".into()),
+        labels,
+        annotations: BTreeMap::new(),
+        starts_at: at,
+        ends_at: None,
+        dedup_key: None,
+        received_at: at,
+    }
+}
+
+/// The facts a storm produces: new alerts (received, attached, opened...) and repeats.
+fn storm_facts(n_alerts: usize) -> Vec<Fact> {
+    let mut engine = Engine::new(Rules::embedded().expect("rules"));
+    let mut facts = Vec::new();
+    for i in 0..n_alerts {
+        engine.begin_batch();
+        let key = if i % 2 == 0 { i } else { i / 2 };
+        let _ = engine.handle(Input::Alert(&alert(key, T0 + i as i64)), &mut facts);
+    }
+    facts
+}
+
+fn records(c: &mut Criterion) {
+    let facts = storm_facts(2_000);
+    let mut encoded = Vec::new();
+    let mut buf = Vec::new();
+    for f in &facts {
+        encode_record(f, &mut buf).expect("encode");
+        encoded.push(buf.clone());
+    }
+    let bytes: usize = encoded.iter().map(Vec::len).sum();
+    println!(
+        "{} facts from 2,000 alerts, mean record {} bytes",
+        facts.len(),
+        bytes / facts.len()
+    );
+    let mut group = c.benchmark_group("record");
+    group.throughput(Throughput::Elements(facts.len() as u64));
+    group.bench_function("encode", |b| {
+        b.iter(|| {
+            for f in &facts {
+                encode_record(black_box(f), &mut buf).expect("encode");
+            }
+        })
+    });
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            for r in &encoded {
+                black_box(decode_record(r).expect("decode"));
+            }
+        })
+    });
+    // What a restart does per fact: decode, engine apply, read model apply.
+    group.bench_function("replay", |b| {
+        b.iter_batched(
+            || {
+                (
+                    Engine::new(Rules::embedded().expect("rules")),
+                    ReadModel::default(),
+                )
+            },
+            |(mut engine, mut view)| {
+                for (seq, r) in encoded.iter().enumerate() {
+                    let fact = decode_record(r).expect("decode");
+                    engine.apply(&fact);
+                    view.apply(seq as u64 + 1, &fact);
+                }
+                (engine, view)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+fn append(c: &mut Criterion) {
+    let facts = storm_facts(200);
+    let mut payloads = Vec::new();
+    let mut buf = Vec::new();
+    for f in facts.iter().cycle().take(FACTS_PER_BATCH) {
+        encode_record(f, &mut buf).expect("encode");
+        payloads.push(buf.clone());
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut group = c.benchmark_group("log_append");
+    group.sample_size(20);
+    for batches_per_fsync in [1usize, 8, 64] {
+        let path = dir.path().join(format!("g{batches_per_fsync}"));
+        let (mut log, _) =
+            EventLog::open(LogConfig::new(&path), |_, _| Ok::<(), ()>(())).expect("open log");
+        group.throughput(Throughput::Elements(
+            (batches_per_fsync * FACTS_PER_BATCH) as u64,
+        ));
+        group.bench_function(format!("{batches_per_fsync}_batches_per_fsync"), |b| {
+            b.iter(|| {
+                for _ in 0..batches_per_fsync {
+                    for p in &payloads {
+                        log.append(p).expect("append");
+                    }
+                }
+                log.sync().expect("fsync");
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, records, append);
+criterion_main!(benches);

@@ -1,0 +1,207 @@
+//! Edge costs per alert: decoding each format (one alert per payload, and batches of 100),
+//! fingerprints, and rule matching. Run with `cargo bench --bench ingest`.
+//!
+//! Payloads are realistic single alerts of about 350 bytes; the throughput is per alert.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use incidentd::ingest::{Format, Limits, Stamp, decode};
+use incidentd::model::{Alert, Fingerprint, Severity, Status};
+use incidentd::rules::Rules;
+
+const NOW: i64 = 1_795_000_000_000;
+
+fn native(i: usize) -> String {
+    format!(
+        r#"{{"source":"zabbix-dc1","name":"InstanceDown","ci":"dc1-h{i:04}","severity":"critical","status":"firing","summary":"Host dc1-h{i:04} does not answer ping for 5 minutes, see runbook","labels":{{"check":"c{i}","dc":"dc1","team":"network","env":"prod"}},"annotations":{{"runbook":"https://wiki.example/rb/instance-down"}},"starts_at":"2026-11-23T10:00:00Z","ends_at":null}}"#
+    )
+}
+
+fn alertmanager(i: usize) -> String {
+    format!(
+        r#"{{"labels":{{"alertname":"InstanceDown","source":"prometheus-dc1","ci":"dc1-h{i:04}","severity":"critical","instance":"dc1-h{i:04}:9100","job":"node","team":"network"}},"annotations":{{"summary":"Host dc1-h{i:04} does not answer for 5 minutes, see runbook"}},"startsAt":"2026-11-23T10:00:00Z","generatorURL":"http://prometheus.example/graph?g0.expr=up"}}"#
+    )
+}
+
+fn grafana(i: usize) -> String {
+    format!(
+        r#"{{"version":"1","status":"firing","receiver":"incidentd","orgId":1,"title":"[FIRING:1] HighCPU","alerts":[{{"status":"firing","labels":{{"alertname":"HighCPU","instance":"app-{i}"}},"annotations":{{"summary":"cpu above 95% for 10m"}},"startsAt":"2026-11-23T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","dashboardURL":"http://grafana.example/d/1","valueString":"[ var='B' value=97.2 ]"}}]}}"#
+    )
+}
+
+fn pagerduty(i: usize) -> String {
+    format!(
+        r#"{{"routing_key":"R0UTINGKEY000000000000000000000","event_action":"trigger","dedup_key":"disk-db-{i}","payload":{{"summary":"Disk /var on db-{i} is 97% full","source":"db-{i}","severity":"critical","timestamp":"2026-11-23T10:00:00Z","component":"postgres","group":"prod-db","class":"disk","custom_details":{{"free_gb":"3"}}}}}}"#
+    )
+}
+
+fn alerta(i: usize) -> String {
+    format!(
+        r#"{{"resource":"web-{i}","event":"HTTPDown","environment":"Production","severity":"major","service":["web"],"group":"Web","value":"503","text":"web-{i} answers 503 on /health for 3 checks","tags":["dc1","prod"],"attributes":{{"region":"eu"}},"origin":"alerta-checker"}}"#
+    )
+}
+
+fn inspection(i: usize) -> String {
+    format!(
+        r#"{{"check":"disk-smart","target":"srv-db-{i:02}","status":"failed","values":{{"reallocated":12,"temp_c":71}},"run_id":"run-8812","message":"SMART reallocated sectors rising on /dev/sda","system":"inspector-1","checked_at":"2026-11-23T10:00:00Z"}}"#
+    )
+}
+
+fn batch(one: fn(usize) -> String, n: usize) -> String {
+    let items: Vec<String> = (0..n).map(one).collect();
+    format!("[{}]", items.join(","))
+}
+
+fn decoders(c: &mut Criterion) {
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("decode");
+    let formats: [(&str, Format, fn(usize) -> String, bool); 6] = [
+        ("native", Format::Native, native, true),
+        ("alertmanager", Format::Alertmanager, alertmanager, true),
+        // The Grafana webhook is an object holding its alerts: no top-level array.
+        ("grafana", Format::Grafana, grafana, false),
+        ("pagerduty", Format::PagerDuty, pagerduty, true),
+        ("alerta", Format::Alerta, alerta, true),
+        ("inspection", Format::Inspection, inspection, true),
+    ];
+    for (name, format, one, batches) in formats {
+        let body = one(7);
+        assert_eq!(
+            decode(format, body.as_bytes(), Stamp::Live(NOW), &limits)
+                .map(|d| (d.alerts.len(), d.errors.len())),
+            Ok((1, 0)),
+            "{name} sample must decode"
+        );
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("{name}/single"), |b| {
+            b.iter(|| {
+                decode(
+                    format,
+                    black_box(body.as_bytes()),
+                    Stamp::Live(NOW),
+                    &limits,
+                )
+            })
+        });
+        if batches {
+            let body = batch(one, 100);
+            group.throughput(Throughput::Elements(100));
+            group.bench_function(format!("{name}/batch100"), |b| {
+                b.iter(|| {
+                    decode(
+                        format,
+                        black_box(body.as_bytes()),
+                        Stamp::Live(NOW),
+                        &limits,
+                    )
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn labels() -> BTreeMap<String, String> {
+    [
+        ("check", "c42"),
+        ("dc", "dc1"),
+        ("env", "prod"),
+        ("instance", "dc1-h0042:9100"),
+        ("job", "node"),
+        ("team", "network"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn fingerprints(c: &mut Criterion) {
+    let labels = labels();
+    let mut group = c.benchmark_group("fingerprint");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("native", |b| {
+        b.iter(|| {
+            Fingerprint::native(
+                black_box("zabbix-dc1"),
+                black_box("InstanceDown"),
+                Some("dc1-h0042"),
+                black_box(&labels),
+                None,
+            )
+        })
+    });
+    group.bench_function("native_dedup_key", |b| {
+        b.iter(|| {
+            Fingerprint::native(
+                "zabbix-dc1",
+                "InstanceDown",
+                None,
+                &labels,
+                Some(black_box("disk-db-9")),
+            )
+        })
+    });
+    group.bench_function("alertmanager", |b| {
+        b.iter(|| Fingerprint::alertmanager(black_box(&labels)))
+    });
+    group.finish();
+}
+
+fn alert(name: &str, ci: Option<&str>, labels: BTreeMap<String, String>) -> Alert {
+    Alert {
+        fingerprint: Fingerprint::native("bench", name, ci, &labels, None),
+        source: "bench".into(),
+        name: name.into(),
+        ci: ci.map(str::to_string),
+        severity: Severity::Major,
+        status: Status::Firing,
+        summary: Some("benchmark alert".into()),
+        labels,
+        annotations: BTreeMap::new(),
+        starts_at: NOW,
+        ends_at: None,
+        dedup_key: None,
+        received_at: NOW,
+    }
+}
+
+/// The shipped rules (`rules/default.toml`): the first rule whose matchers hold decides.
+fn rule_matching(c: &mut Criterion) {
+    let rules = Rules::load_dir(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/rules"
+    )))
+    .expect("shipped rules load");
+    let mut group = c.benchmark_group("rules");
+    group.throughput(Throughput::Elements(1));
+    let cases = [
+        // The first rule (a regex on the name) matches.
+        (
+            "first_rule",
+            alert("InstanceDown", Some("dc1-h0042"), labels()),
+        ),
+        // Falls through the three topology regexes to `same-ci`.
+        ("fifth_rule", alert("CPUHigh", Some("dc1-h0042"), labels())),
+        // Nothing specific: the catch-all at the end.
+        ("catch_all", alert("Weird", None, BTreeMap::new())),
+    ];
+    for (name, a) in &cases {
+        assert!(rules.first_match(a, a.ci.is_some()).is_some());
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                rules
+                    .first_match(black_box(a), a.ci.is_some())
+                    .map(|r| r.name.len())
+            })
+        });
+    }
+    let (_, a) = &cases[1];
+    let rule = rules.first_match(a, true).expect("same-ci");
+    group.bench_function("group_key", |b| b.iter(|| rule.group_key(black_box(a))));
+    group.finish();
+}
+
+criterion_group!(benches, decoders, fingerprints, rule_matching);
+criterion_main!(benches);
