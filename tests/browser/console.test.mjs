@@ -185,6 +185,43 @@ try {
   await page.waitForSelector('body.wall');
   await page.keyboard.press('w');
 
+  step('checking text contrast (WCAG AA) on the board and the open incident');
+  const lowContrast = await page.evaluate(() => {
+    const rgba = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+    const lum = ([r, g, b]) => {
+      const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    // The colour behind the text: translucent layers composited over what is under them.
+    const background = (el) => {
+      const layers = [];
+      for (let e = el; e; e = e.parentElement) {
+        const c = rgba(getComputedStyle(e).backgroundColor);
+        const alpha = c.length >= 4 ? c[3] : 1;
+        if (c.length >= 3 && alpha > 0) layers.push([c[0], c[1], c[2], alpha]);
+        if (alpha >= 1) break;
+      }
+      let out = [0, 0, 0];
+      for (const [r, g, b, a] of layers.reverse()) out = [r * a + out[0] * (1 - a), g * a + out[1] * (1 - a), b * a + out[2] * (1 - a)];
+      return out;
+    };
+    const bad = [];
+    for (const el of document.querySelectorAll('body *')) {
+      const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+      if (!own || !el.getClientRects().length) continue;
+      const st = getComputedStyle(el);
+      if (st.visibility === 'hidden' || Number(st.opacity) < 0.5) continue;
+      if (el.closest('[hidden], [aria-hidden="true"], svg')) continue;
+      const [a, b] = [lum(rgba(st.color)), lum(background(el))];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      const size = parseFloat(st.fontSize);
+      const large = size >= 24 || (size >= 18.66 && Number(st.fontWeight) >= 700);
+      if (ratio < (large ? 3 : 4.5)) bad.push(`${el.tagName.toLowerCase()}#${el.id}.${el.className} "${el.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)}`);
+    }
+    return bad;
+  });
+  check(lowContrast.length === 0, `text below AA contrast:\n${lowContrast.join('\n')}`);
+
   step('storm scale: 10,000 more incidents and one incident of 10,000 alerts');
   await page.keyboard.press('Escape');
   const before = Number((await page.textContent('#list-status')).match(/\d+/)[0]);
