@@ -80,7 +80,10 @@ pub(super) fn decode_binary(
     out.push(decode_object(0, attrs, stamp, limits).map_err(|mut e| {
         let attr = e.field.split('.').next().unwrap_or_default();
         if attr != "data" && attr != "$" {
-            let header = format!("ce-{}", e.field);
+            let header = match e.field.as_str() {
+                "datacontenttype" => "content-type".to_string(),
+                field => format!("ce-{field}"),
+            };
             e.message = e.message.replacen(
                 &format!("field `{}`", e.field),
                 &format!("header `{header}`"),
@@ -397,6 +400,15 @@ mod tests {
         assert_eq!(e.message, "missing required header `ce-type`");
         let e = binary(&headers, r#"{"status":"maybe"}"#).errors[0].clone();
         assert_eq!(e.field, "data.status");
+        let mut form = headers;
+        form[6].1 = "application/x-www-form-urlencoded";
+        let e = binary(&form, "{}").errors[0].clone();
+        assert_eq!(e.field, "content-type");
+        assert!(
+            e.message.starts_with("header `content-type` must be JSON"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
