@@ -118,9 +118,6 @@ struct Args {
     /// Run the Alertmanager baseline where a mode has one (memory).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     baseline: bool,
-    /// Run the Alertmanager baseline where a mode has one (memory).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    baseline: bool,
     /// Print the results as JSON too.
     #[arg(long)]
     json: bool,
@@ -527,6 +524,8 @@ const TEAMS: [&str; 4] = ["network", "platform", "storage", "payments"];
 /// One alert of the storm: identity `key`, or a probe with a unique dedup key.
 struct Gen {
     cis: Vec<String>,
+    /// A minute ago: alerts must not start in the future, or Alertmanager refuses them.
+    starts: String,
 }
 
 impl Gen {
@@ -544,7 +543,8 @@ impl Gen {
         } else {
             (0..5000).map(|i| format!("node-{i:04}")).collect()
         };
-        Ok(Gen { cis })
+        let starts = incidentd::model::format_time(incidentd::clock::now() - 60_000);
+        Ok(Gen { cis, starts })
     }
 
     fn parts(&self, key: usize) -> (&str, &str, &str, &str) {
@@ -574,7 +574,8 @@ impl Gen {
             "{{\"source\":\"storm\",\"name\":\"{name}\",\"ci\":\"{ci}\",\"severity\":\"{sev}\",\"status\":\"firing\",\"summary\":\""
         );
         let tail = format!(
-            "\",\"labels\":{{\"check\":\"c{key}\",\"dc\":\"dc1\",\"team\":\"{team}\",\"env\":\"prod\"}},\"starts_at\":\"2026-11-23T10:00:00Z\"{dedup}}}"
+            "\",\"labels\":{{\"check\":\"c{key}\",\"dc\":\"dc1\",\"team\":\"{team}\",\"env\":\"prod\"}},\"starts_at\":\"{starts}\"{dedup}}}",
+            starts = self.starts
         );
         let summary = Self::summary(ci, name, 358, head.len() + tail.len());
         format!("{head}{summary}{tail}")
@@ -587,7 +588,10 @@ impl Gen {
         let head = format!(
             "{{\"labels\":{{\"alertname\":\"{name}\",\"source\":\"storm\",\"ci\":\"{ci}\",\"severity\":\"{sev}\",\"check\":\"c{key}\",\"dc\":\"dc1\",\"team\":\"{team}\",\"env\":\"prod\"{probe}}},\"annotations\":{{\"summary\":\""
         );
-        let tail = "\"},\"startsAt\":\"2026-11-23T10:00:00Z\",\"generatorURL\":\"http://storm.example/graph\"}";
+        let tail = format!(
+            "\"}},\"startsAt\":\"{}\",\"generatorURL\":\"http://storm.example/graph\"}}",
+            self.starts
+        );
         let summary = Self::summary(ci, name, 358, head.len() + tail.len());
         format!("{head}{summary}{tail}")
     }

@@ -593,13 +593,14 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
             messages: None,
             room: _room,
         } => {
-            for alert in &alerts {
-                // Alerts are never refused by the engine.
-                let _ = engine.handle(Input::Alert(alert), &mut batch.facts);
+            let n = alerts.len();
+            for alert in alerts {
+                // Alerts are never refused by the engine; given up, they move into facts.
+                engine.handle_alert(alert, &mut batch.facts);
             }
-            batch.alerts += alerts.len();
+            batch.alerts += n;
             if let Some(done) = done {
-                batch.replies.push(Done::Alerts(done, alerts.len()));
+                batch.replies.push(Done::Alerts(done, n));
             }
         }
         Command::Alerts {
@@ -608,20 +609,21 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
             messages: Some(messages),
             room: _room,
         } => {
-            let (mut start, mut fresh, mut handled) = (0, Vec::new(), 0);
+            let now = alerts.iter().map(|a| a.received_at).max().unwrap_or(0);
+            let (mut fresh, mut handled) = (Vec::new(), 0);
+            let mut alerts = alerts.into_iter();
             for (seq, n) in messages {
-                let part = alerts.get(start..start + n).unwrap_or(&[]);
-                start += n;
+                let part = alerts.by_ref().take(n);
                 if engine.state().consumed(seq) {
+                    part.for_each(drop);
                     continue; // a redelivery of something already in the log
                 }
                 for alert in part {
-                    let _ = engine.handle(Input::Alert(alert), &mut batch.facts);
+                    engine.handle_alert(alert, &mut batch.facts);
+                    handled += 1;
                 }
-                handled += part.len();
                 fresh.push(seq);
             }
-            let now = alerts.iter().map(|a| a.received_at).max().unwrap_or(0);
             let _ = engine.handle(Input::Consumed { now, seqs: &fresh }, &mut batch.facts);
             batch.alerts += handled;
             if let Some(done) = done {
