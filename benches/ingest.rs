@@ -57,7 +57,9 @@ fn batch(one: fn(usize) -> String, n: usize) -> String {
 fn decoders(c: &mut Criterion) {
     let limits = Limits::default();
     let mut group = c.benchmark_group("decode");
-    let formats: [(&str, Format, fn(usize) -> String, bool); 6] = [
+    /// (name, format, one sample alert, whether to bench batches of 100 too)
+    type Case = (&'static str, Format, fn(usize) -> String, bool);
+    let formats: [Case; 6] = [
         ("native", Format::Native, native, true),
         ("alertmanager", Format::Alertmanager, alertmanager, true),
         // The Grafana webhook is an object holding its alerts: no top-level array.

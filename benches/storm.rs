@@ -652,12 +652,13 @@ impl Outcome {
     fn print(&self) {
         println!("\n== {} ==", self.label);
         println!(
-            "offered {} ({:.0}/s offered), accepted {}, rejected {}, shed {}, unaccounted {}",
+            "offered {} ({:.0}/s offered), accepted {}, rejected {}, shed {}, failed {}, unaccounted {}",
             self.offered,
             self.offered_rate,
             self.accepted,
             self.rejected,
             self.shed,
+            self.failed,
             self.unaccounted
         );
         println!(
@@ -1493,7 +1494,11 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
             if j > 0 {
                 body.push(',');
             }
-            let key = if (i + j) % 2 == 0 { i + j } else { (i + j) / 2 };
+            let key = if (i + j).is_multiple_of(2) {
+                i + j
+            } else {
+                (i + j) / 2
+            };
             body.push_str(&gen_.native(key, None));
         }
         body.push(']');
