@@ -41,6 +41,8 @@ const WRITER_QUEUE: usize = 2;
 /// four facts, so with 4 the state roughly doubles between snapshots during a storm of new
 /// alerts and all snapshots together copy about twice the final state.
 const SNAPSHOT_GROWTH: u64 = 4;
+/// Below this many state entries a snapshot is cheap: `snapshot_every` alone decides.
+const SNAPSHOT_SMALL_STATE: u64 = 10_000;
 /// Most engine batches the writer commits with one fsync.
 const MAX_GROUP: usize = 64;
 
@@ -564,7 +566,12 @@ fn engine_loop(
         // entry pass between two: its cost per fact stays constant as the state grows (a
         // fixed interval made it quadratic: measured 28 µs per alert at 200k alerts), and
         // the tail a restart replays stays a small multiple of the state.
-        let due = snapshot_every.max(SNAPSHOT_GROWTH * engine.state().size());
+        let size = engine.state().size();
+        let due = if size > SNAPSHOT_SMALL_STATE {
+            snapshot_every.max(SNAPSHOT_GROWTH * size)
+        } else {
+            snapshot_every
+        };
         if snapshot_every > 0 && since_snapshot >= due {
             batch.snapshot = Some(Box::new(engine.state().clone()));
             since_snapshot = 0;
