@@ -74,7 +74,9 @@ enum Api {
 #[derive(Parser, Clone, Debug)]
 #[command(about = "incidentd end-to-end storm harness")]
 struct Args {
-    mode: Mode,
+    /// What to run; without one (plain `cargo bench`) the harness prints how to run it and
+    /// skips, since a storm takes minutes and starts servers.
+    mode: Option<Mode>,
     /// Alerts offered.
     #[arg(long, default_value_t = 200_000)]
     alerts: usize,
@@ -1631,14 +1633,14 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}, loadavg {}", load.trim())
 }
 
-async fn run(args: Args) -> Res<()> {
+async fn run(args: Args, mode: Mode) -> Res<()> {
     let tmp = tempfile::tempdir()?;
     let tmp = tmp.path();
     println!("machine: {}", machine());
     println!("args: {args:?}");
     let gen_ = Gen::new(args.cmdb)?;
     let mut results: Vec<Outcome> = Vec::new();
-    match args.mode {
+    match mode {
         Mode::RawNats => {
             let p = nats_payloads(&args, &gen_);
             results.push(run_raw_nats(&args, tmp, &p).await?);
@@ -1648,7 +1650,7 @@ async fn run(args: Args) -> Res<()> {
             results.push(run_nats(&args, tmp, &p).await?);
         }
         Mode::HttpBatch | Mode::HttpSingle => {
-            let batch = if args.mode == Mode::HttpSingle {
+            let batch = if mode == Mode::HttpSingle {
                 1
             } else {
                 args.batch
@@ -1724,7 +1726,7 @@ async fn run(args: Args) -> Res<()> {
     }
     let _ = std::io::stdout().flush();
     for r in &results {
-        if args.mode != Mode::RawNats {
+        if mode != Mode::RawNats {
             r.check()?;
         }
     }
@@ -1752,6 +1754,12 @@ async fn run_overload(args: &Args, tmp: &Path, gen_: &Gen) -> Res<Vec<Outcome>> 
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let Some(mode) = args.mode else {
+        println!(
+            "storm: skipped (no mode); run e.g. `cargo bench --bench storm -- all`, see BENCHMARKS.md"
+        );
+        return std::process::ExitCode::SUCCESS;
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1763,7 +1771,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, mode)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("storm: FAILED: {e}");
