@@ -15,25 +15,25 @@ const NOW: i64 = 1_795_000_000_000;
 
 fn native(i: usize) -> String {
     format!(
-        r#"{{"source":"zabbix-dc1","name":"InstanceDown","ci":"dc1-h{i:04}","severity":"critical","status":"firing","summary":"Host dc1-h{i:04} does not answer ping for 5 minutes, see runbook","labels":{{"check":"c{i}","dc":"dc1","team":"network","env":"prod"}},"annotations":{{"runbook":"https://wiki.example/rb/instance-down"}},"starts_at":"2026-11-23T10:00:00Z","ends_at":null}}"#
+        r#"{{"source":"zabbix-dc1","name":"InstanceDown","ci":"dc1-h{i:04}","severity":"critical","status":"firing","summary":"Host dc1-h{i:04} does not answer ping for 5 minutes, see runbook","labels":{{"check":"c{i}","dc":"dc1","team":"network","env":"prod"}},"annotations":{{"runbook":"https://wiki.example/rb/instance-down"}},"starts_at":"2026-11-18T11:00:00Z","ends_at":null}}"#
     )
 }
 
 fn alertmanager(i: usize) -> String {
     format!(
-        r#"{{"labels":{{"alertname":"InstanceDown","source":"prometheus-dc1","ci":"dc1-h{i:04}","severity":"critical","instance":"dc1-h{i:04}:9100","job":"node","team":"network"}},"annotations":{{"summary":"Host dc1-h{i:04} does not answer for 5 minutes, see runbook"}},"startsAt":"2026-11-23T10:00:00Z","generatorURL":"http://prometheus.example/graph?g0.expr=up"}}"#
+        r#"{{"labels":{{"alertname":"InstanceDown","source":"prometheus-dc1","ci":"dc1-h{i:04}","severity":"critical","instance":"dc1-h{i:04}:9100","job":"node","team":"network"}},"annotations":{{"summary":"Host dc1-h{i:04} does not answer for 5 minutes, see runbook"}},"startsAt":"2026-11-18T11:00:00Z","generatorURL":"http://prometheus.example/graph?g0.expr=up"}}"#
     )
 }
 
 fn grafana(i: usize) -> String {
     format!(
-        r#"{{"version":"1","status":"firing","receiver":"incidentd","orgId":1,"title":"[FIRING:1] HighCPU","alerts":[{{"status":"firing","labels":{{"alertname":"HighCPU","instance":"app-{i}"}},"annotations":{{"summary":"cpu above 95% for 10m"}},"startsAt":"2026-11-23T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","dashboardURL":"http://grafana.example/d/1","valueString":"[ var='B' value=97.2 ]"}}]}}"#
+        r#"{{"version":"1","status":"firing","receiver":"incidentd","orgId":1,"title":"[FIRING:1] HighCPU","alerts":[{{"status":"firing","labels":{{"alertname":"HighCPU","instance":"app-{i}"}},"annotations":{{"summary":"cpu above 95% for 10m"}},"startsAt":"2026-11-18T11:00:00Z","endsAt":"0001-01-01T00:00:00Z","dashboardURL":"http://grafana.example/d/1","valueString":"[ var='B' value=97.2 ]"}}]}}"#
     )
 }
 
 fn pagerduty(i: usize) -> String {
     format!(
-        r#"{{"routing_key":"R0UTINGKEY000000000000000000000","event_action":"trigger","dedup_key":"disk-db-{i}","payload":{{"summary":"Disk /var on db-{i} is 97% full","source":"db-{i}","severity":"critical","timestamp":"2026-11-23T10:00:00Z","component":"postgres","group":"prod-db","class":"disk","custom_details":{{"free_gb":"3"}}}}}}"#
+        r#"{{"routing_key":"R0UTINGKEY000000000000000000000","event_action":"trigger","dedup_key":"disk-db-{i}","payload":{{"summary":"Disk /var on db-{i} is 97% full","source":"db-{i}","severity":"critical","timestamp":"2026-11-18T11:00:00Z","component":"postgres","group":"prod-db","class":"disk","custom_details":{{"free_gb":"3"}}}}}}"#
     )
 }
 
@@ -45,7 +45,13 @@ fn alerta(i: usize) -> String {
 
 fn inspection(i: usize) -> String {
     format!(
-        r#"{{"check":"disk-smart","target":"srv-db-{i:02}","status":"failed","values":{{"reallocated":12,"temp_c":71}},"run_id":"run-8812","message":"SMART reallocated sectors rising on /dev/sda","system":"inspector-1","checked_at":"2026-11-23T10:00:00Z"}}"#
+        r#"{{"check":"disk-smart","target":"srv-db-{i:02}","status":"failed","values":{{"reallocated":12,"temp_c":71}},"run_id":"run-8812","message":"SMART reallocated sectors rising on /dev/sda","system":"inspector-1","checked_at":"2026-11-18T11:00:00Z"}}"#
+    )
+}
+
+fn cloudevents(i: usize) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"evt-{i}","source":"/probes/dc1","type":"InstanceDown","subject":"dc1-h{i:04}","time":"2026-11-18T11:00:00Z","datacontenttype":"application/json","data":{{"severity":"critical","summary":"Host dc1-h{i:04} does not answer ping for 5 minutes, see runbook","labels":{{"check":"c{i}","dc":"dc1"}}}}}}"#
     )
 }
 
@@ -57,7 +63,9 @@ fn batch(one: fn(usize) -> String, n: usize) -> String {
 fn decoders(c: &mut Criterion) {
     let limits = Limits::default();
     let mut group = c.benchmark_group("decode");
-    let formats: [(&str, Format, fn(usize) -> String, bool); 6] = [
+    /// (name, format, one sample alert, whether to bench batches of 100 too)
+    type Case = (&'static str, Format, fn(usize) -> String, bool);
+    let formats: [Case; 7] = [
         ("native", Format::Native, native, true),
         ("alertmanager", Format::Alertmanager, alertmanager, true),
         // The Grafana webhook is an object holding its alerts: no top-level array.
@@ -65,9 +73,15 @@ fn decoders(c: &mut Criterion) {
         ("pagerduty", Format::PagerDuty, pagerduty, true),
         ("alerta", Format::Alerta, alerta, true),
         ("inspection", Format::Inspection, inspection, true),
+        ("cloudevents", Format::CloudEvents, cloudevents, true),
     ];
     for (name, format, one, batches) in formats {
-        let body = one(7);
+        // postableAlerts is always an array, even of one.
+        let body = if format == Format::Alertmanager {
+            batch(one, 1)
+        } else {
+            one(7)
+        };
         assert_eq!(
             decode(format, body.as_bytes(), Stamp::Live(NOW), &limits)
                 .map(|d| (d.alerts.len(), d.errors.len())),

@@ -12,7 +12,7 @@
 //! cargo bench --bench storm -- http-single --conns 8
 //! cargo bench --bench storm -- raw-nats | alertmanager --batch 100
 //! cargo bench --bench storm -- memory --alerts 1000000
-//! cargo bench --bench storm -- restart --facts 10000000
+//! cargo bench --bench storm -- restart --facts 10000000 --restart-snapshot false
 //! ```
 //!
 //! Latency: over HTTP, a 2xx answer is sent only after the alerts' facts are durable and the
@@ -74,7 +74,9 @@ enum Api {
 #[derive(Parser, Clone, Debug)]
 #[command(about = "incidentd end-to-end storm harness")]
 struct Args {
-    mode: Mode,
+    /// What to run; without one (plain `cargo bench`) the harness prints how to run it and
+    /// skips, since a storm takes minutes and starts servers.
+    mode: Option<Mode>,
     /// Alerts offered.
     #[arg(long, default_value_t = 200_000)]
     alerts: usize,
@@ -118,9 +120,10 @@ struct Args {
     /// Run the Alertmanager baseline where a mode has one (memory).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     baseline: bool,
-    /// Run the Alertmanager baseline where a mode has one (memory).
+    /// `restart`: also restart from a snapshot (written at shutdown; needs about twice the
+    /// state's memory while it is written).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    baseline: bool,
+    restart_snapshot: bool,
     /// Print the results as JSON too.
     #[arg(long)]
     json: bool,
@@ -178,7 +181,8 @@ impl Drop for Proc {
 }
 
 async fn wait_port(port: u16, what: &str) -> Res<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // incidentd replays its log before it listens: allow for a long log.
+    let deadline = Instant::now() + Duration::from_secs(900);
     while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         if Instant::now() > deadline {
             return Err(format!("{what} did not open port {port}").into());
@@ -527,6 +531,8 @@ const TEAMS: [&str; 4] = ["network", "platform", "storage", "payments"];
 /// One alert of the storm: identity `key`, or a probe with a unique dedup key.
 struct Gen {
     cis: Vec<String>,
+    /// A minute ago: alerts must not start in the future, or Alertmanager refuses them.
+    starts: String,
 }
 
 impl Gen {
@@ -544,7 +550,8 @@ impl Gen {
         } else {
             (0..5000).map(|i| format!("node-{i:04}")).collect()
         };
-        Ok(Gen { cis })
+        let starts = incidentd::model::format_time(incidentd::clock::now() - 60_000);
+        Ok(Gen { cis, starts })
     }
 
     fn parts(&self, key: usize) -> (&str, &str, &str, &str) {
@@ -574,7 +581,8 @@ impl Gen {
             "{{\"source\":\"storm\",\"name\":\"{name}\",\"ci\":\"{ci}\",\"severity\":\"{sev}\",\"status\":\"firing\",\"summary\":\""
         );
         let tail = format!(
-            "\",\"labels\":{{\"check\":\"c{key}\",\"dc\":\"dc1\",\"team\":\"{team}\",\"env\":\"prod\"}},\"starts_at\":\"2026-11-23T10:00:00Z\"{dedup}}}"
+            "\",\"labels\":{{\"check\":\"c{key}\",\"dc\":\"dc1\",\"team\":\"{team}\",\"env\":\"prod\"}},\"starts_at\":\"{starts}\"{dedup}}}",
+            starts = self.starts
         );
         let summary = Self::summary(ci, name, 358, head.len() + tail.len());
         format!("{head}{summary}{tail}")
@@ -587,7 +595,10 @@ impl Gen {
         let head = format!(
             "{{\"labels\":{{\"alertname\":\"{name}\",\"source\":\"storm\",\"ci\":\"{ci}\",\"severity\":\"{sev}\",\"check\":\"c{key}\",\"dc\":\"dc1\",\"team\":\"{team}\",\"env\":\"prod\"{probe}}},\"annotations\":{{\"summary\":\""
         );
-        let tail = "\"},\"startsAt\":\"2026-11-23T10:00:00Z\",\"generatorURL\":\"http://storm.example/graph\"}";
+        let tail = format!(
+            "\"}},\"startsAt\":\"{}\",\"generatorURL\":\"http://storm.example/graph\"}}",
+            self.starts
+        );
         let summary = Self::summary(ci, name, 358, head.len() + tail.len());
         format!("{head}{summary}{tail}")
     }
@@ -624,7 +635,10 @@ struct Outcome {
     accepted: u64,
     rejected: u64,
     shed: u64,
-    /// Offered but neither accepted, rejected nor counted as shed by the server.
+    /// In requests that failed (e.g. connection reset) and that the server's counters show
+    /// were not stored.
+    failed: u64,
+    /// Offered but neither accepted, rejected, shed nor proven not stored.
     unaccounted: u64,
     elapsed: Duration,
     /// Rate the sender achieved (offered / send time).
@@ -645,12 +659,13 @@ impl Outcome {
     fn print(&self) {
         println!("\n== {} ==", self.label);
         println!(
-            "offered {} ({:.0}/s offered), accepted {}, rejected {}, shed {}, unaccounted {}",
+            "offered {} ({:.0}/s offered), accepted {}, rejected {}, shed {}, failed {}, unaccounted {}",
             self.offered,
             self.offered_rate,
             self.accepted,
             self.rejected,
             self.shed,
+            self.failed,
             self.unaccounted
         );
         println!(
@@ -713,6 +728,7 @@ impl Outcome {
             "accepted": self.accepted,
             "rejected": self.rejected,
             "shed": self.shed,
+            "failed": self.failed,
             "unaccounted": self.unaccounted,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "accepted_per_s": self.rate(),
@@ -724,7 +740,9 @@ impl Outcome {
 
     /// Offered must equal accepted + rejected + shed; anything else is a silent loss.
     fn check(&self) -> Res<()> {
-        if self.offered != self.accepted + self.rejected + self.shed + self.unaccounted {
+        if self.offered
+            != self.accepted + self.rejected + self.shed + self.failed + self.unaccounted
+        {
             return Err(format!(
                 "{}: counts do not add up: offered {} != accepted {} + rejected {} + shed {} + unaccounted {}",
                 self.label, self.offered, self.accepted, self.rejected, self.shed, self.unaccounted
@@ -1041,6 +1059,7 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
         accepted,
         rejected,
         shed,
+        failed: 0,
         unaccounted,
         elapsed: end.saturating_duration_since(t0),
         offered_rate: offered as f64 / send.as_secs_f64().max(1e-9),
@@ -1125,6 +1144,25 @@ struct HttpTally {
     rejected_alerts: AtomicU64,
     errors: AtomicU64,
     without_retry_after: AtomicU64,
+    /// What the errors were (status or I/O error), for the report.
+    error_kinds: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl HttpTally {
+    fn error(&self, kind: String, n: u64) {
+        self.errors.fetch_add(n, Ordering::Relaxed);
+        *self
+            .error_kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
+            .or_default() += n;
+    }
+
+    fn error_note(&self) -> Option<String> {
+        let kinds = self.error_kinds.lock().unwrap_or_else(|e| e.into_inner());
+        (!kinds.is_empty()).then(|| format!("alerts in failed requests, by cause: {kinds:?}"))
+    }
 }
 
 /// Sends every body over `conns` keep-alive connections (paced by alerts); returns the
@@ -1158,9 +1196,9 @@ async fn post_all(
                 let sent = Instant::now();
                 let reply = match conn.request("POST", path, body).await {
                     Ok(r) => r,
-                    Err(_) => {
-                        // Reconnect once; the request's alerts count as errors.
-                        tally.errors.fetch_add(n, Ordering::Relaxed);
+                    Err(e) => {
+                        // Reconnect; the request's alerts count as errors.
+                        tally.error(format!("io: {e}"), n);
                         conn = http.connect().await?;
                         continue;
                     }
@@ -1187,9 +1225,7 @@ async fn post_all(
                             .rejected_alerts
                             .fetch_add(n - accepted, Ordering::Relaxed);
                     }
-                    _ => {
-                        tally.errors.fetch_add(n, Ordering::Relaxed);
-                    }
+                    other => tally.error(format!("HTTP {other}"), n),
                 }
             }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hist)
@@ -1248,12 +1284,20 @@ async fn run_http_incidentd(
             c.received - base.received
         ));
     }
+    notes.extend(tally.error_note());
     let without = tally.without_retry_after.load(Ordering::Relaxed);
     if without > 0 {
         notes.push(format!("{without} 429/503 answers without Retry-After"));
     }
     let offered = args.alerts as u64;
     let errors = tally.errors.load(Ordering::Relaxed);
+    // A failed request (connection reset) is fine when the server stored none of it: its
+    // received counter then equals what the 2xx answers acknowledged.
+    let (failed, errors) = if c.received - base.received == ok {
+        (errors, 0)
+    } else {
+        (0, errors)
+    };
     Ok(Outcome {
         label: format!(
             "incidentd HTTP ingest ({} alerts, batch {batch}, {} conns, rate {})",
@@ -1263,6 +1307,7 @@ async fn run_http_incidentd(
         accepted: ok,
         rejected: tally.rejected_alerts.load(Ordering::Relaxed),
         shed: tally.shed_alerts.load(Ordering::Relaxed),
+        failed,
         unaccounted: errors,
         elapsed,
         offered_rate: offered as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -1317,7 +1362,9 @@ async fn run_alertmanager(
             (am.name.to_string(), delta(before, after)),
             ("harness".into(), delta(me_before, me_after)),
         ],
-        notes: vec!["Alertmanager keeps alerts in memory only (no fsync)".into()],
+        notes: std::iter::once("Alertmanager keeps alerts in memory only (no fsync)".into())
+            .chain(tally.error_note())
+            .collect(),
         ..Outcome::default()
     })
 }
@@ -1454,7 +1501,11 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
             if j > 0 {
                 body.push(',');
             }
-            let key = if (i + j) % 2 == 0 { i + j } else { (i + j) / 2 };
+            let key = if (i + j).is_multiple_of(2) {
+                i + j
+            } else {
+                (i + j) / 2
+            };
             body.push_str(&gen_.native(key, None));
         }
         body.push(']');
@@ -1500,12 +1551,26 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     ));
     out.push(o);
 
+    if !args.restart_snapshot {
+        return Ok(out);
+    }
     // With snapshots: incidentd writes one at shutdown; the next start loads it + the tail.
     let mut a = args.clone();
     a.snapshot_every = 1_000_000_000;
     {
         let (mut d, _) = start_incidentd(&a, tmp, &data, None).await?;
-        // SIGTERM: the engine's last snapshot is written before exit.
+        // One new fact, so the engine has something to snapshot; SIGTERM then writes the
+        // last snapshot before exit.
+        let one = format!("[{}]", gen_.native(usize::MAX / 2, None));
+        let r = d
+            .base
+            .connect()
+            .await?
+            .request("POST", "/api/v1/alerts", one.as_bytes())
+            .await?;
+        if r.status != 200 {
+            return Err(format!("posting the last alert: HTTP {}", r.status).into());
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &d.proc.pid().to_string()])
             .status();
@@ -1568,14 +1633,14 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}, loadavg {}", load.trim())
 }
 
-async fn run(args: Args) -> Res<()> {
+async fn run(args: Args, mode: Mode) -> Res<()> {
     let tmp = tempfile::tempdir()?;
     let tmp = tmp.path();
     println!("machine: {}", machine());
     println!("args: {args:?}");
     let gen_ = Gen::new(args.cmdb)?;
     let mut results: Vec<Outcome> = Vec::new();
-    match args.mode {
+    match mode {
         Mode::RawNats => {
             let p = nats_payloads(&args, &gen_);
             results.push(run_raw_nats(&args, tmp, &p).await?);
@@ -1585,7 +1650,7 @@ async fn run(args: Args) -> Res<()> {
             results.push(run_nats(&args, tmp, &p).await?);
         }
         Mode::HttpBatch | Mode::HttpSingle => {
-            let batch = if args.mode == Mode::HttpSingle {
+            let batch = if mode == Mode::HttpSingle {
                 1
             } else {
                 args.batch
@@ -1661,7 +1726,7 @@ async fn run(args: Args) -> Res<()> {
     }
     let _ = std::io::stdout().flush();
     for r in &results {
-        if args.mode != Mode::RawNats {
+        if mode != Mode::RawNats {
             r.check()?;
         }
     }
@@ -1689,6 +1754,12 @@ async fn run_overload(args: &Args, tmp: &Path, gen_: &Gen) -> Res<Vec<Outcome>> 
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let Some(mode) = args.mode else {
+        println!(
+            "storm: skipped (no mode); run e.g. `cargo bench --bench storm -- all`, see BENCHMARKS.md"
+        );
+        return std::process::ExitCode::SUCCESS;
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1700,7 +1771,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, mode)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("storm: FAILED: {e}");

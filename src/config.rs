@@ -47,7 +47,7 @@
 //! [engine]
 //! tick_interval = "1s"
 //! queue = 4096                  # commands queued for the engine
-//! max_queued_alerts = 65536     # alerts queued for the engine; beyond it ingest sheds:
+//! max_queued_alerts = 16384     # alerts queued for the engine; beyond it ingest sheds:
 //! shed_after = "100ms"          # HTTP 429 + Retry-After, core NATS messages counted as shed
 //! ```
 

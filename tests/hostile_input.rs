@@ -105,8 +105,9 @@ async fn hostile_payloads_are_refused_precisely() {
         );
         rejected += 1.0;
     }
-    // Larger than the body limit (10 MiB): 413 before the body is buffered. Its own client: the
-    // server closes that connection mid-upload, which must not poison the shared pool.
+    // Larger than the body limit (10 MiB): 413 before the body is buffered. On a client of
+    // its own: the server closes that connection (the body was never read), and a pooled
+    // connection reused right after would race with the close.
     let r = client()
         .post(&url)
         .header("content-type", "application/json")

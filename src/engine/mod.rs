@@ -17,6 +17,7 @@
 
 pub mod facts;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use facts::{Fact, IncidentId, IncidentState, Priority};
@@ -318,6 +319,19 @@ impl Engine {
         result
     }
 
+    /// [`handle`](Self::handle) for an alert the caller gives up: a new alert moves into
+    /// its `AlertReceived` fact instead of being copied. Same facts, same state.
+    pub fn handle_alert(&mut self, alert: Alert, out: &mut Vec<Fact>) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        self.decide_alert(Cow::Owned(alert), &mut scratch);
+        for fact in scratch.drain(..) {
+            self.apply(&fact);
+            self.push_coalesced(fact, out);
+        }
+        self.scratch = scratch;
+    }
+
     /// Swaps in a new rule set; records it as a fact when its content differs.
     pub fn load_rules(&mut self, rules: Rules, now: Millis, out: &mut Vec<Fact>) {
         if rules.hash != self.state.rules_hash {
@@ -388,7 +402,7 @@ impl Engine {
     pub fn decide(&self, input: Input<'_>, out: &mut Vec<Fact>) -> Result<(), CommandError> {
         match input {
             Input::Alert(alert) => {
-                self.decide_alert(alert, out);
+                self.decide_alert(Cow::Borrowed(alert), out);
                 Ok(())
             }
             Input::Acknowledge {
@@ -548,13 +562,16 @@ impl Engine {
             .resolve(alert.ci.as_deref(), &alert.labels)
     }
 
-    fn decide_alert(&self, alert: &Alert, out: &mut Vec<Fact>) {
+    /// `alert` is owned when the caller gives it up ([`Engine::handle_alert`]): a new alert
+    /// then moves into its `AlertReceived` fact instead of being copied.
+    fn decide_alert(&self, alert: Cow<'_, Alert>, out: &mut Vec<Fact>) {
         let now = alert.received_at.max(self.state.now);
         let fp = alert.fingerprint;
         let Some(current) = self.state.alerts.get(&fp) else {
             self.receive(alert, now, out);
             return;
         };
+        let alert = alert.as_ref();
         let incident = current
             .incident
             .and_then(|id| self.state.incidents.get(&id));
@@ -634,42 +651,40 @@ impl Engine {
                         out.extend(flapping);
                         self.escalate(inc, alert, now, out);
                     }
-                    _ => self.receive(alert, now, out),
+                    _ => self.receive(Cow::Borrowed(alert), now, out),
                 }
             }
         }
     }
 
     /// A new alert, or a new life of an old one: record it, then correlate it if it fires.
-    fn receive(&self, alert: &Alert, now: Millis, out: &mut Vec<Fact>) {
-        let ci = self.resolve_ci(alert);
+    fn receive(&self, alert: Cow<'_, Alert>, now: Millis, out: &mut Vec<Fact>) {
+        let ci = self.resolve_ci(&alert);
         // Record the CI the lookup found, so the log says where the alert was placed. Most
-        // senders name the CI id itself: then the alert is recorded as it came, with one copy.
+        // senders name the CI id itself: then the alert is recorded as it came.
         let found = ci
             .and_then(|idx| self.state.topology.ci(idx))
             .map(|c| c.id.as_str())
             .filter(|id| alert.ci.as_deref() != Some(*id));
         let recorded = match found {
-            Some(id) => std::borrow::Cow::Owned(Alert {
+            Some(id) => Cow::Owned(Alert {
                 ci: Some(id.to_string()),
-                ..alert.clone()
+                ..alert.into_owned()
             }),
-            None => std::borrow::Cow::Borrowed(alert),
+            None => alert,
         };
+        // `AlertReceived` comes first; correlating first lets the alert move into it after.
+        let start = out.len();
         if recorded.status == Status::Firing {
-            out.push(Fact::AlertReceived {
-                at: now,
-                alert: recorded.as_ref().clone(),
-            });
             // Rules see the resolved CI too: `ci` matchers and group keys work for alerts that
             // named their host only by a lookup key.
             self.correlate(&recorded, ci, now, out);
-        } else {
-            out.push(Fact::AlertReceived {
-                at: now,
-                alert: recorded.into_owned(),
-            });
         }
+        let fact = Fact::AlertReceived {
+            at: now,
+            alert: recorded.into_owned(),
+        };
+        out.insert(start, fact);
     }
 
     /// Why the alert is suppressed now, if it is: an active silence matching it (by its
