@@ -240,6 +240,7 @@ try {
     want,
     { timeout: 30000 },
   );
+  await page.waitForFunction(() => document.querySelectorAll('#incident-list .row.incident').length > 0);
   const boardRows = await page.locator('#incident-list .row.incident').count();
   check(boardRows > 0 && boardRows < 200, `the board renders a window, not ${want} rows: ${boardRows}`);
   await page.evaluate(() => { const l = document.getElementById('incident-list'); l.scrollTop = l.scrollHeight; });
@@ -251,6 +252,8 @@ try {
   await big.first().waitFor({ timeout: 10000 });
   await big.first().click();
   await page.waitForFunction(() => document.querySelector('#alert-total').textContent === '(10000)', null, { timeout: 15000 });
+  // The total arrives with the first page; its rows render on the next frame.
+  await page.waitForFunction(() => document.querySelectorAll('#alert-list .row.alert').length > 0, null, { timeout: 15000 });
   const alertRows = await page.locator('#alert-list .row.alert').count();
   check(alertRows > 0 && alertRows < 200, `the member list renders a window of 10000: ${alertRows}`);
   await page.evaluate(() => { const l = document.getElementById('alert-list'); l.scrollTop = l.scrollHeight; });
