@@ -168,23 +168,50 @@ impl IncidentView {
     /// The contract's incident document; `timeline` adds the history (detail view).
     /// `topology` supplies the root CI's owner group.
     pub fn doc<'a>(&'a self, topology: &'a Topology, timeline: bool) -> IncidentDoc<'a> {
-        let root = self.root_alert();
-        let owner_group = self.owner_group(topology);
         IncidentDoc {
+            head: self.head(topology),
+            alerts: &self.alerts,
+            tail: self.tail(),
+            timeline: timeline.then_some(&self.timeline[..]),
+        }
+    }
+
+    /// An incident without its alerts and timeline: what the console board and the live
+    /// stream carry, so a 10k-alert incident costs the same as a small one.
+    pub fn summary<'a>(&'a self, topology: &'a Topology) -> IncidentSummary<'a> {
+        IncidentSummary {
+            head: self.head(topology),
+            firing_count: self
+                .alerts
+                .iter()
+                .filter(|a| a.status == Status::Firing)
+                .count(),
+            severity: self.alerts.iter().map(|a| a.severity).max(),
+            tail: self.tail(),
+            timeline_count: self.timeline.len(),
+        }
+    }
+
+    fn head<'a>(&'a self, topology: &'a Topology) -> IncidentHead<'a> {
+        IncidentHead {
             id: self.id.to_string(),
             state: self.state.as_str(),
             priority: self.priority.as_str(),
             title: self.title(),
-            root_cause: root.map(|a| RootCause {
+            root_cause: self.root_alert().map(|a| RootCause {
                 ci: a.ci.as_deref(),
                 fingerprint: a.fingerprint,
                 name: &a.name,
             }),
             impacted_services: &self.services,
-            owner_group,
+            owner_group: self.owner_group(topology),
             merged_into: self.merged_into.map(|id| id.to_string()),
             alert_count: self.alerts.len(),
-            alerts: &self.alerts,
+        }
+    }
+
+    fn tail(&self) -> IncidentTail<'_> {
+        IncidentTail {
             rule: &self.rule,
             group_key: &self.group_key,
             opened_at: format_time(self.opened_at),
@@ -192,14 +219,48 @@ impl IncidentView {
             resolved_at: self.resolved_at.map(format_time),
             acknowledged_by: self.acknowledged_by.as_deref(),
             resolved_by: self.resolved_by.as_deref(),
-            timeline: timeline.then_some(&self.timeline[..]),
         }
+    }
+
+    /// The root CI's owner group, from the topology.
+    pub fn owner_group<'a>(&'a self, topology: &'a Topology) -> Option<&'a str> {
+        self.root_ci()
+            .and_then(|id| topology.index(id))
+            .and_then(|i| topology.ci(i))
+            .and_then(|c| c.owner_group.as_deref())
     }
 }
 
-/// Serialized form of an incident (CONTRACTS §4, plus a few extra fields).
+/// Serialized form of an incident (CONTRACTS §4, plus a few extra fields). The flattened parts
+/// keep the field order of the contract's examples, which `incidentd replay` output relies on.
 #[derive(Serialize)]
 pub struct IncidentDoc<'a> {
+    #[serde(flatten)]
+    pub head: IncidentHead<'a>,
+    pub alerts: &'a [AlertView],
+    #[serde(flatten)]
+    pub tail: IncidentTail<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<&'a [TimelineEntry]>,
+}
+
+/// [`IncidentDoc`] with counts in place of the alerts and the timeline.
+#[derive(Serialize)]
+pub struct IncidentSummary<'a> {
+    #[serde(flatten)]
+    pub head: IncidentHead<'a>,
+    /// Member alerts still firing.
+    pub firing_count: usize,
+    /// The worst severity among the member alerts.
+    pub severity: Option<Severity>,
+    #[serde(flatten)]
+    pub tail: IncidentTail<'a>,
+    pub timeline_count: usize,
+}
+
+/// What every rendering of an incident starts with.
+#[derive(Serialize)]
+pub struct IncidentHead<'a> {
     pub id: String,
     pub state: &'static str,
     pub priority: &'static str,
@@ -210,7 +271,11 @@ pub struct IncidentDoc<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merged_into: Option<String>,
     pub alert_count: usize,
-    pub alerts: &'a [AlertView],
+}
+
+/// What every rendering of an incident carries after its alerts.
+#[derive(Serialize)]
+pub struct IncidentTail<'a> {
     pub rule: &'a str,
     pub group_key: &'a str,
     pub opened_at: String,
@@ -220,8 +285,6 @@ pub struct IncidentDoc<'a> {
     pub acknowledged_by: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved_by: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeline: Option<&'a [TimelineEntry]>,
 }
 
 #[derive(Serialize)]
@@ -853,79 +916,6 @@ impl ReadModel {
             }
         }
         c
-    }
-}
-
-/// An incident without its alerts and timeline: what the console board and the live stream
-/// carry, so a 10k-alert incident costs the same as a small one.
-#[derive(Serialize)]
-pub struct IncidentSummary<'a> {
-    pub id: String,
-    pub state: &'static str,
-    pub priority: &'static str,
-    pub title: String,
-    pub root_cause: Option<RootCause<'a>>,
-    pub impacted_services: &'a [String],
-    pub owner_group: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub merged_into: Option<String>,
-    pub alert_count: usize,
-    /// Member alerts still firing.
-    pub firing_count: usize,
-    /// The worst severity among the member alerts.
-    pub severity: Option<Severity>,
-    pub rule: &'a str,
-    pub group_key: &'a str,
-    pub opened_at: String,
-    pub updated_at: String,
-    pub resolved_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub acknowledged_by: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resolved_by: Option<&'a str>,
-    pub timeline_count: usize,
-}
-
-impl IncidentView {
-    /// The root CI's owner group, from the topology.
-    pub fn owner_group<'a>(&'a self, topology: &'a Topology) -> Option<&'a str> {
-        self.root_ci()
-            .and_then(|id| topology.index(id))
-            .and_then(|i| topology.ci(i))
-            .and_then(|c| c.owner_group.as_deref())
-    }
-
-    pub fn summary<'a>(&'a self, topology: &'a Topology) -> IncidentSummary<'a> {
-        let root = self.root_alert();
-        IncidentSummary {
-            id: self.id.to_string(),
-            state: self.state.as_str(),
-            priority: self.priority.as_str(),
-            title: self.title(),
-            root_cause: root.map(|a| RootCause {
-                ci: a.ci.as_deref(),
-                fingerprint: a.fingerprint,
-                name: &a.name,
-            }),
-            impacted_services: &self.services,
-            owner_group: self.owner_group(topology),
-            merged_into: self.merged_into.map(|id| id.to_string()),
-            alert_count: self.alerts.len(),
-            firing_count: self
-                .alerts
-                .iter()
-                .filter(|a| a.status == Status::Firing)
-                .count(),
-            severity: self.alerts.iter().map(|a| a.severity).max(),
-            rule: &self.rule,
-            group_key: &self.group_key,
-            opened_at: format_time(self.opened_at),
-            updated_at: format_time(self.updated_at),
-            resolved_at: self.resolved_at.map(format_time),
-            acknowledged_by: self.acknowledged_by.as_deref(),
-            resolved_by: self.resolved_by.as_deref(),
-            timeline_count: self.timeline.len(),
-        }
     }
 }
 
