@@ -138,10 +138,7 @@ async fn bad_nats_messages_go_to_the_dead_letter_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = Incidentd::start(&dir.path().join("data"), &nats.url());
     let c = client();
-    eventually(20, "incidentd ready", || async {
-        (get_json(&c, &d.url("/readyz")).await.0 == 200).then_some(())
-    })
-    .await;
+    d.wait_ready(&c, 20).await;
     let nc = async_nats::connect(nats.url()).await.expect("connect");
     let mut dead = nc.subscribe("alerts.deadletter").await.expect("subscribe");
     nc.flush().await.expect("flush");

@@ -21,10 +21,7 @@ async fn cmdb_changes_over_http_and_nats_change_correlation() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = Incidentd::start(&dir.path().join("data"), &nats.url());
     let c = client();
-    eventually(20, "ready", || async {
-        (get_json(&c, &d.url("/readyz")).await.0 == 200).then_some(())
-    })
-    .await;
+    d.wait_ready(&c, 20).await;
 
     // A new switch with one host, over HTTP.
     let (status, body) = post_json(

@@ -12,10 +12,7 @@ async fn pagerduty_alerta_grafana_and_inspection_are_ingested() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = Incidentd::start(&dir.path().join("data"), &nats.url());
     let c = client();
-    eventually(20, "ready", || async {
-        (get_json(&c, &d.url("/readyz")).await.0 == 200).then_some(())
-    })
-    .await;
+    d.wait_ready(&c, 20).await;
 
     let trigger = json!({"routing_key": "R0UTING", "event_action": "trigger", "dedup_key": "disk-db-9",
         "payload": {"summary": "disk full on db-9", "source": "db-9", "severity": "error", "component": "db-9", "class": "DiskFull"}});
@@ -93,10 +90,7 @@ async fn cloudevents_over_http_and_nats() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = Incidentd::start(&dir.path().join("data"), &nats.url());
     let c = client();
-    eventually(20, "ready", || async {
-        (get_json(&c, &d.url("/readyz")).await.0 == 200).then_some(())
-    })
-    .await;
+    d.wait_ready(&c, 20).await;
     let url = d.url("/api/v1/ingest/cloudevents");
     let event = |id: &str, kind: &str, subject: &str| {
         json!({"specversion": "1.0", "id": id, "source": "/probes/dc1", "type": kind,

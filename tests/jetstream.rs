@@ -48,10 +48,7 @@ async fn jetstream_ingest_survives_a_nats_crash_without_loss_or_duplicates() {
     .expect("config");
     let d = Incidentd::start_with(&dir.path().join("data"), &url, Some(&config));
     let c = client();
-    eventually(30, "ready with the jetstream consumer", || async {
-        (get_json(&c, &d.url("/readyz")).await.0 == 200).then_some(())
-    })
-    .await;
+    d.wait_ready(&c, 30).await;
 
     let nc = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()

@@ -19,10 +19,7 @@ async fn ten_thousand_alerts_over_nats_become_the_expected_incidents() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = Incidentd::start(&dir.path().join("data"), &nats.url());
     let c = client();
-    eventually(20, "incidentd ready", || async {
-        (get_json(&c, &d.url("/readyz")).await.0 == 200).then_some(())
-    })
-    .await;
+    d.wait_ready(&c, 20).await;
 
     let nc = async_nats::connect(nats.url()).await.expect("connect");
     let mut published = 0;

@@ -39,11 +39,7 @@ async fn a_flood_gets_2xx_or_429_with_retry_after_and_nothing_2xx_is_missing() {
     .expect("config");
     let d = Incidentd::start_with(&dir.path().join("data"), &nats.url(), Some(&config));
     let c = client();
-    common::eventually(20, "ready", || async {
-        let r = c.get(d.url("/readyz")).send().await.ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+    d.wait_ready(&c, 20).await;
 
     let mut accepted: BTreeSet<String> = BTreeSet::new();
     let (mut shed_requests, mut ok_requests) = (0usize, 0usize);

@@ -124,6 +124,14 @@ impl Incidentd {
         }
     }
 
+    /// Waits until `/readyz` answers 200 (NATS subscribed, log writable).
+    pub async fn wait_ready(&self, c: &reqwest::Client, secs: u64) {
+        eventually(secs, "incidentd ready", || async {
+            (get_json(c, &self.url("/readyz")).await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
