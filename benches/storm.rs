@@ -1379,45 +1379,10 @@ async fn run_memory(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     args.sample = 0;
     let bodies = Arc::new(http_bodies(&args, &gen_, true, args.batch));
     let mut out = Vec::new();
-    {
-        let data = tmp.join("data-mem");
-        let (d, _) = start_incidentd(&args, tmp, &data, None).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = proc_stat(d.proc.pid());
-        let (tally, _, elapsed) = post_all(
-            &d.base,
-            "/api/v2/alerts",
-            bodies.clone(),
-            args.batch,
-            args.alerts,
-            args.conns,
-            None,
-        )
-        .await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = proc_stat(d.proc.pid());
-        let ok = tally.ok_alerts.load(Ordering::Relaxed);
-        let per = (after.rss_kb.saturating_sub(before.rss_kb)) as f64 * 1024.0 / ok.max(1) as f64;
-        let mut o = Outcome {
-            label: format!("incidentd memory with {ok} active alerts"),
-            offered: args.alerts as u64,
-            accepted: ok,
-            shed: tally.shed_alerts.load(Ordering::Relaxed),
-            rejected: tally.rejected_alerts.load(Ordering::Relaxed),
-            unaccounted: tally.errors.load(Ordering::Relaxed),
-            elapsed,
-            procs: vec![("incidentd".into(), after)],
-            ..Outcome::default()
-        };
-        o.notes.push(format!(
-            "RSS before {:.1} MB, after {:.1} MB (peak {:.1} MB): {:.0} bytes per active alert (RSS growth / alerts)",
-            before.rss_kb as f64 / 1024.0,
-            after.rss_kb as f64 / 1024.0,
-            after.hwm_kb as f64 / 1024.0,
-            per
-        ));
-        out.push(o);
-    }
+    let data = tmp.join("data-mem");
+    let (d, _) = start_incidentd(&args, tmp, &data, None).await?;
+    out.push(memory_growth(&args, "incidentd", d.proc.pid(), &d.base, bodies.clone()).await?);
+    drop(d); // measured alone, as Alertmanager is
     if args.baseline
         && find_binary(
             "prometheus-alertmanager",
@@ -1426,43 +1391,55 @@ async fn run_memory(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
         .is_some()
     {
         let (am, http) = start_alertmanager(tmp).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = proc_stat(am.pid());
-        let (tally, _, elapsed) = post_all(
-            &http,
-            "/api/v2/alerts",
-            bodies,
-            args.batch,
-            args.alerts,
-            args.conns,
-            None,
-        )
-        .await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = proc_stat(am.pid());
-        let ok = tally.ok_alerts.load(Ordering::Relaxed);
-        let per = (after.rss_kb.saturating_sub(before.rss_kb)) as f64 * 1024.0 / ok.max(1) as f64;
-        let mut o = Outcome {
-            label: format!("Alertmanager memory with {ok} active alerts"),
-            offered: args.alerts as u64,
-            accepted: ok,
-            shed: tally.shed_alerts.load(Ordering::Relaxed),
-            rejected: tally.rejected_alerts.load(Ordering::Relaxed),
-            unaccounted: tally.errors.load(Ordering::Relaxed),
-            elapsed,
-            procs: vec![("alertmanager".into(), after)],
-            ..Outcome::default()
-        };
-        o.notes.push(format!(
-            "RSS before {:.1} MB, after {:.1} MB (peak {:.1} MB): {:.0} bytes per active alert",
-            before.rss_kb as f64 / 1024.0,
-            after.rss_kb as f64 / 1024.0,
-            after.hwm_kb as f64 / 1024.0,
-            per
-        ));
-        out.push(o);
+        out.push(memory_growth(&args, "alertmanager", am.pid(), &http, bodies).await?);
     }
     Ok(out)
+}
+
+/// Posts every body to `/api/v2/alerts` of the server at `http` (process `pid`) and reports
+/// its RSS growth per accepted alert.
+async fn memory_growth(
+    args: &Args,
+    name: &str,
+    pid: u32,
+    http: &Http,
+    bodies: Arc<Vec<Bytes>>,
+) -> Res<Outcome> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = proc_stat(pid);
+    let (tally, _, elapsed) = post_all(
+        http,
+        "/api/v2/alerts",
+        bodies,
+        args.batch,
+        args.alerts,
+        args.conns,
+        None,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = proc_stat(pid);
+    let ok = tally.ok_alerts.load(Ordering::Relaxed);
+    let per = (after.rss_kb.saturating_sub(before.rss_kb)) as f64 * 1024.0 / ok.max(1) as f64;
+    let mut o = Outcome {
+        label: format!("{name} memory with {ok} active alerts"),
+        offered: args.alerts as u64,
+        accepted: ok,
+        shed: tally.shed_alerts.load(Ordering::Relaxed),
+        rejected: tally.rejected_alerts.load(Ordering::Relaxed),
+        unaccounted: tally.errors.load(Ordering::Relaxed),
+        elapsed,
+        procs: vec![(name.into(), after)],
+        ..Outcome::default()
+    };
+    o.notes.push(format!(
+        "RSS before {:.1} MB, after {:.1} MB (peak {:.1} MB): {:.0} bytes per active alert (RSS growth / alerts)",
+        before.rss_kb as f64 / 1024.0,
+        after.rss_kb as f64 / 1024.0,
+        after.hwm_kb as f64 / 1024.0,
+        per
+    ));
+    Ok(o)
 }
 
 /// Writes `facts` facts into a fresh log by running the engine over a storm of alerts (a
