@@ -938,6 +938,24 @@ fn bump_source(
     s.last_seen = s.last_seen.max(at);
 }
 
+/// A read-model snapshot section that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("read model snapshot: {0}")]
+pub struct ViewSnapshotError(String);
+
+impl ReadModel {
+    /// Appends this read model's snapshot encoding to `out`. The encoding is this module's
+    /// own; the snapshot file around it carries the version.
+    pub fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), ViewSnapshotError> {
+        serde_json::to_writer(out, self).map_err(|e| ViewSnapshotError(e.to_string()))
+    }
+
+    /// Reads what [`ReadModel::write_snapshot`] wrote.
+    pub fn read_snapshot(bytes: &[u8]) -> Result<ReadModel, ViewSnapshotError> {
+        serde_json::from_slice(bytes).map_err(|e| ViewSnapshotError(e.to_string()))
+    }
+}
+
 fn time<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_time(*ms))
 }
