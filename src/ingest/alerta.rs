@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use super::json::{Map, Value};
 
 use super::{
     ItemError, Limits, Stamp, check_times, event_received_at, event_times, item_error, non_empty,
@@ -31,7 +31,7 @@ use crate::model::{Alert, Fingerprint, Severity, Status};
 
 pub(super) fn decode_object(
     index: usize,
-    mut obj: Map<String, Value>,
+    mut obj: Map<'_>,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Alert, ItemError> {
@@ -69,7 +69,14 @@ pub(super) fn decode_object(
         for (k, v) in attributes {
             if let Value::String(v) = v {
                 let field = format!("attributes.{k}");
-                put_entry(index, &field, ("labels", &mut labels), k, v, limits)?;
+                put_entry(
+                    index,
+                    &field,
+                    ("labels", &mut labels),
+                    k.into_owned(),
+                    v.into_owned(),
+                    limits,
+                )?;
             }
         }
     }
@@ -163,11 +170,7 @@ fn map_severity(s: &str) -> Option<(Severity, Status)> {
 }
 
 /// An optional array of strings; absent is empty.
-fn strings(
-    index: usize,
-    obj: &mut Map<String, Value>,
-    field: &str,
-) -> Result<Vec<String>, ItemError> {
+fn strings(index: usize, obj: &mut Map<'_>, field: &str) -> Result<Vec<String>, ItemError> {
     let items = match take(obj, field) {
         None => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
@@ -177,7 +180,7 @@ fn strings(
         .into_iter()
         .enumerate()
         .map(|(i, item)| match item {
-            Value::String(s) => Ok(s),
+            Value::String(s) => Ok(s.into_owned()),
             other => Err(wrong_type(
                 index,
                 &format!("{field}[{i}]"),

@@ -11,12 +11,12 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use super::json::{Map, Value};
 
 use super::{
     Decoded, ItemError, Limits, PayloadError, Stamp, check_item_count, check_len, check_times,
     default_start, ends_before_starts, item_error, missing, not_an_object, opt_string, quote,
-    show_time, string_map, take, type_name, wrong_shape,
+    show_time, string_map, take, wrong_shape,
 };
 use crate::model::{Alert, Fingerprint, Millis, Severity, Status};
 
@@ -62,7 +62,7 @@ const ALERTMANAGER: Dialect = Dialect {
 
 /// Decodes a parsed payload in either Alertmanager shape.
 pub(super) fn decode_value(
-    value: Value,
+    value: Value<'_>,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Decoded, PayloadError> {
@@ -72,14 +72,14 @@ pub(super) fn decode_value(
         other => Err(wrong_shape(format!(
             "expected {}, got {}",
             ALERTMANAGER.expected,
-            type_name(&other)
+            other.type_name()
         ))),
     }
 }
 
 /// Decodes a webhook notification object as sent by `dialect`.
 pub(super) fn decode_webhook(
-    obj: Map<String, Value>,
+    obj: Map<'_>,
     dialect: &Dialect,
     stamp: Stamp,
     limits: &Limits,
@@ -89,7 +89,7 @@ pub(super) fn decode_webhook(
 }
 
 fn decode_items(
-    items: Vec<Value>,
+    items: Vec<Value<'_>>,
     kind: Kind,
     dialect: &Dialect,
     stamp: Stamp,
@@ -108,17 +108,14 @@ fn decode_items(
 
 /// Checks the webhook envelope and returns its alerts. Group-level fields (`groupKey`,
 /// `commonLabels`, …) are ignored: every alert carries its own full label set.
-fn webhook_alerts(
-    mut obj: Map<String, Value>,
-    dialect: &Dialect,
-) -> Result<Vec<Value>, PayloadError> {
+fn webhook_alerts<'a>(mut obj: Map<'a>, dialect: &Dialect) -> Result<Vec<Value<'a>>, PayloadError> {
     let alerts = match obj.remove("alerts") {
         Some(Value::Array(alerts)) => alerts,
         Some(other) => {
             return Err(wrong_shape(format!(
                 "field `alerts` of {} webhook must be an array, got {}",
                 dialect.a_name,
-                type_name(&other)
+                other.type_name()
             )));
         }
         None => {
@@ -129,7 +126,7 @@ fn webhook_alerts(
         }
     };
     match obj.get("version") {
-        Some(Value::String(v)) if dialect.versions.contains(&v.as_str()) => Ok(alerts),
+        Some(Value::String(v)) if dialect.versions.contains(&v.as_ref()) => Ok(alerts),
         Some(Value::String(v)) => Err(PayloadError {
             code: "invalid_value",
             message: format!(
@@ -151,7 +148,7 @@ fn webhook_alerts(
             message: format!(
                 "field `version` of the {} webhook must be a string, got {}",
                 dialect.name,
-                type_name(other)
+                other.type_name()
             ),
         }),
     }
@@ -159,7 +156,7 @@ fn webhook_alerts(
 
 fn decode_object(
     index: usize,
-    mut obj: Map<String, Value>,
+    mut obj: Map<'_>,
     kind: Kind,
     dialect: &Dialect,
     stamp: Stamp,
@@ -353,7 +350,7 @@ fn map_severity(value: &str) -> Severity {
         .map_or(Severity::Warning, |&(_, severity)| severity)
 }
 
-fn webhook_status(index: usize, obj: &mut Map<String, Value>) -> Result<Status, ItemError> {
+fn webhook_status(index: usize, obj: &mut Map<'_>) -> Result<Status, ItemError> {
     match opt_string(index, obj, "status", usize::MAX)? {
         None => Err(missing(index, "status")),
         Some(s) => Status::parse(&s).ok_or_else(|| {
@@ -371,11 +368,7 @@ fn webhook_status(index: usize, obj: &mut Map<String, Value>) -> Result<Status, 
 }
 
 /// An RFC 3339 time where Go's zero time (and anything before 1970) means "not set".
-fn am_time(
-    index: usize,
-    obj: &mut Map<String, Value>,
-    field: &str,
-) -> Result<Option<Millis>, ItemError> {
+fn am_time(index: usize, obj: &mut Map<'_>, field: &str) -> Result<Option<Millis>, ItemError> {
     Ok(super::opt_time(index, obj, field)?.filter(|&ms| ms >= 0))
 }
 

@@ -18,7 +18,7 @@
 //! attributes, go to annotations (`cloudevents_<name>`), never to labels, because they change
 //! per event and labels are alert identity. `data_base64` is refused: binary data is no alert.
 
-use serde_json::{Map, Value};
+use super::json::{Map, Value};
 
 use super::{
     Decoded, ItemError, Limits, PayloadError, Stamp, decode_each, item_error, native, opt_time,
@@ -41,7 +41,7 @@ const CONTEXT: [&str; 9] = [
 
 /// Decodes a structured-mode payload: one event object or an array of them.
 pub(super) fn decode_value(
-    value: Value,
+    value: Value<'_>,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Decoded, PayloadError> {
@@ -53,7 +53,7 @@ pub(super) fn decode_value(
 /// absent, which is what tells binary mode from structured (the spec's own rule).
 pub fn binary_attributes<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Option<Map<String, Value>> {
+) -> Option<Map<'static>> {
     let mut attrs = Map::new();
     for (name, value) in headers {
         let name = name.to_ascii_lowercase();
@@ -62,7 +62,7 @@ pub fn binary_attributes<'a>(
             None if name == "content-type" => "datacontenttype".to_string(),
             None => continue,
         };
-        attrs.insert(key, Value::String(value.to_string()));
+        attrs.insert(key, Value::String(value.to_string().into()));
     }
     attrs.contains_key("specversion").then_some(attrs)
 }
@@ -70,12 +70,14 @@ pub fn binary_attributes<'a>(
 /// Decodes a binary-mode event: `attrs` from [`binary_attributes`], `body` the data. Errors
 /// name the header (`ce-id`) rather than the attribute, since that is what the sender set.
 pub(super) fn decode_binary(
-    mut attrs: Map<String, Value>,
+    attrs: Map<'_>,
     body: &[u8],
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Decoded, PayloadError> {
-    attrs.insert("data".to_string(), parse_json(body, limits)?);
+    // Covariance: the headers' map may hold values borrowed from the body.
+    let mut attrs: Map<'_> = attrs;
+    attrs.insert("data", parse_json(body, limits)?);
     let mut out = Decoded::default();
     out.push(decode_object(0, attrs, stamp, limits).map_err(|mut e| {
         let attr = e.field.split('.').next().unwrap_or_default();
@@ -98,7 +100,7 @@ pub(super) fn decode_binary(
 
 fn decode_object(
     index: usize,
-    mut obj: Map<String, Value>,
+    mut obj: Map<'_>,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Alert, ItemError> {
@@ -155,7 +157,7 @@ fn decode_object(
         if let Some(value) = value
             && data.get(key).is_none_or(Value::is_null)
         {
-            data.insert(key.to_string(), Value::String(value.clone()));
+            data.insert(key.to_string(), Value::String(value.clone().into()));
         }
     }
     if let Some(time) = time
@@ -163,7 +165,7 @@ fn decode_object(
     {
         data.insert(
             "starts_at".to_string(),
-            Value::String(crate::model::format_time(time)),
+            Value::String(crate::model::format_time(time).into()),
         );
     }
     let mut alert =
@@ -175,8 +177,8 @@ fn decode_object(
         ("type".to_string(), kind),
     ];
     for (name, value) in obj {
-        if !CONTEXT.contains(&name.as_str()) && !value.is_null() {
-            extra.push((name, super::json_text(value)));
+        if !CONTEXT.contains(&name.as_ref()) && !value.is_null() {
+            extra.push((name.into_owned(), super::json_text(value)));
         }
     }
     for (name, value) in extra {

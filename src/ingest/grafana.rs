@@ -10,10 +10,10 @@
 //! `silenceURL` (a Grafana UI link) and `values` (its numbers are also in `valueString`). A
 //! top-level array is refused: Grafana never sends one, and the envelope already holds many.
 
-use serde_json::Value;
+use super::json::Value;
 
 use super::alertmanager::{self, Dialect};
-use super::{Decoded, Limits, PayloadError, Stamp, type_name, wrong_shape};
+use super::{Decoded, Limits, PayloadError, Stamp, wrong_shape};
 
 const GRAFANA: Dialect = Dialect {
     name: "Grafana",
@@ -31,7 +31,7 @@ const GRAFANA: Dialect = Dialect {
 };
 
 pub(super) fn decode_value(
-    value: Value,
+    value: Value<'_>,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Decoded, PayloadError> {
@@ -40,7 +40,7 @@ pub(super) fn decode_value(
         other => Err(wrong_shape(format!(
             "expected {}, got {}",
             GRAFANA.expected,
-            type_name(&other)
+            other.type_name()
         ))),
     }
 }

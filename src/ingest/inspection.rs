@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use super::json::{Map, Value};
 
 use super::{
     ItemError, Limits, Stamp, check_times, event_received_at, event_times, item_error, json_text,
@@ -25,7 +25,7 @@ use crate::model::{Alert, Fingerprint, Severity, Status};
 
 pub(super) fn decode_object(
     index: usize,
-    mut obj: Map<String, Value>,
+    mut obj: Map<'_>,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Alert, ItemError> {

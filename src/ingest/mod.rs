@@ -3,9 +3,9 @@
 //!
 //! A payload is rejected whole only when nothing in it can be read (not JSON, wrong top-level
 //! shape, too many items, too deep); otherwise each item stands alone, so one broken alert never
-//! drops its neighbours. Decoders parse into `serde_json::Value` and pick fields by hand rather
-//! than deriving `Deserialize`: that way every rejection names its exact field and reason, and
-//! strings are moved out of the parsed tree instead of being copied.
+//! drops its neighbours. Decoders parse into a [`json::Value`] tree that borrows from the
+//! payload and pick fields by hand rather than deriving `Deserialize`: that way every rejection
+//! names its exact field and reason, and each string an alert keeps is copied once.
 
 pub mod alerta;
 pub mod alertmanager;
@@ -13,6 +13,7 @@ pub mod cloudevents;
 pub mod grafana;
 pub mod inspection;
 pub mod jetstream;
+pub mod json;
 pub mod native;
 pub mod nats;
 pub mod pagerduty;
@@ -20,7 +21,7 @@ pub mod pagerduty;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde_json::{Map, Value};
+use json::{Map, Value};
 
 use crate::model::{Alert, Millis, Status};
 
@@ -224,11 +225,11 @@ pub fn decode_with_headers<'h>(
 
 /// Decodes one item object at `index`; the per-item half of a format that takes one object
 /// or an array of them.
-type DecodeObject = fn(usize, Map<String, Value>, Stamp, &Limits) -> Result<Alert, ItemError>;
+type DecodeObject = fn(usize, Map<'_>, Stamp, &Limits) -> Result<Alert, ItemError>;
 
 /// One object (item 0) or an array of them, each decoded on its own by `decode_object`.
 fn decode_each(
-    value: Value,
+    value: Value<'_>,
     stamp: Stamp,
     limits: &Limits,
     decode_object: DecodeObject,
@@ -253,135 +254,30 @@ fn decode_each(
         }
         other => Err(wrong_shape(format!(
             "expected an alert object or an array of them, got {}",
-            type_name(&other)
+            other.type_name()
         ))),
     }
 }
 
-/// Checks depth first, because serde_json's own recursion limit (128) is above ours and a
-/// deep payload should be refused before any allocation.
-fn parse_json(body: &[u8], limits: &Limits) -> Result<Value, PayloadError> {
-    check_depth(body, limits.max_depth)?;
-    match serde_json::from_slice::<Strict>(body) {
-        Ok(Strict(value)) => Ok(value),
-        Err(e) if e.classify() == serde_json::error::Category::Data => Err(PayloadError {
+/// Parses a payload into the tree the decoders read.
+fn parse_json<'a>(body: &'a [u8], limits: &Limits) -> Result<Value<'a>, PayloadError> {
+    json::parse(body, limits.max_depth).map_err(|e| match e {
+        json::ParseError::DuplicateKey(e) => PayloadError {
+            // Senders and parsers disagree on which copy of a repeated key wins (serde_json
+            // keeps the last, others the first), so guessing could store an alert its sender
+            // never meant.
             code: "duplicate_key",
             message: format!("ambiguous JSON: {e}"),
-        }),
-        Err(e) => Err(PayloadError {
+        },
+        json::ParseError::TooDeep => PayloadError {
+            code: "too_large",
+            message: format!("JSON nesting is deeper than {} levels", limits.max_depth),
+        },
+        json::ParseError::Malformed(e) => PayloadError {
             code: "malformed_json",
             message: format!("malformed JSON: {e}"),
-        }),
-    }
-}
-
-/// A JSON value parsed like `serde_json::Value`, except that an object with the same key twice
-/// is an error: senders and parsers disagree on which copy wins (serde_json keeps the last,
-/// others the first), so guessing could store an alert its sender never meant. Its only
-/// `Data`-category error is the duplicate key, which is how [`parse_json`] tells it apart.
-struct Strict(Value);
-
-impl<'de> serde::Deserialize<'de> for Strict {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        // JSON cannot spell NaN or infinity, so `from_f64` only declines what never arrives.
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(Strict(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format_args!(
-                    "duplicate key {}",
-                    quote(&key)
-                )));
-            }
-            let Strict(value) = map.next_value()?;
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
-    }
-}
-
-/// Counts bracket nesting outside strings. Byte-wise is safe for UTF-8: `"`, `\`, brackets
-/// never occur inside a multi-byte sequence. Malformed input is left for the parser to name.
-fn check_depth(body: &[u8], max_depth: usize) -> Result<(), PayloadError> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max_depth {
-                    return Err(PayloadError {
-                        code: "too_large",
-                        message: format!("JSON nesting is deeper than {max_depth} levels"),
-                    });
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
+        },
+    })
 }
 
 fn check_item_count(n: usize, limits: &Limits) -> Result<(), PayloadError> {
@@ -398,18 +294,6 @@ fn wrong_shape(message: String) -> PayloadError {
     PayloadError {
         code: "wrong_shape",
         message,
-    }
-}
-
-/// JSON type name of a value, for "must be X, got Y" messages.
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 
@@ -443,12 +327,12 @@ fn item_error(index: usize, field: &str, code: &'static str, message: String) ->
     }
 }
 
-fn not_an_object(index: usize, item: &Value) -> ItemError {
+fn not_an_object(index: usize, item: &Value<'_>) -> ItemError {
     item_error(
         index,
         "$",
         "wrong_type",
-        format!("alert must be an object, got {}", type_name(item)),
+        format!("alert must be an object, got {}", item.type_name()),
     )
 }
 
@@ -461,12 +345,15 @@ fn missing(index: usize, field: &str) -> ItemError {
     )
 }
 
-fn wrong_type(index: usize, field: &str, expected: &str, got: &Value) -> ItemError {
+fn wrong_type(index: usize, field: &str, expected: &str, got: &Value<'_>) -> ItemError {
     item_error(
         index,
         field,
         "wrong_type",
-        format!("field `{field}` must be {expected}, got {}", type_name(got)),
+        format!(
+            "field `{field}` must be {expected}, got {}",
+            got.type_name()
+        ),
     )
 }
 
@@ -483,14 +370,14 @@ fn check_len(index: usize, field: &str, s: &str, limit: usize) -> Result<(), Ite
 }
 
 /// Removes `key` from the item; JSON `null` counts as absent.
-fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
+fn take<'a>(obj: &mut Map<'a>, key: &str) -> Option<Value<'a>> {
     obj.remove(key).filter(|v| !v.is_null())
 }
 
 /// An optional string field of at most `limit` bytes.
 fn opt_string(
     index: usize,
-    obj: &mut Map<String, Value>,
+    obj: &mut Map<'_>,
     field: &str,
     limit: usize,
 ) -> Result<Option<String>, ItemError> {
@@ -498,7 +385,7 @@ fn opt_string(
         None => Ok(None),
         Some(Value::String(s)) => {
             check_len(index, field, &s, limit)?;
-            Ok(Some(s))
+            Ok(Some(s.into_owned()))
         }
         Some(other) => Err(wrong_type(index, field, "a string", &other)),
     }
@@ -507,7 +394,7 @@ fn opt_string(
 /// A required string field: present, a string, non-empty, at most `limit` bytes.
 fn required_name(
     index: usize,
-    obj: &mut Map<String, Value>,
+    obj: &mut Map<'_>,
     field: &str,
     limit: usize,
 ) -> Result<String, ItemError> {
@@ -528,10 +415,10 @@ fn non_empty(s: Option<String>) -> Option<String> {
 }
 
 /// A JSON value as label or annotation text: a string as is, anything else as compact JSON.
-fn json_text(value: Value) -> String {
+fn json_text(value: Value<'_>) -> String {
     match value {
-        Value::String(s) => s,
-        other => other.to_string(),
+        Value::String(s) => s.into_owned(),
+        other => other.to_json(),
     }
 }
 
@@ -608,11 +495,7 @@ fn event_times(
 }
 
 /// An optional RFC 3339 timestamp field.
-fn opt_time(
-    index: usize,
-    obj: &mut Map<String, Value>,
-    field: &str,
-) -> Result<Option<Millis>, ItemError> {
+fn opt_time(index: usize, obj: &mut Map<'_>, field: &str) -> Result<Option<Millis>, ItemError> {
     match take(obj, field) {
         None => Ok(None),
         Some(Value::String(s)) => match crate::model::parse_time(&s) {
@@ -641,7 +524,7 @@ fn opt_time(
 fn string_map(
     index: usize,
     field: &str,
-    value: Value,
+    value: Value<'_>,
     limits: &Limits,
     drop_empty: bool,
 ) -> Result<BTreeMap<String, String>, ItemError> {
@@ -711,7 +594,7 @@ fn string_map(
         if drop_empty && value.is_empty() {
             continue;
         }
-        out.insert(key, value);
+        out.insert(key.into_owned(), value.into_owned());
     }
     Ok(out)
 }
@@ -821,13 +704,19 @@ mod tests {
     }
 
     #[test]
-    fn depth_scan_ignores_brackets_in_strings() {
-        assert!(check_depth(br#"[[["]]]]]]]\"[[[[[[[[[["]]]"#, 3).is_ok());
+    fn nesting_beyond_the_limit_is_too_large() {
+        let limits = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
+        let parse = |body: &str| parse_json(body.as_bytes(), &limits).map(|_| ());
+        assert!(parse(r#"[["]]]]]]]\"[[[[[[[[[["]]"#).is_ok());
+        let err = parse(r#"[{"a":[{}]}]"#).unwrap_err();
         assert_eq!(
-            check_depth(b"[[[[]]]]", 3).map_err(|e| e.code),
-            Err("too_large")
+            (err.code, err.message.as_str()),
+            ("too_large", "JSON nesting is deeper than 3 levels")
         );
-        assert!(check_depth(b"[[[]]]", 3).is_ok());
+        assert!(parse("[[[]]]").is_ok());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! absent: an empty `dedup_key` from a blank template would otherwise merge every alert of
 //! the source into one.
 
-use serde_json::{Map, Value};
+use super::json::{Map, Value};
 
 use super::{
     Decoded, ItemError, Limits, PayloadError, Stamp, check_times, decode_each, default_start,
@@ -23,7 +23,7 @@ use crate::model::{Alert, Fingerprint, Severity, Status};
 
 /// Decodes a parsed native payload; a single object is item 0.
 pub(super) fn decode_value(
-    value: Value,
+    value: Value<'_>,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Decoded, PayloadError> {
@@ -33,7 +33,7 @@ pub(super) fn decode_value(
 /// Fields are checked in document order of the contract; the first problem is reported.
 pub(super) fn decode_object(
     index: usize,
-    mut obj: Map<String, Value>,
+    mut obj: Map<'_>,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Alert, ItemError> {

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use super::json::{Map, Value};
 
 use super::{
     ItemError, Limits, Stamp, check_times, event_received_at, event_times, item_error, json_text,
@@ -45,7 +45,7 @@ struct Payload {
 
 pub(super) fn decode_object(
     index: usize,
-    mut obj: Map<String, Value>,
+    mut obj: Map<'_>,
     stamp: Stamp,
     limits: &Limits,
 ) -> Result<Alert, ItemError> {
@@ -144,7 +144,7 @@ pub(super) fn decode_object(
 /// `severity` are required on a trigger, as PagerDuty requires them.
 fn payload(
     index: usize,
-    p: &mut Map<String, Value>,
+    p: &mut Map<'_>,
     firing: bool,
     limits: &Limits,
 ) -> Result<Payload, ItemError> {
