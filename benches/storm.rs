@@ -1048,8 +1048,14 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
     };
     Ok(Outcome {
         label: format!(
-            "incidentd NATS ingest ({} alerts, rate {}, cmdb {})",
-            offered, args.rate, args.cmdb
+            "incidentd NATS ingest ({} alerts, {}, rate {}, cmdb {})",
+            offered,
+            match args.distinct {
+                0 => "all distinct".to_string(),
+                d => format!("{d} distinct re-sent"),
+            },
+            args.rate,
+            args.cmdb
         ),
         offered,
         accepted,
@@ -1588,6 +1594,11 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
 
 // ---------------------------------------------------------------------------------------------
 
+/// Distinct alerts in the `all` mode's storm of repeats.
+const REPEAT_DISTINCT: usize = 2_000;
+/// Connections in the `all` mode's second one-alert-per-request pair.
+const MANY_CONNS: usize = 64;
+
 fn print_ratio(what: &str, a: &Outcome, b: &Outcome, target: f64) {
     let ratio = a.rate() / b.rate().max(1e-9);
     println!(
@@ -1650,6 +1661,14 @@ async fn run(args: Args, mode: Mode) -> Res<()> {
             let nats = run_nats(&args, tmp, &p).await?;
             nats.print();
             drop(p);
+            // What a real storm looks like: the same alerts re-sent (Prometheus re-sends every
+            // evaluation), so most are repeats that the engine coalesces.
+            let mut r = args.clone();
+            r.distinct = REPEAT_DISTINCT;
+            let p = nats_payloads(&r, &gen_);
+            let nats_repeats = run_nats(&r, tmp, &p).await?;
+            nats_repeats.print();
+            drop(p);
             let mut a = args.clone();
             a.api = Api::V2;
             let bodies = Arc::new(http_bodies(&a, &gen_, true, a.batch));
@@ -1662,10 +1681,23 @@ async fn run(args: Args, mode: Mode) -> Res<()> {
             let bodies = Arc::new(http_bodies(&a, &gen_, true, 1));
             let am_single = run_alertmanager(&a, tmp, 1, bodies.clone()).await?;
             am_single.print();
-            let inc_single = run_http_incidentd(&a, tmp, 1, bodies).await?;
+            let inc_single = run_http_incidentd(&a, tmp, 1, bodies.clone()).await?;
             inc_single.print();
+            // A durable acknowledgement waits for an fsync, so 8 closed-loop connections cap
+            // the rate at 8 per fsync; with more clients in flight, group commit shares one.
+            a.conns = MANY_CONNS;
+            let am_single_many = run_alertmanager(&a, tmp, 1, bodies.clone()).await?;
+            am_single_many.print();
+            let inc_single_many = run_http_incidentd(&a, tmp, 1, bodies).await?;
+            inc_single_many.print();
             println!("\n== ratios (same run) ==");
             print_ratio("NATS ingest / raw NATS delivery", &nats, &raw, 0.7);
+            print_ratio(
+                &format!("NATS, {REPEAT_DISTINCT} distinct re-sent / raw NATS"),
+                &nats_repeats,
+                &raw,
+                0.7,
+            );
             print_ratio(
                 "HTTP batch 100: incidentd / Alertmanager",
                 &inc_batch,
@@ -1678,7 +1710,23 @@ async fn run(args: Args, mode: Mode) -> Res<()> {
                 &am_single,
                 3.0,
             );
-            results = vec![raw, nats, am_batch, inc_batch, am_single, inc_single];
+            print_ratio(
+                &format!("HTTP single, {MANY_CONNS} conns: incidentd / AM"),
+                &inc_single_many,
+                &am_single_many,
+                3.0,
+            );
+            results = vec![
+                raw,
+                nats,
+                nats_repeats,
+                am_batch,
+                inc_batch,
+                am_single,
+                inc_single,
+                am_single_many,
+                inc_single_many,
+            ];
             if args.json {
                 let all: Vec<Value> = results.iter().map(Outcome::to_json).collect();
                 println!("{}", serde_json::to_string_pretty(&all)?);
