@@ -119,6 +119,8 @@ impl Scenario {
             encode_record(fact, &mut buf).expect("encode");
             fresh.apply(&decode_record(&buf).expect("decode"));
         }
+        assert!(self.engine.ci_bits_consistent() && fresh.ci_bits_consistent());
+        assert!(Engine::restore(rules(), fresh.state().clone()).ci_bits_consistent());
         fresh.state().clone()
     }
 }
