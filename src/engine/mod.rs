@@ -222,7 +222,6 @@ impl State {
 pub struct Engine {
     rules: Rules,
     state: State,
-    scratch: Vec<Fact>,
     /// Index in the caller's batch of the coalescable `AlertRepeated` per alert.
     repeat_slots: HashMap<Fingerprint, usize>,
     /// Which CIs have open topology incidents (`State::by_ci`'s keys).
@@ -393,7 +392,6 @@ impl Engine {
         Engine {
             rules,
             state: State::default(),
-            scratch: Vec::new(),
             repeat_slots: HashMap::new(),
             ci_bits: CiBits::default(),
         }
@@ -444,28 +442,36 @@ impl Engine {
     /// alert within a batch are coalesced into one `AlertRepeated`, so the log grows with
     /// state changes rather than with the raw duplicate rate.
     pub fn handle(&mut self, input: Input<'_>, out: &mut Vec<Fact>) -> Result<(), CommandError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        let result = self.decide(input, &mut scratch);
-        for fact in scratch.drain(..) {
-            self.apply(&fact);
-            self.push_coalesced(fact, out);
-        }
-        self.scratch = scratch;
+        let start = out.len();
+        let result = self.decide(input, out);
+        self.settle(start, out);
         result
     }
 
     /// [`handle`](Self::handle) for an alert the caller gives up: a new alert moves into
     /// its `AlertReceived` fact instead of being copied. Same facts, same state.
     pub fn handle_alert(&mut self, alert: Alert, out: &mut Vec<Fact>) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        self.decide_alert(Cow::Owned(alert), &mut scratch);
-        for fact in scratch.drain(..) {
-            self.apply(&fact);
-            self.push_coalesced(fact, out);
+        let start = out.len();
+        self.decide_alert(Cow::Owned(alert), out);
+        self.settle(start, out);
+    }
+
+    /// Applies the facts just decided into `out[start..]`, in order, and coalesces them in
+    /// place: a fact moves only when an earlier one absorbed a repeat before it. (Deciding
+    /// into a scratch vector and pushing each fact on cost two copies of every fact.)
+    fn settle(&mut self, start: usize, out: &mut Vec<Fact>) {
+        let mut kept = start;
+        for i in start..out.len() {
+            self.apply(&out[i]);
+            if self.absorb(i, kept, out) {
+                continue;
+            }
+            if kept != i {
+                out.swap(kept, i);
+            }
+            kept += 1;
         }
-        self.scratch = scratch;
+        out.truncate(kept);
     }
 
     /// Swaps in a new rule set; records it as a fact when its content differs.
@@ -497,43 +503,58 @@ impl Engine {
     }
 
     fn push_coalesced(&mut self, fact: Fact, out: &mut Vec<Fact>) {
-        if let Fact::AlertRepeated {
-            at,
-            fingerprint,
-            count,
-            severity,
-            ends_at,
-        } = &fact
-        {
-            if let Some(&slot) = self.repeat_slots.get(fingerprint)
-                && let Some(Fact::AlertRepeated {
-                    at: prev_at,
-                    fingerprint: prev_fp,
-                    count: prev_count,
-                    severity: prev_severity,
-                    ends_at: prev_ends,
-                }) = out.get_mut(slot)
-                // A change of severity stays its own fact: the incident's worst severity
-                // depends on every value seen, not only the last.
-                && prev_fp == fingerprint
-                && prev_severity == severity
-            {
-                *prev_at = (*prev_at).max(*at);
-                *prev_count += count;
-                *prev_ends = *ends_at;
-                return;
+        out.push(fact);
+        let i = out.len() - 1;
+        if self.absorb(i, i, out) {
+            out.pop();
+        }
+    }
+
+    /// Folds `out[i]` into an earlier `AlertRepeated` of the batch if it is a repeat of the
+    /// same alert (true: drop `out[i]`); else records where it will stay (`kept`), for
+    /// later repeats. Only facts before `kept` are settled, so only they can absorb one.
+    fn absorb(&mut self, i: usize, kept: usize, out: &mut [Fact]) -> bool {
+        match out[i] {
+            Fact::AlertRepeated {
+                at,
+                fingerprint,
+                count,
+                severity,
+                ends_at,
+            } => {
+                if let Some(&slot) = self.repeat_slots.get(&fingerprint)
+                    && slot < kept
+                    && let Some(Fact::AlertRepeated {
+                        at: prev_at,
+                        fingerprint: prev_fp,
+                        count: prev_count,
+                        severity: prev_severity,
+                        ends_at: prev_ends,
+                    }) = out.get_mut(slot)
+                    // A change of severity stays its own fact: the incident's worst severity
+                    // depends on every value seen, not only the last.
+                    && *prev_fp == fingerprint
+                    && *prev_severity == severity
+                {
+                    *prev_at = (*prev_at).max(at);
+                    *prev_count += count;
+                    *prev_ends = ends_at;
+                    return true;
+                }
+                self.repeat_slots.insert(fingerprint, kept);
             }
-            self.repeat_slots.insert(*fingerprint, out.len());
-        } else if matches!(fact, Fact::IncidentsMerged { .. }) {
             // A merge moves alerts between incidents: a repeat after it must not be folded
             // into one before it, or replay would credit the wrong incident.
-            self.repeat_slots.clear();
-        } else if !self.repeat_slots.is_empty()
-            && let Some(fp) = fact.fingerprint()
-        {
-            self.repeat_slots.remove(&fp);
+            Fact::IncidentsMerged { .. } => self.repeat_slots.clear(),
+            ref fact => {
+                if !self.repeat_slots.is_empty()
+                    && let Some(fp) = fact.fingerprint()
+                {
+                    self.repeat_slots.remove(&fp);
+                }
+            }
         }
-        out.push(fact);
+        false
     }
 
     /// All the logic: reads state, appends facts, changes nothing.
@@ -1029,17 +1050,25 @@ impl Engine {
             .iter()
             .filter(|c| c.relation == Link::Effect)
             .collect();
+        // In a busy rack every sibling has an incident: one string, not one per incident.
         let others = |chosen: IncidentId| {
-            let rest: Vec<String> = candidates
+            let mut rest = candidates
                 .iter()
                 .filter(|c| c.incident != chosen && c.relation != Link::Effect)
-                .map(|c| c.incident.to_string())
-                .collect();
-            if rest.is_empty() {
-                String::new()
-            } else {
-                format!("; preferred over {} (less specific)", rest.join(", "))
+                .peekable();
+            if rest.peek().is_none() {
+                return String::new();
             }
+            let mut text = String::with_capacity(40 + 12 * candidates.len());
+            text.push_str("; preferred over ");
+            for (i, c) in rest.enumerate() {
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                push_part(&mut text, Part::Id(c.incident));
+            }
+            text.push_str(" (less specific)");
+            text
         };
         let root_of = |id: IncidentId| self.state.incidents.get(&id).and_then(|i| i.root_ci);
         // The root this alert displaces, if it is upstream of it, with the path between.

@@ -545,6 +545,28 @@ mod topology {
     }
 
     #[test]
+    fn a_cause_is_preferred_over_a_sibling_and_the_reason_says_so() {
+        let mut s = engine("");
+        let h1 = on("HostUnreachable", "h1", T0);
+        s.alert(&h1);
+        // INC-1 has gone quiet past the window, so the switch opens its own incident ...
+        let tor = on("SwitchDown", "tor-1", T0 + 16 * MIN);
+        s.alert(&tor);
+        // ... then h1 repeats (INC-1 active again) and its sibling h2 fails.
+        let mut again = h1.clone();
+        again.received_at = T0 + 16 * MIN + 1_000;
+        s.alert(&again);
+        let h2 = on("HostUnreachable", "h2", T0 + 16 * MIN + 2_000);
+        let facts = s.alert(&h2);
+        assert_eq!(
+            reason_of(&facts, &h2),
+            "rule reachability: h2 -connected_to-> tor-1 (alerting in INC-000002, 1 hop); \
+             preferred over INC-000001 (less specific)"
+        );
+        assert_eq!(s.replayed(), *s.engine.state());
+    }
+
+    #[test]
     fn symptoms_first_then_the_switch_merges_them_with_the_switch_as_root() {
         let mut s = engine("");
         let h1 = on("HostUnreachable", "h1", T0);
