@@ -32,6 +32,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, TryLockError};
 
+// Lookup maps on the alert path: foldhash (seeded per process) hashes an id in a few
+// nanoseconds where SipHash takes tens; they are never iterated where order reaches output.
+use foldhash::{HashMap as FastMap, HashMapExt};
+
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -1067,7 +1071,7 @@ pub struct Topology {
     /// In-edge count per relation type, so `fan_in` is a 7-term sum.
     fan_in: Vec<[u32; 7]>,
     /// Every id ever seen, tombstones included, so a re-added id gets its old index back.
-    by_id: HashMap<String, CiIdx>,
+    by_id: FastMap<String, CiIdx>,
     /// Lowercased CI ids and key attribute values → CI; the smallest (tier, index) wins.
     keys: KeyIndex,
     /// Lowercased short host names (before the first dot) → CI; the smallest index wins.
@@ -1099,7 +1103,7 @@ impl Topology {
             live_count: n,
             out: vec![Vec::new(); n],
             inc: vec![Vec::new(); n],
-            by_id: HashMap::with_capacity(n),
+            by_id: FastMap::with_capacity(n),
             ..Topology::default()
         };
         for (i, c) in spec.cis.iter().enumerate() {
@@ -1424,13 +1428,20 @@ impl Topology {
             steps.push((step, cur));
             cur = step.prev;
         }
-        let mut text = self.id_of(from).to_string();
+        // Sized exactly and written without the formatter: a path goes into every topology
+        // reason.
+        let len = self.id_of(from).len()
+            + steps
+                .iter()
+                .map(|(step, node)| step.rel.as_str().len() + self.id_of(*node).len() + 5)
+                .sum::<usize>();
+        let mut text = String::with_capacity(len);
+        text.push_str(self.id_of(from));
         for (step, node) in steps.into_iter().rev() {
-            let _ = if step.forward {
-                write!(text, " -{}-> {}", step.rel, self.id_of(node))
-            } else {
-                write!(text, " <-{}- {}", step.rel, self.id_of(node))
-            };
+            text.push_str(if step.forward { " -" } else { " <-" });
+            text.push_str(step.rel.as_str());
+            text.push_str(if step.forward { "-> " } else { "- " });
+            text.push_str(self.id_of(node));
         }
         text
     }
@@ -1876,9 +1887,9 @@ fn each_key(ci: &Ci, mut f: impl FnMut(Option<u8>, &str)) {
 /// the key to the next claimant without a rebuild.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct KeyIndex {
-    winner: HashMap<String, (u8, CiIdx)>,
+    winner: FastMap<String, (u8, CiIdx)>,
     /// Sorted candidates (at least two) of contested keys.
-    contested: HashMap<String, Vec<(u8, CiIdx)>>,
+    contested: FastMap<String, Vec<(u8, CiIdx)>>,
 }
 
 impl KeyIndex {

@@ -5,7 +5,8 @@
 //! replay of the event log calls `apply` alone, so the log reproduces the state exactly even
 //! after the rules changed. The engine never reads the clock and never does I/O: time arrives
 //! as data, in each alert's `received_at` and in `Tick`s. Hash maps are only looked up, never
-//! iterated where the order could reach a fact.
+//! iterated where the order could reach a fact; they use foldhash (seeded per process), which
+//! costs a few nanoseconds per integer key where SipHash costs tens, on every alert.
 //!
 //! Correlation (the first matching rule decides):
 //! - maintenance windows suppress an alert (recorded, not correlated);
@@ -18,7 +19,9 @@
 pub mod facts;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt};
 
 pub use facts::{Fact, IncidentId, IncidentState, Priority};
 
@@ -219,9 +222,10 @@ impl State {
 pub struct Engine {
     rules: Rules,
     state: State,
-    scratch: Vec<Fact>,
     /// Index in the caller's batch of the coalescable `AlertRepeated` per alert.
     repeat_slots: HashMap<Fingerprint, usize>,
+    /// Which CIs have open topology incidents (`State::by_ci`'s keys).
+    ci_bits: CiBits,
 }
 
 /// Where a new firing alert goes.
@@ -261,13 +265,135 @@ struct Candidate {
     last_activity: Millis,
 }
 
+/// A piece of a reason: text, an incident id (`INC-000042`), a number or a duration.
+#[derive(Clone, Copy)]
+enum Part<'a> {
+    S(&'a str),
+    Id(IncidentId),
+    N(u64),
+    /// As [`format_duration`] writes it.
+    Dur(Millis),
+}
+
+/// Digits of `n`, at least `width` of them (zero-padded), at the end of `buf`.
+fn digits(buf: &mut [u8; 20], mut n: u64, width: usize) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    while buf.len() - i < width {
+        i -= 1;
+        buf[i] = b'0';
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("")
+}
+
+fn push_part(out: &mut String, part: Part<'_>) {
+    let mut buf = [0u8; 20];
+    match part {
+        Part::S(s) => out.push_str(s),
+        Part::Id(id) => {
+            out.push_str("INC-");
+            out.push_str(digits(&mut buf, id.0, 6));
+        }
+        Part::N(n) => out.push_str(digits(&mut buf, n, 1)),
+        Part::Dur(ms) if ms < 1_000 => {
+            // Negative only if time ran backwards; the formatter's text then.
+            if ms < 0 {
+                out.push_str(&format_duration(ms));
+            } else {
+                out.push_str(digits(&mut buf, ms as u64, 1));
+                out.push_str("ms");
+            }
+        }
+        Part::Dur(ms) => {
+            let mut secs = (ms / 1_000) as u64;
+            for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+                if secs >= size {
+                    out.push_str(digits(&mut buf, secs / size, 1));
+                    out.push_str(unit);
+                    secs %= size;
+                }
+            }
+        }
+    }
+}
+
+/// Writes a reason from its pieces into one string of the right size. Reasons are written
+/// for every alert that opens or joins an incident; `format!` costs several times more
+/// (formatter dispatch, and growing the string two or three times).
+fn text(parts: &[Part<'_>]) -> String {
+    let len: usize = parts
+        .iter()
+        .map(|p| match p {
+            Part::S(s) => s.len(),
+            // Typical widths: a short overestimate beats growing the string.
+            Part::Id(_) => 10,
+            Part::N(_) => 4,
+            Part::Dur(_) => 8,
+        })
+        .sum();
+    let mut out = String::with_capacity(len);
+    for &part in parts {
+        push_part(&mut out, part);
+    }
+    out
+}
+
+/// A priority and what it was computed from; [`Assessment::reason`] puts it in words.
+struct Assessment {
+    priority: Priority,
+    impact: Level,
+    impact_from: ImpactFrom,
+    urgency: Level,
+    severity: Severity,
+}
+
+/// Where an assessment's impact came from.
+enum ImpactFrom {
+    Rule,
+    Service(Criticality),
+    Unknown,
+}
+
+impl Assessment {
+    /// E.g. `impact high (a critical business service is hit) x urgency high (worst
+    /// severity critical)`; built from its pieces, sized exactly (one per priority fact).
+    fn reason(&self) -> String {
+        let from: [&str; 3] = match self.impact_from {
+            ImpactFrom::Rule => ["set by the rule", "", ""],
+            ImpactFrom::Service(c) => ["a ", c.as_str(), " business service is hit"],
+            ImpactFrom::Unknown => ["no business service known", "", ""],
+        };
+        let parts = [
+            "impact ",
+            self.impact.as_str(),
+            " (",
+            from[0],
+            from[1],
+            from[2],
+            ") x urgency ",
+            self.urgency.as_str(),
+            " (worst severity ",
+            self.severity.as_str(),
+            ")",
+        ];
+        parts.concat()
+    }
+}
+
 impl Engine {
     pub fn new(rules: Rules) -> Engine {
         Engine {
             rules,
             state: State::default(),
-            scratch: Vec::new(),
             repeat_slots: HashMap::new(),
+            ci_bits: CiBits::default(),
         }
     }
 
@@ -278,9 +404,17 @@ impl Engine {
     /// An engine resuming from a snapshot's state.
     pub fn restore(rules: Rules, state: State) -> Engine {
         Engine {
+            ci_bits: CiBits::from_state(&state),
             state,
             ..Engine::new(rules)
         }
+    }
+
+    /// Whether the engine's derived CI bits agree with its state (tests check it after
+    /// every scenario).
+    #[cfg(test)]
+    fn ci_bits_consistent(&self) -> bool {
+        self.ci_bits.matches(&self.state)
     }
 
     /// The earliest engine time at which a `Tick` would decide something (an alert timing
@@ -308,28 +442,36 @@ impl Engine {
     /// alert within a batch are coalesced into one `AlertRepeated`, so the log grows with
     /// state changes rather than with the raw duplicate rate.
     pub fn handle(&mut self, input: Input<'_>, out: &mut Vec<Fact>) -> Result<(), CommandError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        let result = self.decide(input, &mut scratch);
-        for fact in scratch.drain(..) {
-            self.apply(&fact);
-            self.push_coalesced(fact, out);
-        }
-        self.scratch = scratch;
+        let start = out.len();
+        let result = self.decide(input, out);
+        self.settle(start, out);
         result
     }
 
     /// [`handle`](Self::handle) for an alert the caller gives up: a new alert moves into
     /// its `AlertReceived` fact instead of being copied. Same facts, same state.
     pub fn handle_alert(&mut self, alert: Alert, out: &mut Vec<Fact>) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        self.decide_alert(Cow::Owned(alert), &mut scratch);
-        for fact in scratch.drain(..) {
-            self.apply(&fact);
-            self.push_coalesced(fact, out);
+        let start = out.len();
+        self.decide_alert(Cow::Owned(alert), out);
+        self.settle(start, out);
+    }
+
+    /// Applies the facts just decided into `out[start..]`, in order, and coalesces them in
+    /// place: a fact moves only when an earlier one absorbed a repeat before it. (Deciding
+    /// into a scratch vector and pushing each fact on cost two copies of every fact.)
+    fn settle(&mut self, start: usize, out: &mut Vec<Fact>) {
+        let mut kept = start;
+        for i in start..out.len() {
+            self.apply(&out[i]);
+            if self.absorb(i, kept, out) {
+                continue;
+            }
+            if kept != i {
+                out.swap(kept, i);
+            }
+            kept += 1;
         }
-        self.scratch = scratch;
+        out.truncate(kept);
     }
 
     /// Swaps in a new rule set; records it as a fact when its content differs.
@@ -361,41 +503,58 @@ impl Engine {
     }
 
     fn push_coalesced(&mut self, fact: Fact, out: &mut Vec<Fact>) {
-        if let Fact::AlertRepeated {
-            at,
-            fingerprint,
-            count,
-            severity,
-            ends_at,
-        } = &fact
-        {
-            if let Some(&slot) = self.repeat_slots.get(fingerprint)
-                && let Some(Fact::AlertRepeated {
-                    at: prev_at,
-                    fingerprint: prev_fp,
-                    count: prev_count,
-                    severity: prev_severity,
-                    ends_at: prev_ends,
-                }) = out.get_mut(slot)
-                // A change of severity stays its own fact: the incident's worst severity
-                // depends on every value seen, not only the last.
-                && prev_fp == fingerprint
-                && prev_severity == severity
-            {
-                *prev_at = (*prev_at).max(*at);
-                *prev_count += count;
-                *prev_ends = *ends_at;
-                return;
+        out.push(fact);
+        let i = out.len() - 1;
+        if self.absorb(i, i, out) {
+            out.pop();
+        }
+    }
+
+    /// Folds `out[i]` into an earlier `AlertRepeated` of the batch if it is a repeat of the
+    /// same alert (true: drop `out[i]`); else records where it will stay (`kept`), for
+    /// later repeats. Only facts before `kept` are settled, so only they can absorb one.
+    fn absorb(&mut self, i: usize, kept: usize, out: &mut [Fact]) -> bool {
+        match out[i] {
+            Fact::AlertRepeated {
+                at,
+                fingerprint,
+                count,
+                severity,
+                ends_at,
+            } => {
+                if let Some(&slot) = self.repeat_slots.get(&fingerprint)
+                    && slot < kept
+                    && let Some(Fact::AlertRepeated {
+                        at: prev_at,
+                        fingerprint: prev_fp,
+                        count: prev_count,
+                        severity: prev_severity,
+                        ends_at: prev_ends,
+                    }) = out.get_mut(slot)
+                    // A change of severity stays its own fact: the incident's worst severity
+                    // depends on every value seen, not only the last.
+                    && *prev_fp == fingerprint
+                    && *prev_severity == severity
+                {
+                    *prev_at = (*prev_at).max(at);
+                    *prev_count += count;
+                    *prev_ends = ends_at;
+                    return true;
+                }
+                self.repeat_slots.insert(fingerprint, kept);
             }
-            self.repeat_slots.insert(*fingerprint, out.len());
-        } else if matches!(fact, Fact::IncidentsMerged { .. }) {
             // A merge moves alerts between incidents: a repeat after it must not be folded
             // into one before it, or replay would credit the wrong incident.
-            self.repeat_slots.clear();
-        } else if let Some(fp) = fact.fingerprint() {
-            self.repeat_slots.remove(&fp);
+            Fact::IncidentsMerged { .. } => self.repeat_slots.clear(),
+            ref fact => {
+                if !self.repeat_slots.is_empty()
+                    && let Some(fp) = fact.fingerprint()
+                {
+                    self.repeat_slots.remove(&fp);
+                }
+            }
         }
-        out.push(fact);
+        false
     }
 
     /// All the logic: reads state, appends facts, changes nothing.
@@ -775,19 +934,29 @@ impl Engine {
         {
             return Target::Join {
                 incident: id,
-                reason: format!(
-                    "rule {}: same group {group_key}, last activity {} ago (window {})",
-                    rule.name,
-                    format_duration(now - inc.last_activity),
-                    format_duration(rule.window)
-                ),
+                reason: text(&[
+                    Part::S("rule "),
+                    Part::S(&rule.name),
+                    Part::S(": same group "),
+                    Part::S(&group_key),
+                    Part::S(", last activity "),
+                    Part::Dur(now - inc.last_activity),
+                    Part::S(" ago (window "),
+                    Part::Dur(rule.window),
+                    Part::S(")"),
+                ]),
                 merge: Vec::new(),
                 new_root: None,
             };
         }
         Target::Open {
             rule: rule.name.clone(),
-            reason: format!("rule {}: first alert of group {group_key}", rule.name),
+            reason: text(&[
+                Part::S("rule "),
+                Part::S(&rule.name),
+                Part::S(": first alert of group "),
+                Part::S(&group_key),
+            ]),
             group_key,
             topology: false,
         }
@@ -804,7 +973,7 @@ impl Engine {
         now: Millis,
     ) -> Target {
         let topo = &self.state.topology;
-        let mut reach = Vec::new();
+        let mut reach = Vec::with_capacity(64);
         topo.neighborhood(
             ci,
             policy.relations,
@@ -826,7 +995,7 @@ impl Engine {
             direction: Direction::Upstream,
         };
         for r in std::iter::once(&start).chain(&reach) {
-            if r.direction == Direction::Sibling && !policy.siblings {
+            if (r.direction == Direction::Sibling && !policy.siblings) || !self.ci_bits.get(r.ci) {
                 continue;
             }
             for &id in self
@@ -862,12 +1031,12 @@ impl Engine {
                 }
             }
         }
-        let name = |c: CiIdx| topo.ci(c).map_or("?", |c| c.id.as_str()).to_string();
+        let name = |c: CiIdx| topo.ci(c).map_or("?", |c| c.id.as_str());
         let path = |to: CiIdx| {
             // Every candidate was reached within max_hops (siblings within 2), so this bound
             // keeps the search as small as the neighbourhood walk.
             topo.path(ci, to, policy.relations, policy.max_hops.max(2))
-                .unwrap_or_else(|| name(to))
+                .unwrap_or_else(|| name(to).to_string())
         };
         // Most specific first: fewest hops, then most recent activity, then oldest incident.
         let best = |relation: Link| {
@@ -881,28 +1050,41 @@ impl Engine {
             .iter()
             .filter(|c| c.relation == Link::Effect)
             .collect();
+        // In a busy rack every sibling has an incident: one string, not one per incident.
         let others = |chosen: IncidentId| {
-            let rest: Vec<String> = candidates
+            let mut rest = candidates
                 .iter()
                 .filter(|c| c.incident != chosen && c.relation != Link::Effect)
-                .map(|c| c.incident.to_string())
-                .collect();
-            if rest.is_empty() {
-                String::new()
-            } else {
-                format!("; preferred over {} (less specific)", rest.join(", "))
+                .peekable();
+            if rest.peek().is_none() {
+                return String::new();
             }
+            let mut text = String::with_capacity(40 + 12 * candidates.len());
+            text.push_str("; preferred over ");
+            for (i, c) in rest.enumerate() {
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                push_part(&mut text, Part::Id(c.incident));
+            }
+            text.push_str(" (less specific)");
+            text
         };
         let root_of = |id: IncidentId| self.state.incidents.get(&id).and_then(|i| i.root_ci);
-        let becomes_root = |id: IncidentId| {
-            root_of(id).filter(|&r| r != ci && downstream(r)).map(|r| {
-                format!(
-                    "{} is upstream of the previous root {}: {}",
-                    name(ci),
-                    name(r),
-                    path(r)
-                )
-            })
+        // The root this alert displaces, if it is upstream of it, with the path between.
+        let displaced = |id: IncidentId| {
+            root_of(id)
+                .filter(|&r| r != ci && downstream(r))
+                .map(|r| (r, path(r)))
+        };
+        let becomes_root = |(r, path): &(CiIdx, String)| {
+            text(&[
+                Part::S(name(ci)),
+                Part::S(" is upstream of the previous root "),
+                Part::S(name(*r)),
+                Part::S(": "),
+                Part::S(path),
+            ])
         };
 
         let chosen = cause.or_else(|| effects.iter().copied().min_by_key(|c| c.incident));
@@ -924,62 +1106,84 @@ impl Engine {
                     )
                 })
                 .collect();
+            let displaced = displaced(into.incident);
             let reason = match into.relation {
-                Link::Cause if into.via == ci => format!(
-                    "rule {}: same CI {} alerting in {}{}",
-                    rule.name,
-                    name(ci),
-                    into.incident,
-                    others(into.incident)
-                ),
-                Link::Cause => format!(
-                    "rule {}: {} (alerting in {}, {} hop{}){}",
-                    rule.name,
-                    path(into.via),
-                    into.incident,
-                    into.hops,
-                    if into.hops == 1 { "" } else { "s" },
-                    others(into.incident)
-                ),
-                _ => format!(
-                    "rule {}: {} is upstream of {}'s root: {}",
-                    rule.name,
-                    name(ci),
-                    into.incident,
-                    root_of(into.incident).map(path).unwrap_or_default()
-                ),
+                Link::Cause if into.via == ci => text(&[
+                    Part::S("rule "),
+                    Part::S(&rule.name),
+                    Part::S(": same CI "),
+                    Part::S(name(ci)),
+                    Part::S(" alerting in "),
+                    Part::Id(into.incident),
+                    Part::S(&others(into.incident)),
+                ]),
+                Link::Cause => text(&[
+                    Part::S("rule "),
+                    Part::S(&rule.name),
+                    Part::S(": "),
+                    Part::S(&path(into.via)),
+                    Part::S(" (alerting in "),
+                    Part::Id(into.incident),
+                    Part::S(", "),
+                    Part::N(into.hops.into()),
+                    Part::S(if into.hops == 1 { " hop)" } else { " hops)" }),
+                    Part::S(&others(into.incident)),
+                ]),
+                _ => {
+                    // An effect's root is the one displaced: its path is already known.
+                    let root_path = match (root_of(into.incident), &displaced) {
+                        (Some(r), Some((d, known))) if r == *d => Cow::Borrowed(known.as_str()),
+                        (root, _) => Cow::Owned(root.map(path).unwrap_or_default()),
+                    };
+                    text(&[
+                        Part::S("rule "),
+                        Part::S(&rule.name),
+                        Part::S(": "),
+                        Part::S(name(ci)),
+                        Part::S(" is upstream of "),
+                        Part::Id(into.incident),
+                        Part::S("'s root: "),
+                        Part::S(&root_path),
+                    ])
+                }
             };
             return Target::Join {
                 incident: into.incident,
                 reason,
-                new_root: becomes_root(into.incident),
+                new_root: displaced.as_ref().map(becomes_root),
                 merge,
             };
         }
         if let Some(rel) = related {
             return Target::Join {
                 incident: rel.incident,
-                reason: format!(
-                    "rule {}: {} (related: alerting in {}, {} hops){}",
-                    rule.name,
-                    path(rel.via),
-                    rel.incident,
-                    rel.hops,
-                    others(rel.incident)
-                ),
-                new_root: becomes_root(rel.incident),
+                reason: text(&[
+                    Part::S("rule "),
+                    Part::S(&rule.name),
+                    Part::S(": "),
+                    Part::S(&path(rel.via)),
+                    Part::S(" (related: alerting in "),
+                    Part::Id(rel.incident),
+                    Part::S(", "),
+                    Part::N(rel.hops.into()),
+                    Part::S(" hops)"),
+                    Part::S(&others(rel.incident)),
+                ]),
+                new_root: displaced(rel.incident).as_ref().map(becomes_root),
                 merge: Vec::new(),
             };
         }
         Target::Open {
             rule: rule.name.clone(),
             group_key: rule.group_key(alert),
-            reason: format!(
-                "rule {}: no open incident within {} hops of {}",
-                rule.name,
-                policy.max_hops,
-                name(ci)
-            ),
+            reason: text(&[
+                Part::S("rule "),
+                Part::S(&rule.name),
+                Part::S(": no open incident within "),
+                Part::N(policy.max_hops.into()),
+                Part::S(" hops of "),
+                Part::S(name(ci)),
+            ]),
             topology: true,
         }
     }
@@ -1023,16 +1227,15 @@ impl Engine {
                     fingerprint: fp,
                     reason: "first alert of the incident".into(),
                 });
-                let services: BTreeSet<CiIdx> = alert_services.iter().copied().collect();
-                if !services.is_empty() {
-                    out.push(self.impact_fact(incident, &services, alert, now));
+                if !alert_services.is_empty() {
+                    out.push(self.impact_fact(incident, alert_services, alert, now));
                 }
-                let (priority, why) = self.priority(rule, &services, alert.severity);
+                let assessed = self.assess(rule, alert_services.iter().copied(), alert.severity);
                 out.push(Fact::PriorityChanged {
                     at: now,
                     incident,
-                    priority,
-                    reason: why,
+                    priority: assessed.priority,
+                    reason: assessed.reason(),
                 });
             }
             Target::Join {
@@ -1044,12 +1247,21 @@ impl Engine {
                 let Some(inc) = self.state.incidents.get(&incident) else {
                     return;
                 };
-                let mut services = inc.services.clone();
+                // The incident's services, grown only if a merge or this alert adds one: most
+                // joins add none, and then nothing is copied.
+                let mut grown: Option<BTreeSet<CiIdx>> = None;
                 let mut severity = inc.max_severity.max(alert.severity);
                 let mut priority = inc.priority;
                 for (from, why) in merge {
                     if let Some(other) = self.state.incidents.get(&from) {
-                        services.extend(other.services.iter().copied());
+                        if !other
+                            .services
+                            .is_subset(grown.as_ref().unwrap_or(&inc.services))
+                        {
+                            grown
+                                .get_or_insert_with(|| inc.services.clone())
+                                .extend(other.services.iter().copied());
+                        }
                         severity = severity.max(other.max_severity);
                         priority = priority.min(other.priority);
                     }
@@ -1074,18 +1286,27 @@ impl Engine {
                         reason: why,
                     });
                 }
-                services.extend(alert_services.iter().copied());
-                if services != inc.services {
-                    out.push(self.impact_fact(incident, &services, alert, now));
+                if alert_services
+                    .iter()
+                    .any(|s| !grown.as_ref().unwrap_or(&inc.services).contains(s))
+                {
+                    grown
+                        .get_or_insert_with(|| inc.services.clone())
+                        .extend(alert_services.iter().copied());
                 }
-                let (computed, why) = self.priority(rule, &services, severity);
-                let priority = computed.min(priority);
+                let services = grown.as_ref().unwrap_or(&inc.services);
+                if grown.is_some() {
+                    let ids: Vec<CiIdx> = services.iter().copied().collect();
+                    out.push(self.impact_fact(incident, &ids, alert, now));
+                }
+                let assessed = self.assess(rule, services.iter().copied(), severity);
+                let priority = assessed.priority.min(priority);
                 if priority < inc.priority {
                     out.push(Fact::PriorityChanged {
                         at: now,
                         incident,
                         priority,
-                        reason: why,
+                        reason: assessed.reason(),
                     });
                 }
             }
@@ -1095,7 +1316,7 @@ impl Engine {
     fn impact_fact(
         &self,
         incident: IncidentId,
-        services: &BTreeSet<CiIdx>,
+        services: &[CiIdx],
         alert: &Alert,
         now: Millis,
     ) -> Fact {
@@ -1108,75 +1329,96 @@ impl Engine {
         Fact::ImpactChanged {
             at: now,
             incident,
-            reason: format!(
-                "{} on {} hits {}",
-                alert.name,
-                alert.ci.as_deref().unwrap_or("?"),
-                ids.join(", ")
-            ),
+            reason: {
+                let ci = alert.ci.as_deref().unwrap_or("?");
+                let len = alert.name.len()
+                    + ci.len()
+                    + 10
+                    + ids.iter().map(|i| i.len() + 2).sum::<usize>();
+                let mut reason = String::with_capacity(len);
+                for part in [alert.name.as_str(), " on ", ci, " hits "] {
+                    reason.push_str(part);
+                }
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        reason.push_str(", ");
+                    }
+                    reason.push_str(id);
+                }
+                reason
+            },
             services: ids,
         }
     }
 
     /// ITIL priority from the services hit (impact) and the worst severity (urgency), with
-    /// the rule's overrides; and the reason, in words.
-    fn priority(
+    /// the rule's overrides. The reason is written only when a fact needs it: most alerts
+    /// (duplicates above all) leave the priority as it is.
+    fn assess(
         &self,
         rule: Option<&Rule>,
-        services: &BTreeSet<CiIdx>,
+        services: impl IntoIterator<Item = CiIdx>,
         severity: Severity,
-    ) -> (Priority, String) {
+    ) -> Assessment {
         let matrix = &self.rules.priority;
-        let topo = &self.state.topology;
-        let worst = services
-            .iter()
-            .filter_map(|&s| topo.ci(s).and_then(|c| c.criticality))
-            .min();
-        let (impact, impact_why) = match (rule.and_then(|r| r.impact), worst) {
-            (Some(level), _) => (level, "set by the rule".to_string()),
-            (None, Some(c)) => (
-                match c {
-                    Criticality::Critical | Criticality::High => Level::High,
-                    Criticality::Medium => Level::Medium,
-                    Criticality::Low => Level::Low,
-                },
-                format!("a {} business service is hit", c.as_str()),
-            ),
-            (None, None) => (
-                matrix.default_impact,
-                "no business service known".to_string(),
-            ),
+        let (impact, impact_from) = match rule.and_then(|r| r.impact) {
+            Some(level) => (level, ImpactFrom::Rule),
+            None => {
+                let topo = &self.state.topology;
+                let worst = services
+                    .into_iter()
+                    .filter_map(|s| topo.ci(s).and_then(|c| c.criticality))
+                    .min();
+                match worst {
+                    Some(c) => (
+                        match c {
+                            Criticality::Critical | Criticality::High => Level::High,
+                            Criticality::Medium => Level::Medium,
+                            Criticality::Low => Level::Low,
+                        },
+                        ImpactFrom::Service(c),
+                    ),
+                    None => (matrix.default_impact, ImpactFrom::Unknown),
+                }
+            }
         };
         let urgency = rule
             .and_then(|r| r.urgency)
             .unwrap_or_else(|| matrix.urgency(severity));
-        (
-            matrix.priority(impact, urgency),
-            format!(
-                "impact {} ({impact_why}) x urgency {} (worst severity {})",
-                impact.as_str(),
-                urgency.as_str(),
-                severity.as_str()
-            ),
-        )
+        Assessment {
+            priority: matrix.priority(impact, urgency),
+            impact,
+            impact_from,
+            urgency,
+            severity,
+        }
     }
 
     /// Raises an incident's priority when a more severe alert joins it. Priority never drops
     /// by itself: an operator who saw P1 should not find P3 without an explanation.
     fn escalate(&self, inc: &Incident, alert: &Alert, now: Millis, out: &mut Vec<Fact>) {
+        if inc.priority == Priority::P1 {
+            // Nothing is above P1: no need to look.
+            return;
+        }
         let rule = self.rules.rules.iter().find(|r| r.name == inc.rule);
-        let (priority, why) =
-            self.priority(rule, &inc.services, alert.severity.max(inc.max_severity));
-        if priority < inc.priority {
+        let assessed = self.assess(
+            rule,
+            inc.services.iter().copied(),
+            alert.severity.max(inc.max_severity),
+        );
+        if assessed.priority < inc.priority {
             out.push(Fact::PriorityChanged {
                 at: now,
                 incident: inc.id,
-                priority,
-                reason: format!(
-                    "{} alert {} raised the urgency: {why}",
-                    alert.severity.as_str(),
-                    alert.name
-                ),
+                priority: assessed.priority,
+                reason: text(&[
+                    Part::S(alert.severity.as_str()),
+                    Part::S(" alert "),
+                    Part::S(&alert.name),
+                    Part::S(" raised the urgency: "),
+                    Part::S(&assessed.reason()),
+                ]),
             });
         }
     }
@@ -1212,6 +1454,7 @@ impl Engine {
     /// No logic: mutates state exactly as the fact says. Replay calls only this.
     pub fn apply(&mut self, fact: &Fact) {
         let s = &mut self.state;
+        let bits = &mut self.ci_bits;
         s.now = s.now.max(fact.at());
         match fact {
             Fact::AlertReceived { at, alert } => {
@@ -1367,7 +1610,7 @@ impl Engine {
                 {
                     inc.cis.push(ci);
                     if inc.topology && inc.state != IncidentState::Resolved {
-                        index_ci(&mut s.by_ci, ci, inc.id);
+                        index_ci(&mut s.by_ci, bits, ci, inc.id);
                     }
                 }
                 if a.status == Status::Firing {
@@ -1382,7 +1625,7 @@ impl Engine {
                     return;
                 };
                 for ci in &gone.cis {
-                    unindex_ci(&mut s.by_ci, *ci, gone.id);
+                    unindex_ci(&mut s.by_ci, bits, *ci, gone.id);
                 }
                 if let Some(since) = gone.quiet_since.take() {
                     s.quiet.remove(&(since, gone.id));
@@ -1398,7 +1641,7 @@ impl Engine {
                         if !target.cis.contains(ci) {
                             target.cis.push(*ci);
                             if target.topology && target.state != IncidentState::Resolved {
-                                index_ci(&mut s.by_ci, *ci, target.id);
+                                index_ci(&mut s.by_ci, bits, *ci, target.id);
                             }
                         }
                     }
@@ -1457,7 +1700,7 @@ impl Engine {
                         s.quiet.remove(&(since, inc.id));
                     }
                     for ci in &inc.cis {
-                        unindex_ci(&mut s.by_ci, *ci, inc.id);
+                        unindex_ci(&mut s.by_ci, bits, *ci, inc.id);
                     }
                 }
             }
@@ -1472,7 +1715,7 @@ impl Engine {
                     }
                     if inc.topology {
                         for ci in &inc.cis {
-                            index_ci(&mut s.by_ci, *ci, inc.id);
+                            index_ci(&mut s.by_ci, bits, *ci, inc.id);
                         }
                     }
                 }
@@ -1504,19 +1747,77 @@ impl Engine {
     }
 }
 
-fn index_ci(by_ci: &mut HashMap<CiIdx, Vec<IncidentId>>, ci: CiIdx, id: IncidentId) {
+fn index_ci(
+    by_ci: &mut HashMap<CiIdx, Vec<IncidentId>>,
+    bits: &mut CiBits,
+    ci: CiIdx,
+    id: IncidentId,
+) {
     let list = by_ci.entry(ci).or_default();
     if !list.contains(&id) {
         list.push(id);
     }
+    bits.set(ci, true);
 }
 
-fn unindex_ci(by_ci: &mut HashMap<CiIdx, Vec<IncidentId>>, ci: CiIdx, id: IncidentId) {
+fn unindex_ci(
+    by_ci: &mut HashMap<CiIdx, Vec<IncidentId>>,
+    bits: &mut CiBits,
+    ci: CiIdx,
+    id: IncidentId,
+) {
     if let Some(list) = by_ci.get_mut(&ci) {
         list.retain(|&x| x != id);
         if list.is_empty() {
             by_ci.remove(&ci);
+            bits.set(ci, false);
         }
+    }
+}
+
+/// The keys of `State::by_ci` as a bit set. A neighbourhood search tests every CI it reaches
+/// (a host's 40 rack siblings, say) and most have no open incident: a bit test answers that
+/// from a few kilobytes, where a hash lookup each costs more and misses the cache.
+/// Derived from the state, so kept by the engine beside it and rebuilt on restore.
+#[derive(Clone, Debug, Default)]
+struct CiBits(Vec<u64>);
+
+impl CiBits {
+    fn from_state(state: &State) -> CiBits {
+        let mut bits = CiBits::default();
+        for &ci in state.by_ci.keys() {
+            bits.set(ci, true);
+        }
+        bits
+    }
+
+    fn get(&self, ci: CiIdx) -> bool {
+        self.0
+            .get(ci as usize / 64)
+            .is_some_and(|w| w & (1 << (ci % 64)) != 0)
+    }
+
+    fn set(&mut self, ci: CiIdx, on: bool) {
+        let i = ci as usize / 64;
+        if i >= self.0.len() {
+            if !on {
+                return;
+            }
+            self.0.resize(i + 1, 0);
+        }
+        let mask = 1u64 << (ci % 64);
+        if on {
+            self.0[i] |= mask;
+        } else {
+            self.0[i] &= !mask;
+        }
+    }
+
+    /// Whether the bits name exactly the CIs in `by_ci`.
+    #[cfg(test)]
+    fn matches(&self, state: &State) -> bool {
+        let ones: u32 = self.0.iter().map(|w| w.count_ones()).sum();
+        ones as usize == state.by_ci.len() && state.by_ci.keys().all(|&ci| self.get(ci))
     }
 }
 
@@ -1543,3 +1844,31 @@ fn forget_expiry(expiries: &mut BTreeSet<(Millis, Fingerprint)>, a: &AlertState,
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn reason_pieces_read_as_the_formatter_writes_them() {
+        for id in [0, 7, 42, 999_999, 1_000_000, 123_456_789] {
+            assert_eq!(
+                text(&[Part::Id(IncidentId(id))]),
+                IncidentId(id).to_string()
+            );
+        }
+        for n in [0, 1, 9, 10, 255, u64::MAX] {
+            assert_eq!(text(&[Part::N(n)]), n.to_string());
+        }
+        for ms in [
+            -5, 0, 1, 999, 1_000, 59_999, 60_000, 61_000, 3_600_000, 3_661_000, 86_400_000,
+            90_061_001, 900_000,
+        ] {
+            assert_eq!(text(&[Part::Dur(ms)]), format_duration(ms), "{ms}");
+        }
+        assert_eq!(
+            text(&[Part::S("rule "), Part::S("r"), Part::S(": "), Part::N(3)]),
+            "rule r: 3"
+        );
+    }
+}

@@ -119,6 +119,8 @@ impl Scenario {
             encode_record(fact, &mut buf).expect("encode");
             fresh.apply(&decode_record(&buf).expect("decode"));
         }
+        assert!(self.engine.ci_bits_consistent() && fresh.ci_bits_consistent());
+        assert!(Engine::restore(rules(), fresh.state().clone()).ci_bits_consistent());
         fresh.state().clone()
     }
 }
@@ -540,6 +542,28 @@ mod topology {
                 _ => None,
             })
             .expect("attached")
+    }
+
+    #[test]
+    fn a_cause_is_preferred_over_a_sibling_and_the_reason_says_so() {
+        let mut s = engine("");
+        let h1 = on("HostUnreachable", "h1", T0);
+        s.alert(&h1);
+        // INC-1 has gone quiet past the window, so the switch opens its own incident ...
+        let tor = on("SwitchDown", "tor-1", T0 + 16 * MIN);
+        s.alert(&tor);
+        // ... then h1 repeats (INC-1 active again) and its sibling h2 fails.
+        let mut again = h1.clone();
+        again.received_at = T0 + 16 * MIN + 1_000;
+        s.alert(&again);
+        let h2 = on("HostUnreachable", "h2", T0 + 16 * MIN + 2_000);
+        let facts = s.alert(&h2);
+        assert_eq!(
+            reason_of(&facts, &h2),
+            "rule reachability: h2 -connected_to-> tor-1 (alerting in INC-000002, 1 hop); \
+             preferred over INC-000001 (less specific)"
+        );
+        assert_eq!(s.replayed(), *s.engine.state());
     }
 
     #[test]

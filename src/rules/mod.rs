@@ -267,6 +267,22 @@ impl Field {
         }
     }
 
+    /// Appends [`Field::name`] without allocating (group keys are built per alert).
+    fn push_name(&self, out: &mut String) {
+        match self {
+            Field::Label(l) => {
+                out.push_str("labels.");
+                out.push_str(l);
+            }
+            Field::Source => out.push_str("source"),
+            Field::Name => out.push_str("name"),
+            Field::Ci => out.push_str("ci"),
+            Field::Severity => out.push_str("severity"),
+            Field::Status => out.push_str("status"),
+            Field::Summary => out.push_str("summary"),
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Field::Source => "source".into(),
@@ -332,15 +348,32 @@ impl Rule {
                     if i > 0 {
                         key.push_str(", ");
                     }
-                    let _ = write!(key, "{}={:?}", field.name(), field.get(alert).unwrap_or(""));
+                    field.push_name(&mut key);
+                    key.push('=');
+                    push_quoted(&mut key, field.get(alert).unwrap_or(""));
                 }
             }
             Policy::Topology(_) => {
-                let _ = write!(key, "ci={:?}", alert.ci.as_deref().unwrap_or(""));
+                key.push_str("ci=");
+                push_quoted(&mut key, alert.ci.as_deref().unwrap_or(""));
             }
         }
         key.push('}');
         key
+    }
+}
+
+/// Appends `v` exactly as `{:?}` writes it, skipping the formatter for printable ASCII
+/// without quotes or backslashes (nearly every group value), which needs no escaping.
+fn push_quoted(out: &mut String, v: &str) {
+    if v.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push('"');
+        out.push_str(v);
+        out.push('"');
+    } else {
+        let _ = write!(out, "{v:?}");
     }
 }
 
@@ -973,6 +1006,26 @@ window = "15m"
         let err = parse("[[rule]]\nname = \"a\"\nmatch = [{ field = \"name\", regex = \"(\\\\w{1000}){1000}\" }]\ngroup_by = []\nwindow = \"5m\"\n")
             .expect_err("too big");
         assert!(err.to_string().contains("size limit"), "{err}");
+    }
+
+    #[test]
+    fn group_values_are_quoted_as_debug_does() {
+        for v in [
+            "",
+            "h-17.dc1",
+            "say \"hi\"",
+            "back\\slash",
+            "tab\there",
+            "new\nline",
+            "it's",
+            "café",
+            "\u{7f}",
+            "\u{301}accent",
+        ] {
+            let mut out = String::new();
+            push_quoted(&mut out, v);
+            assert_eq!(out, format!("{v:?}"), "{v}");
+        }
     }
 
     #[test]
