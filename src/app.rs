@@ -19,7 +19,7 @@ use crate::clock;
 use crate::cmdb::CmdbSpec;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::engine::facts::decode_record;
+use crate::engine::record::{DecodePipeline, FactBatch, REPLAY_DEPTH};
 use crate::eventlog::{EventLog, LogConfig, OpenError};
 use crate::ingest::jetstream::JetStreamIngest;
 use crate::ingest::nats::NatsIngest;
@@ -326,6 +326,36 @@ async fn restore(
         }
         None => (Engine::new(rules.clone()), ReadModel::default(), 0),
     };
+    // Three stages on three threads: this one reads the log, one decodes records, one applies
+    // them to the engine and passes them on to one that applies them to the read model (each
+    // needs every fact in order). Replay then runs at the pace of the slowest stage.
+    let (engine_tx, engine_rx) = std::sync::mpsc::sync_channel::<FactBatch>(REPLAY_DEPTH);
+    let (view_tx, view_rx) = std::sync::mpsc::sync_channel::<FactBatch>(REPLAY_DEPTH);
+    let engine_stage = std::thread::Builder::new()
+        .name("incidentd-replay-engine".into())
+        .spawn(move || {
+            for batch in engine_rx {
+                for (_, fact) in &batch {
+                    engine.apply(fact);
+                }
+                if view_tx.send(batch).is_err() {
+                    break;
+                }
+            }
+            engine
+        })?;
+    let view_stage = std::thread::Builder::new()
+        .name("incidentd-replay-view".into())
+        .spawn(move || {
+            for batch in view_rx {
+                // As the live writer does: the facts are durable and this is their last use.
+                for (seq, mut fact) in batch {
+                    view.apply_owned(seq, &mut fact);
+                }
+            }
+            view
+        })?;
+    let mut decode = DecodePipeline::start(engine_tx)?;
     let mut first_seq = None;
     let mut visit = |seq: u64, bytes: &[u8]| -> anyhow::Result<()> {
         // Segments a snapshot covered may have been pruned: the log must continue right
@@ -341,9 +371,7 @@ async fn restore(
         if seq <= snapshot_seq {
             return Ok(());
         }
-        let fact = decode_record(bytes)?;
-        engine.apply(&fact);
-        view.apply(seq, &fact);
+        decode.push(seq, bytes)?;
         Ok(())
     };
     let (log, next_seq, records): (Box<dyn FactLog>, u64, u64) = match (&cfg.jetstream_log, nats) {
@@ -377,6 +405,15 @@ async fn restore(
             (Box::new(log), recovery.next_seq, recovery.records)
         }
     };
+    decode
+        .finish()
+        .map_err(|e| anyhow::anyhow!("replaying {}: {e}", log_dir.display()))?;
+    let engine = engine_stage
+        .join()
+        .map_err(|_| anyhow::anyhow!("the replay engine thread panicked"))?;
+    let view = view_stage
+        .join()
+        .map_err(|_| anyhow::anyhow!("the replay read-model thread panicked"))?;
     if next_seq <= snapshot_seq {
         anyhow::bail!(
             "the event log ends at fact {} but the snapshot covers up to {snapshot_seq}: the log is missing or was replaced",
