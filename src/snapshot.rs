@@ -185,6 +185,18 @@ pub fn write(
     Ok(path)
 }
 
+/// The sequence every kept snapshot covers. Log segments through it may be deleted; deleting
+/// through the newest one instead would leave the older snapshot, the fallback when the
+/// newest is damaged, without the log tail it needs.
+pub fn prune_through(dir: &Path) -> Result<u64, SnapshotError> {
+    Ok(list(dir)?
+        .into_iter()
+        .filter(|(_, path)| is_v2(path))
+        .map(|(seq, _)| seq)
+        .min()
+        .unwrap_or(0))
+}
+
 fn le_u32(b: &[u8]) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[..4]);

@@ -1273,26 +1273,22 @@ mod tests {
                         ends_at,
                     }
                 }),
-            (at, fp(), any::<i64>(), text()).prop_map(
-                |(at, fingerprint, ends_at, reason)| Fact::AlertResolved {
+            (at, fp(), any::<i64>(), text()).prop_map(|(at, fingerprint, ends_at, reason)| {
+                Fact::AlertResolved {
                     at,
                     fingerprint,
                     ends_at,
-                    reason
+                    reason,
                 }
-            ),
-            (
-                at,
-                fp(),
-                severity(),
-                proptest::option::of(any::<i64>())
-            )
-                .prop_map(|(at, fingerprint, severity, ends_at)| Fact::AlertRefired {
+            }),
+            (at, fp(), severity(), proptest::option::of(any::<i64>())).prop_map(
+                |(at, fingerprint, severity, ends_at)| Fact::AlertRefired {
                     at,
                     fingerprint,
                     severity,
                     ends_at
-                }),
+                }
+            ),
             (at, inc(), text(), text(), any::<bool>()).prop_map(
                 |(at, incident, rule, group_key, topology)| Fact::IncidentOpened {
                     at,
