@@ -1,12 +1,14 @@
-//! Event log cost: encoding a fact as a record, appending with group commit (one fsync per
-//! 1, 8 or 64 batches of 64 facts), and replaying (decode + engine apply + read model apply).
-//! Run with `cargo bench --bench eventlog`. The log lives in a temp dir on the data disk's
+//! Event log cost: encoding a fact as a record (binary version 2 beside the JSON version 1 it
+//! replaced), appending with group commit (one fsync per 1, 8 or 64 batches of 64 facts), and
+//! replaying (decode + engine apply + read model apply), in one thread and pipelined as
+//! `incidentd serve` restores (`app::Replay`). Run with `cargo bench --bench eventlog`. The log lives in a temp dir on the data disk's
 //! file system (`TMPDIR` to choose another), so fsync costs what it costs there.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use incidentd::app::Replay;
 use incidentd::engine::facts::{decode_record, encode_record};
 use incidentd::engine::{Engine, Fact, Input};
 use incidentd::eventlog::{EventLog, LogConfig};
@@ -51,19 +53,41 @@ fn storm_facts(n_alerts: usize) -> Vec<Fact> {
     facts
 }
 
+/// A version 1 record, as the JSON encoder before version 2 wrote it.
+fn encode_json(fact: &Fact, buf: &mut Vec<u8>) {
+    #[derive(serde::Serialize)]
+    struct RecordOut<'a> {
+        v: u32,
+        fact: &'a Fact,
+    }
+    buf.clear();
+    serde_json::to_writer(&mut *buf, &RecordOut { v: 1, fact }).expect("encode json");
+}
+
+fn fresh() -> (Engine, ReadModel) {
+    (
+        Engine::new(Rules::embedded().expect("rules")),
+        ReadModel::default(),
+    )
+}
+
 fn records(c: &mut Criterion) {
     let facts = storm_facts(2_000);
-    let mut encoded = Vec::new();
+    let mut binary = Vec::new();
+    let mut json = Vec::new();
     let mut buf = Vec::new();
     for f in &facts {
         encode_record(f, &mut buf).expect("encode");
-        encoded.push(buf.clone());
+        binary.push(buf.clone());
+        encode_json(f, &mut buf);
+        json.push(buf.clone());
     }
-    let bytes: usize = encoded.iter().map(Vec::len).sum();
+    let mean = |rs: &[Vec<u8>]| rs.iter().map(Vec::len).sum::<usize>() / rs.len();
     println!(
-        "{} facts from 2,000 alerts, mean record {} bytes",
+        "{} facts from 2,000 alerts, mean record {} bytes binary, {} bytes JSON",
         facts.len(),
-        bytes / facts.len()
+        mean(&binary),
+        mean(&json)
     );
     let mut group = c.benchmark_group("record");
     group.throughput(Throughput::Elements(facts.len() as u64));
@@ -74,31 +98,102 @@ fn records(c: &mut Criterion) {
             }
         })
     });
+    group.bench_function("encode_json", |b| {
+        b.iter(|| {
+            for f in &facts {
+                encode_json(black_box(f), &mut buf);
+            }
+        })
+    });
     group.bench_function("decode", |b| {
         b.iter(|| {
-            for r in &encoded {
+            for r in &binary {
                 black_box(decode_record(r).expect("decode"));
             }
         })
     });
-    // What a restart does per fact: decode, engine apply, read model apply.
+    group.bench_function("decode_json", |b| {
+        b.iter(|| {
+            for r in &json {
+                black_box(decode_record(r).expect("decode"));
+            }
+        })
+    });
+    // What a restart does per fact: decode, engine apply, read model apply, one thread.
+    for (name, encoded) in [("replay_serial", &binary), ("replay_serial_json", &json)] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                fresh,
+                |(mut engine, mut view)| {
+                    for (seq, r) in encoded.iter().enumerate() {
+                        let mut fact = decode_record(r).expect("decode");
+                        engine.apply(&fact);
+                        view.apply_owned(seq as u64 + 1, &mut fact);
+                    }
+                    (engine, view)
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    // The same, pipelined as `incidentd serve` restores: decode, engine and read model on
+    // three threads.
     group.bench_function("replay", |b| {
         b.iter_batched(
-            || {
-                (
-                    Engine::new(Rules::embedded().expect("rules")),
-                    ReadModel::default(),
-                )
+            fresh,
+            |(engine, view)| {
+                let mut replay = Replay::start(engine, view).expect("start");
+                for (seq, r) in binary.iter().enumerate() {
+                    replay.push(seq as u64 + 1, r).expect("push");
+                }
+                replay.finish().expect("finish")
             },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+/// Replay at a scale where the pipeline's batches matter: 200,000 alerts (~800k facts).
+fn replay_large(c: &mut Criterion) {
+    let facts = storm_facts(200_000);
+    let mut buf = Vec::new();
+    let encoded: Vec<Vec<u8>> = facts
+        .iter()
+        .map(|f| {
+            encode_record(f, &mut buf).expect("encode");
+            buf.clone()
+        })
+        .collect();
+    drop(facts);
+    let mut group = c.benchmark_group("replay_large");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(encoded.len() as u64));
+    group.bench_function("serial", |b| {
+        b.iter_batched(
+            fresh,
             |(mut engine, mut view)| {
                 for (seq, r) in encoded.iter().enumerate() {
-                    let fact = decode_record(r).expect("decode");
+                    let mut fact = decode_record(r).expect("decode");
                     engine.apply(&fact);
-                    view.apply(seq as u64 + 1, &fact);
+                    view.apply_owned(seq as u64 + 1, &mut fact);
                 }
                 (engine, view)
             },
-            BatchSize::LargeInput,
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("pipelined", |b| {
+        b.iter_batched(
+            fresh,
+            |(engine, view)| {
+                let mut replay = Replay::start(engine, view).expect("start");
+                for (seq, r) in encoded.iter().enumerate() {
+                    replay.push(seq as u64 + 1, r).expect("push");
+                }
+                replay.finish().expect("finish")
+            },
+            BatchSize::PerIteration,
         )
     });
     group.finish();
@@ -136,5 +231,5 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, records, append);
+criterion_group!(benches, records, replay_large, append);
 criterion_main!(benches);
