@@ -10,10 +10,12 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use incidentd::app::Replay;
 use incidentd::engine::facts::{decode_record, encode_record};
+use incidentd::engine::snapshot_codec;
 use incidentd::engine::{Engine, Fact, Input};
 use incidentd::eventlog::{EventLog, LogConfig};
 use incidentd::model::{Alert, Fingerprint, Severity, Status};
 use incidentd::rules::Rules;
+use incidentd::snapshot;
 use incidentd::view::ReadModel;
 
 const T0: i64 = 1_795_000_000_000;
@@ -195,6 +197,53 @@ fn replay_large(c: &mut Criterion) {
             },
             BatchSize::PerIteration,
         )
+    });
+    group.finish();
+
+    // A snapshot of the same state must load faster than replaying the log it covers.
+    let mut replay = Replay::start(fresh().0, fresh().1).expect("start");
+    for (seq, r) in encoded.iter().enumerate() {
+        replay.push(seq as u64 + 1, r).expect("push");
+    }
+    let (engine, view) = replay.finish().expect("finish");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seq = encoded.len() as u64;
+    let path = snapshot::write(dir.path(), seq, engine.state(), &view).expect("snapshot");
+    let log_bytes: usize = encoded.iter().map(Vec::len).sum();
+    println!(
+        "snapshot of {} facts: {:.1} MB (log {:.1} MB)",
+        seq,
+        std::fs::metadata(&path).expect("size").len() as f64 / 1e6,
+        log_bytes as f64 / 1e6
+    );
+    let mut group = c.benchmark_group("snapshot_large");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(seq));
+    group.bench_function("write", |b| {
+        b.iter(|| snapshot::write(dir.path(), seq, engine.state(), &view).expect("write"))
+    });
+    group.bench_function("load", |b| {
+        b.iter(|| {
+            snapshot::load_latest(dir.path())
+                .expect("load")
+                .expect("a snapshot")
+        })
+    });
+    // The two sections alone (load decodes them on two threads).
+    let mut state_bytes = Vec::new();
+    snapshot_codec::write_state(engine.state(), &mut state_bytes).expect("state");
+    let mut view_bytes = Vec::new();
+    view.write_snapshot(&mut view_bytes).expect("view");
+    println!(
+        "sections: engine state {:.1} MB, read model {:.1} MB",
+        state_bytes.len() as f64 / 1e6,
+        view_bytes.len() as f64 / 1e6
+    );
+    group.bench_function("state_decode", |b| {
+        b.iter(|| snapshot_codec::read_state(&state_bytes).expect("state"))
+    });
+    group.bench_function("view_decode", |b| {
+        b.iter(|| ReadModel::read_snapshot(&view_bytes).expect("view"))
     });
     group.finish();
 }
