@@ -1,17 +1,21 @@
-//! Event log cost: encoding a fact as a record, appending with group commit (one fsync per
-//! 1, 8 or 64 batches of 64 facts), and replaying (decode + engine apply + read model apply).
-//! Run with `cargo bench --bench eventlog`. The log lives in a temp dir on the data disk's
+//! Event log cost: encoding a fact as a record (binary version 2 beside the JSON version 1 it
+//! replaced), appending with group commit (one fsync per 1, 8 or 64 batches of 64 facts), and
+//! replaying (decode + engine apply + read model apply), in one thread and pipelined as
+//! `incidentd serve` restores (`app::Replay`). Run with `cargo bench --bench eventlog`. The log lives in a temp dir on the data disk's
 //! file system (`TMPDIR` to choose another), so fsync costs what it costs there.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use incidentd::app::Replay;
 use incidentd::engine::facts::{decode_record, encode_record};
+use incidentd::engine::snapshot_codec;
 use incidentd::engine::{Engine, Fact, Input};
 use incidentd::eventlog::{EventLog, LogConfig};
 use incidentd::model::{Alert, Fingerprint, Severity, Status};
 use incidentd::rules::Rules;
+use incidentd::snapshot;
 use incidentd::view::ReadModel;
 
 const T0: i64 = 1_795_000_000_000;
@@ -51,19 +55,41 @@ fn storm_facts(n_alerts: usize) -> Vec<Fact> {
     facts
 }
 
+/// A version 1 record, as the JSON encoder before version 2 wrote it.
+fn encode_json(fact: &Fact, buf: &mut Vec<u8>) {
+    #[derive(serde::Serialize)]
+    struct RecordOut<'a> {
+        v: u32,
+        fact: &'a Fact,
+    }
+    buf.clear();
+    serde_json::to_writer(&mut *buf, &RecordOut { v: 1, fact }).expect("encode json");
+}
+
+fn fresh() -> (Engine, ReadModel) {
+    (
+        Engine::new(Rules::embedded().expect("rules")),
+        ReadModel::default(),
+    )
+}
+
 fn records(c: &mut Criterion) {
     let facts = storm_facts(2_000);
-    let mut encoded = Vec::new();
+    let mut binary = Vec::new();
+    let mut json = Vec::new();
     let mut buf = Vec::new();
     for f in &facts {
         encode_record(f, &mut buf).expect("encode");
-        encoded.push(buf.clone());
+        binary.push(buf.clone());
+        encode_json(f, &mut buf);
+        json.push(buf.clone());
     }
-    let bytes: usize = encoded.iter().map(Vec::len).sum();
+    let mean = |rs: &[Vec<u8>]| rs.iter().map(Vec::len).sum::<usize>() / rs.len();
     println!(
-        "{} facts from 2,000 alerts, mean record {} bytes",
+        "{} facts from 2,000 alerts, mean record {} bytes binary, {} bytes JSON",
         facts.len(),
-        bytes / facts.len()
+        mean(&binary),
+        mean(&json)
     );
     let mut group = c.benchmark_group("record");
     group.throughput(Throughput::Elements(facts.len() as u64));
@@ -74,32 +100,150 @@ fn records(c: &mut Criterion) {
             }
         })
     });
+    group.bench_function("encode_json", |b| {
+        b.iter(|| {
+            for f in &facts {
+                encode_json(black_box(f), &mut buf);
+            }
+        })
+    });
     group.bench_function("decode", |b| {
         b.iter(|| {
-            for r in &encoded {
+            for r in &binary {
                 black_box(decode_record(r).expect("decode"));
             }
         })
     });
-    // What a restart does per fact: decode, engine apply, read model apply.
+    group.bench_function("decode_json", |b| {
+        b.iter(|| {
+            for r in &json {
+                black_box(decode_record(r).expect("decode"));
+            }
+        })
+    });
+    // What a restart does per fact: decode, engine apply, read model apply, one thread.
+    for (name, encoded) in [("replay_serial", &binary), ("replay_serial_json", &json)] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                fresh,
+                |(mut engine, mut view)| {
+                    for (seq, r) in encoded.iter().enumerate() {
+                        let mut fact = decode_record(r).expect("decode");
+                        engine.apply(&fact);
+                        view.apply_owned(seq as u64 + 1, &mut fact);
+                    }
+                    (engine, view)
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    // The same, pipelined as `incidentd serve` restores: decode, engine and read model on
+    // three threads.
     group.bench_function("replay", |b| {
         b.iter_batched(
-            || {
-                (
-                    Engine::new(Rules::embedded().expect("rules")),
-                    ReadModel::default(),
-                )
-            },
-            |(mut engine, mut view)| {
-                for (seq, r) in encoded.iter().enumerate() {
-                    let fact = decode_record(r).expect("decode");
-                    engine.apply(&fact);
-                    view.apply(seq as u64 + 1, &fact);
+            fresh,
+            |(engine, view)| {
+                let mut replay = Replay::start(engine, view).expect("start");
+                for (seq, r) in binary.iter().enumerate() {
+                    replay.push(seq as u64 + 1, r).expect("push");
                 }
-                (engine, view)
+                replay.finish().expect("finish")
             },
             BatchSize::LargeInput,
         )
+    });
+    group.finish();
+}
+
+/// Replay at a scale where the pipeline's batches matter: 200,000 alerts (~800k facts).
+fn replay_large(c: &mut Criterion) {
+    let facts = storm_facts(200_000);
+    let mut buf = Vec::new();
+    let encoded: Vec<Vec<u8>> = facts
+        .iter()
+        .map(|f| {
+            encode_record(f, &mut buf).expect("encode");
+            buf.clone()
+        })
+        .collect();
+    drop(facts);
+    let mut group = c.benchmark_group("replay_large");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(encoded.len() as u64));
+    group.bench_function("serial", |b| {
+        b.iter_batched(
+            fresh,
+            |(mut engine, mut view)| {
+                for (seq, r) in encoded.iter().enumerate() {
+                    let mut fact = decode_record(r).expect("decode");
+                    engine.apply(&fact);
+                    view.apply_owned(seq as u64 + 1, &mut fact);
+                }
+                (engine, view)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("pipelined", |b| {
+        b.iter_batched(
+            fresh,
+            |(engine, view)| {
+                let mut replay = Replay::start(engine, view).expect("start");
+                for (seq, r) in encoded.iter().enumerate() {
+                    replay.push(seq as u64 + 1, r).expect("push");
+                }
+                replay.finish().expect("finish")
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+
+    // A snapshot of the same state must load faster than replaying the log it covers.
+    let mut replay = Replay::start(fresh().0, fresh().1).expect("start");
+    for (seq, r) in encoded.iter().enumerate() {
+        replay.push(seq as u64 + 1, r).expect("push");
+    }
+    let (engine, view) = replay.finish().expect("finish");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seq = encoded.len() as u64;
+    let path = snapshot::write(dir.path(), seq, engine.state(), &view).expect("snapshot");
+    let log_bytes: usize = encoded.iter().map(Vec::len).sum();
+    println!(
+        "snapshot of {} facts: {:.1} MB (log {:.1} MB)",
+        seq,
+        std::fs::metadata(&path).expect("size").len() as f64 / 1e6,
+        log_bytes as f64 / 1e6
+    );
+    let mut group = c.benchmark_group("snapshot_large");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(seq));
+    group.bench_function("write", |b| {
+        b.iter(|| snapshot::write(dir.path(), seq, engine.state(), &view).expect("write"))
+    });
+    group.bench_function("load", |b| {
+        b.iter(|| {
+            snapshot::load_latest(dir.path())
+                .expect("load")
+                .expect("a snapshot")
+        })
+    });
+    // The two sections alone (load decodes them on two threads).
+    let mut state_bytes = Vec::new();
+    snapshot_codec::write_state(engine.state(), &mut state_bytes).expect("state");
+    let mut view_bytes = Vec::new();
+    view.write_snapshot(&mut view_bytes).expect("view");
+    println!(
+        "sections: engine state {:.1} MB, read model {:.1} MB",
+        state_bytes.len() as f64 / 1e6,
+        view_bytes.len() as f64 / 1e6
+    );
+    group.bench_function("state_decode", |b| {
+        b.iter(|| snapshot_codec::read_state(&state_bytes).expect("state"))
+    });
+    group.bench_function("view_decode", |b| {
+        b.iter(|| ReadModel::read_snapshot(&view_bytes).expect("view"))
     });
     group.finish();
 }
@@ -136,5 +280,5 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, records, append);
+criterion_group!(benches, records, replay_large, append);
 criterion_main!(benches);

@@ -14,7 +14,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::engine::Fact;
-use crate::engine::facts::{RecordError, decode_record};
+use crate::engine::facts::RecordError;
+use crate::engine::record::{DecodePipeline, FactBatch, REPLAY_DEPTH};
 use crate::eventlog::{EventLog, LogConfig, OpenError};
 use crate::model::{Alert, Fingerprint, Millis, Status, format_time};
 
@@ -78,82 +79,118 @@ fn write_line(out: &mut impl Write, alert: &Alert, at: Millis) -> std::io::Resul
     out.write_all(b"\n")
 }
 
-/// Writes the replay input recorded in the event log under `data_dir`.
-pub fn export(data_dir: &Path, mut out: impl Write) -> Result<Exported, ExportError> {
+/// Writes the replay input recorded in the event log under `data_dir`. Records are decoded on
+/// a second thread while this one reads the log and a third writes the lines.
+pub fn export(data_dir: &Path, out: impl Write + Send) -> Result<Exported, ExportError> {
     let cfg = LogConfig::new(data_dir.join("log"));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<FactBatch>(REPLAY_DEPTH);
+    std::thread::scope(|s| {
+        let writer = std::thread::Builder::new()
+            .name("incidentd-export-write".into())
+            .spawn_scoped(s, move || write_lines(&rx, out))
+            .map_err(|e| RecordError::Thread(e.to_string()))?;
+        let mut decode = DecodePipeline::start(tx)?;
+        let read = EventLog::read(&cfg, |seq, bytes| decode.push(seq, bytes));
+        let decoded = decode.finish();
+        let written = writer
+            .join()
+            .map_err(|_| RecordError::Thread("the export writer panicked".into()))?;
+        // The writer's own failure explains why the others stopped, so it comes first.
+        let done = written?;
+        read.map_err(|e| match e {
+            OpenError::Log(e) => ExportError::Log(e),
+            OpenError::Visit(e) => ExportError::Record(e),
+        })?;
+        decoded?;
+        Ok(done)
+    })
+}
+
+/// Turns the decoded facts into replay lines, in log order.
+fn write_lines(
+    rx: &std::sync::mpsc::Receiver<FactBatch>,
+    mut out: impl Write,
+) -> Result<Exported, ExportError> {
     let mut alerts: HashMap<Fingerprint, Alert> = HashMap::new();
     let mut done = Exported::default();
-    let mut visit = |_seq: u64, bytes: &[u8]| -> Result<(), ExportError> {
-        done.facts += 1;
-        match decode_record(bytes)? {
-            Fact::AlertReceived { at, alert } => {
-                write_line(&mut out, &alert, at)?;
-                done.lines += 1;
-                alerts.insert(alert.fingerprint, alert);
-            }
-            Fact::AlertRepeated {
-                at,
-                fingerprint,
-                count,
-                severity,
-                ends_at,
-            } => {
-                if let Some(a) = alerts.get_mut(&fingerprint) {
-                    a.severity = severity;
-                    a.ends_at = ends_at;
-                    a.status = Status::Firing;
-                    for _ in 0..count {
-                        write_line(&mut out, a, at)?;
-                    }
-                    done.lines += count;
-                }
-            }
-            Fact::AlertResolved {
-                at,
-                fingerprint,
-                ends_at,
-                ..
-            } => {
-                if let Some(a) = alerts.get_mut(&fingerprint) {
-                    a.status = Status::Resolved;
-                    a.ends_at = Some(ends_at);
-                    write_line(&mut out, a, at)?;
-                    done.lines += 1;
-                }
-            }
-            Fact::AlertRefired {
-                at,
-                fingerprint,
-                severity,
-                ends_at,
-            } => {
-                if let Some(a) = alerts.get_mut(&fingerprint) {
-                    a.status = Status::Firing;
-                    a.severity = severity;
-                    a.ends_at = ends_at;
-                    write_line(&mut out, a, at)?;
-                    done.lines += 1;
-                }
-            }
-            Fact::CmdbChanged { at, source, ops } if is_live(&source) => {
-                serde_json::to_writer(
-                    &mut out,
-                    &serde_json::json!({"cmdb_change": ops, "received_at": format_time(at)}),
-                )
-                .map_err(std::io::Error::from)?;
-                out.write_all(b"\n")?;
-                done.cmdb_changes += 1;
-            }
-            _ => {}
+    for batch in rx {
+        for (_seq, fact) in batch {
+            done.facts += 1;
+            write_fact(&mut out, &mut alerts, &mut done, fact)?;
         }
-        Ok(())
-    };
-    EventLog::read(&cfg, &mut visit).map_err(|e| match e {
-        OpenError::Log(e) => ExportError::Log(e),
-        OpenError::Visit(e) => e,
-    })?;
+    }
     out.flush()?;
     Ok(done)
+}
+
+fn write_fact(
+    out: &mut impl Write,
+    alerts: &mut HashMap<Fingerprint, Alert>,
+    done: &mut Exported,
+    fact: Fact,
+) -> Result<(), ExportError> {
+    match fact {
+        Fact::AlertReceived { at, alert } => {
+            write_line(out, &alert, at)?;
+            done.lines += 1;
+            alerts.insert(alert.fingerprint, alert);
+        }
+        Fact::AlertRepeated {
+            at,
+            fingerprint,
+            count,
+            severity,
+            ends_at,
+        } => {
+            if let Some(a) = alerts.get_mut(&fingerprint) {
+                a.severity = severity;
+                a.ends_at = ends_at;
+                a.status = Status::Firing;
+                for _ in 0..count {
+                    write_line(out, a, at)?;
+                }
+                done.lines += count;
+            }
+        }
+        Fact::AlertResolved {
+            at,
+            fingerprint,
+            ends_at,
+            ..
+        } => {
+            if let Some(a) = alerts.get_mut(&fingerprint) {
+                a.status = Status::Resolved;
+                a.ends_at = Some(ends_at);
+                write_line(out, a, at)?;
+                done.lines += 1;
+            }
+        }
+        Fact::AlertRefired {
+            at,
+            fingerprint,
+            severity,
+            ends_at,
+        } => {
+            if let Some(a) = alerts.get_mut(&fingerprint) {
+                a.status = Status::Firing;
+                a.severity = severity;
+                a.ends_at = ends_at;
+                write_line(out, a, at)?;
+                done.lines += 1;
+            }
+        }
+        Fact::CmdbChanged { at, source, ops } if is_live(&source) => {
+            serde_json::to_writer(
+                &mut *out,
+                &serde_json::json!({"cmdb_change": ops, "received_at": format_time(at)}),
+            )
+            .map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+            done.cmdb_changes += 1;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Changes made while running (not the file loaded at start).

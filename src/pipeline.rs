@@ -813,7 +813,8 @@ impl Writer {
                     Ok(path) => {
                         tracing::info!(seq, path = %path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written");
                         if cfg.prune_log {
-                            match crate::eventlog::remove_segments_through(&cfg.log_dir, seq) {
+                            let through = crate::snapshot::prune_through(&cfg.dir).unwrap_or(0);
+                            match crate::eventlog::remove_segments_through(&cfg.log_dir, through) {
                                 Ok(n) if n > 0 => tracing::info!(segments = n, "log segments covered by the snapshot removed"),
                                 Ok(_) => {}
                                 Err(e) => tracing::warn!(error = %e, "removing covered log segments failed"),

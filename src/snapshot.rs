@@ -2,22 +2,38 @@
 //! the newest snapshot and applies only the tail of the log instead of all history.
 //!
 //! Written like any file that must survive a crash: a temporary file, fsync, rename, fsync of
-//! the directory. A snapshot that does not load (torn, unknown version) is skipped with a
-//! warning in favour of an older one or the full log; the log stays the source of truth.
+//! the directory. A snapshot that does not load (torn, damaged, unknown version) is skipped
+//! with a warning in favour of an older one or the full log; the log stays the source of truth.
+//!
+//! Version 2 file (`snapshot-<seq>.snap`), all integers little-endian:
+//!
+//! ```text
+//! magic "INCDSNAP" | version u32 | seq u64 | state_len u64 | view_len u64
+//! | state_crc u32 | view_crc u32 | header_crc u32      (CRC32C of the 48 bytes before it)
+//! | state section (engine::snapshot_codec) | view section (ReadModel::write_snapshot)
+//! ```
+//!
+//! Two sections with their own checksums so that both are encoded, checked and decoded on two
+//! threads at once. Version 1 files (`snapshot-<seq>.json`, one JSON document that loaded
+//! slower than replaying the log it covered) are skipped with a warning; the log rebuilds
+//! them.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::engine::State;
-use crate::view::ReadModel;
+use crate::engine::snapshot_codec::{self, CodecError};
+use crate::view::{ReadModel, ViewSnapshotError};
 
 /// Current snapshot format; others are ignored (the log is replayed instead).
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// Snapshots kept on disk: the newest, and one older in case the newest is damaged.
 const KEEP: usize = 2;
+const MAGIC: &[u8; 8] = b"INCDSNAP";
+const HEADER_LEN: usize = 52;
+const EXT: &str = ".snap";
+const EXT_V1: &str = ".json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -27,26 +43,14 @@ pub enum SnapshotError {
         source: std::io::Error,
     },
     #[error("{path}: {source}")]
-    Encode {
+    State { path: PathBuf, source: CodecError },
+    #[error("{path}: {source}")]
+    View {
         path: PathBuf,
-        source: serde_json::Error,
+        source: ViewSnapshotError,
     },
-}
-
-#[derive(Serialize)]
-struct SnapshotOut<'a> {
-    v: u32,
-    seq: u64,
-    state: &'a State,
-    view: &'a ReadModel,
-}
-
-#[derive(Deserialize)]
-struct SnapshotIn {
-    v: u32,
-    seq: u64,
-    state: State,
-    view: ReadModel,
+    #[error("{path}: {reason}")]
+    Format { path: PathBuf, reason: String },
 }
 
 /// A loaded snapshot: everything up to and including log sequence `seq`.
@@ -64,11 +68,19 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
     }
 }
 
-fn file_name(seq: u64) -> String {
-    format!("snapshot-{seq:020}.json")
+fn format_err(path: &Path, reason: impl Into<String>) -> SnapshotError {
+    SnapshotError::Format {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
-/// Snapshot files in `dir`, newest first.
+fn file_name(seq: u64) -> String {
+    format!("snapshot-{seq:020}{EXT}")
+}
+
+/// Snapshot files in `dir` (both versions), newest first; a v2 file sorts before a v1 file
+/// of the same sequence.
 fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
     let mut found = Vec::new();
     let entries = match fs::read_dir(dir) {
@@ -81,14 +93,50 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
         let seq = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("snapshot-")?.strip_suffix(".json"))
-            .and_then(|n| n.parse().ok());
+            .and_then(|n| n.strip_prefix("snapshot-"))
+            .and_then(|n| n.strip_suffix(EXT).or_else(|| n.strip_suffix(EXT_V1)))
+            .and_then(|n| n.parse::<u64>().ok());
         if let Some(seq) = seq {
             found.push((seq, path));
         }
     }
-    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found.sort_by_key(|(seq, path)| (std::cmp::Reverse(*seq), !is_v2(path)));
     Ok(found)
+}
+
+fn is_v2(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == &EXT[1..])
+}
+
+/// Runs `a` and `b` on two threads (the caller's and one more) and returns both results.
+fn both<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> std::io::Result<(A, B)> {
+    std::thread::scope(|s| {
+        let other = std::thread::Builder::new()
+            .name("incidentd-snapshot-view".into())
+            .spawn_scoped(s, b)?;
+        let first = a();
+        let second = other
+            .join()
+            .map_err(|_| std::io::Error::other("snapshot thread panicked"))?;
+        Ok((first, second))
+    })
+}
+
+fn header(seq: u64, state: &[u8], view: &[u8]) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    h[12..20].copy_from_slice(&seq.to_le_bytes());
+    h[20..28].copy_from_slice(&(state.len() as u64).to_le_bytes());
+    h[28..36].copy_from_slice(&(view.len() as u64).to_le_bytes());
+    h[36..40].copy_from_slice(&crc32c::crc32c(state).to_le_bytes());
+    h[40..44].copy_from_slice(&crc32c::crc32c(view).to_le_bytes());
+    let crc = crc32c::crc32c(&h[..48]);
+    h[48..52].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 /// Writes a snapshot durably and removes all but the newest `KEEP`.
@@ -101,24 +149,32 @@ pub fn write(
     fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(file_name(seq));
     let tmp = dir.join(format!("{}.tmp", file_name(seq)));
-    let file = File::create(&tmp).map_err(io(&tmp))?;
-    let mut out = BufWriter::new(file);
-    serde_json::to_writer(
-        &mut out,
-        &SnapshotOut {
-            v: SNAPSHOT_VERSION,
-            seq,
-            state,
-            view,
+    let (state_bytes, view_bytes) = both(
+        || {
+            let mut out = Vec::new();
+            snapshot_codec::write_state(state, &mut out).map(|()| out)
+        },
+        || {
+            let mut out = Vec::new();
+            view.write_snapshot(&mut out).map(|()| out)
         },
     )
-    .map_err(|source| SnapshotError::Encode {
+    .map_err(io(&tmp))?;
+    let state_bytes = state_bytes.map_err(|source| SnapshotError::State {
         path: tmp.clone(),
         source,
     })?;
-    out.flush().map_err(io(&tmp))?;
-    let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+    let view_bytes = view_bytes.map_err(|source| SnapshotError::View {
+        path: tmp.clone(),
+        source,
+    })?;
+    let head = header(seq, &state_bytes, &view_bytes);
+    let mut file = File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(&head).map_err(io(&tmp))?;
+    file.write_all(&state_bytes).map_err(io(&tmp))?;
+    file.write_all(&view_bytes).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
+    drop(file);
     fs::rename(&tmp, &path).map_err(io(&path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -129,27 +185,141 @@ pub fn write(
     Ok(path)
 }
 
+/// The sequence every kept snapshot covers. Log segments through it may be deleted; deleting
+/// through the newest one instead would leave the older snapshot, the fallback when the
+/// newest is damaged, without the log tail it needs.
+pub fn prune_through(dir: &Path) -> Result<u64, SnapshotError> {
+    Ok(list(dir)?
+        .into_iter()
+        .filter(|(_, path)| is_v2(path))
+        .map(|(seq, _)| seq)
+        .min()
+        .unwrap_or(0))
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// Reads one version 2 snapshot file, checking every length and checksum; the two sections
+/// are verified and decoded on two threads.
+fn load(path: &Path, seq: u64) -> Result<Loaded, SnapshotError> {
+    let bytes = fs::read(path).map_err(io(path))?;
+    if bytes.len() < HEADER_LEN || &bytes[0..8] != MAGIC {
+        return Err(format_err(path, "not a snapshot (bad magic or too short)"));
+    }
+    let version = le_u32(&bytes[8..12]);
+    if version != SNAPSHOT_VERSION {
+        return Err(format_err(
+            path,
+            format!("snapshot version {version}, this build reads {SNAPSHOT_VERSION}"),
+        ));
+    }
+    if crc32c::crc32c(&bytes[..48]) != le_u32(&bytes[48..52]) {
+        return Err(format_err(path, "header checksum mismatch"));
+    }
+    let file_seq = le_u64(&bytes[12..20]);
+    if file_seq != seq {
+        return Err(format_err(
+            path,
+            format!("holds sequence {file_seq}, the name says {seq}"),
+        ));
+    }
+    let (state_len, view_len) = (le_u64(&bytes[20..28]), le_u64(&bytes[28..36]));
+    let body = (bytes.len() - HEADER_LEN) as u64;
+    if state_len.checked_add(view_len) != Some(body) {
+        return Err(format_err(
+            path,
+            format!("sections of {state_len} + {view_len} bytes, file body has {body}"),
+        ));
+    }
+    // Both fit in the file, so in usize.
+    let split = HEADER_LEN + state_len as usize;
+    let (state_bytes, view_bytes) = (&bytes[HEADER_LEN..split], &bytes[split..]);
+    let (state_crc, view_crc) = (le_u32(&bytes[36..40]), le_u32(&bytes[40..44]));
+    let (state, view) = both(
+        || {
+            if crc32c::crc32c(state_bytes) != state_crc {
+                return Err(format_err(path, "engine state section checksum mismatch"));
+            }
+            snapshot_codec::read_state(state_bytes).map_err(|source| SnapshotError::State {
+                path: path.to_path_buf(),
+                source,
+            })
+        },
+        || {
+            if crc32c::crc32c(view_bytes) != view_crc {
+                return Err(format_err(path, "read model section checksum mismatch"));
+            }
+            ReadModel::read_snapshot(view_bytes).map_err(|source| SnapshotError::View {
+                path: path.to_path_buf(),
+                source,
+            })
+        },
+    )
+    .map_err(io(path))?;
+    Ok(Loaded {
+        seq,
+        state: state?,
+        view: view?,
+        path: path.to_path_buf(),
+    })
+}
+
 /// The newest snapshot that loads, if any. Damaged or foreign ones are skipped with a
 /// warning: the log can always rebuild what they held, as long as it was retained.
 pub fn load_latest(dir: &Path) -> Result<Option<Loaded>, SnapshotError> {
     for (seq, path) in list(dir)? {
-        let file = File::open(&path).map_err(io(&path))?;
-        match serde_json::from_reader::<_, SnapshotIn>(BufReader::new(file)) {
-            Ok(s) if s.v == SNAPSHOT_VERSION && s.seq == seq => {
-                return Ok(Some(Loaded {
-                    seq,
-                    state: s.state,
-                    view: s.view,
-                    path,
-                }));
-            }
-            Ok(s) => {
-                tracing::warn!(path = %path.display(), version = s.v, "snapshot skipped: other version or sequence")
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "snapshot skipped: unreadable")
-            }
+        if !is_v2(&path) {
+            tracing::warn!(path = %path.display(), "snapshot skipped: version 1 (JSON) is no longer read; the log is replayed instead");
+            continue;
+        }
+        match load(&path, seq) {
+            Ok(loaded) => return Ok(Some(loaded)),
+            Err(e) => tracing::warn!(error = %e, "snapshot skipped"),
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_round_trip_and_damage_is_skipped() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let mut state = State::default();
+        state.now = 42;
+        state.rules_hash = "abc".into();
+        let view = ReadModel::default();
+        let path = write(dir, 7, &state, &view).expect("write");
+        let loaded = load_latest(dir).expect("load").expect("a snapshot");
+        assert_eq!((loaded.seq, &loaded.state), (7, &state));
+
+        // A newer v1 file is skipped; a damaged newer v2 file too.
+        fs::write(dir.join("snapshot-00000000000000000009.json"), b"{}").expect("v1");
+        let mut damaged = fs::read(&path).expect("read");
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x40;
+        fs::write(dir.join(file_name(8)), &damaged).expect("damaged");
+        let loaded = load_latest(dir).expect("load").expect("a snapshot");
+        assert_eq!(loaded.seq, 7);
+
+        // Every truncation of a good file is an error, never a panic.
+        let good = fs::read(&path).expect("read");
+        for cut in [0, 7, 51, 52, good.len() - 1] {
+            fs::write(&path, &good[..cut]).expect("cut");
+            assert!(load(&path, 7).is_err(), "cut at {cut}");
+        }
+    }
 }

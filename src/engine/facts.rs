@@ -1,8 +1,8 @@
 //! Facts: the past-tense records of everything the engine decided. They are the event log;
 //! replaying them through `Engine::apply` rebuilds the exact state, whatever rules are loaded.
 //!
-//! Each record carries a format version (`v`). Version 1 is the only one so far; a record with
-//! an unknown version is refused loudly rather than misread.
+//! How a fact is stored in the log (versioned records, old versions upcast) is
+//! [`super::record`]; its functions are re-exported here for existing call sites.
 
 use std::fmt;
 
@@ -13,8 +13,7 @@ pub use crate::model::Priority;
 use crate::model::{Alert, Fingerprint, Millis, Severity};
 use crate::silence::Silence;
 
-/// Current on-disk format version of a fact record.
-pub const FACT_VERSION: u32 = 1;
+pub use super::record::{FACT_VERSION, RecordError, decode_record, encode_record};
 
 /// Incident number; shown as `INC-000042`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -280,85 +279,9 @@ impl Fact {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    #[error("unsupported fact record version {0} (this build reads version {FACT_VERSION})")]
-    UnsupportedVersion(u32),
-    #[error("unreadable fact record: {0}")]
-    Malformed(#[from] serde_json::Error),
-}
-
-#[derive(Serialize)]
-struct RecordOut<'a> {
-    v: u32,
-    fact: &'a Fact,
-}
-
-#[derive(Deserialize)]
-struct RecordIn {
-    v: u32,
-    fact: Fact,
-}
-
-#[derive(Deserialize)]
-struct VersionProbe {
-    v: u32,
-}
-
-/// Serializes a fact as a versioned log record into `buf` (cleared first).
-pub fn encode_record(fact: &Fact, buf: &mut Vec<u8>) -> Result<(), RecordError> {
-    buf.clear();
-    serde_json::to_writer(
-        &mut *buf,
-        &RecordOut {
-            v: FACT_VERSION,
-            fact,
-        },
-    )?;
-    Ok(())
-}
-
-/// Reads a versioned log record; unknown versions are refused, never guessed at.
-pub fn decode_record(bytes: &[u8]) -> Result<Fact, RecordError> {
-    match serde_json::from_slice::<RecordIn>(bytes) {
-        Ok(r) if r.v == FACT_VERSION => Ok(r.fact),
-        Ok(r) => Err(RecordError::UnsupportedVersion(r.v)),
-        Err(e) => match serde_json::from_slice::<VersionProbe>(bytes) {
-            Ok(p) if p.v != FACT_VERSION => Err(RecordError::UnsupportedVersion(p.v)),
-            _ => Err(RecordError::Malformed(e)),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn records_round_trip_and_unknown_versions_are_refused() {
-        let fact = Fact::IncidentAcknowledged {
-            at: 5,
-            incident: IncidentId(7),
-            by: "ana".into(),
-            comment: None,
-        };
-        let mut buf = Vec::new();
-        encode_record(&fact, &mut buf).expect("encode");
-        assert_eq!(
-            std::str::from_utf8(&buf).expect("utf8"),
-            r#"{"v":1,"fact":{"type":"incident_acknowledged","at":5,"incident":7,"by":"ana"}}"#
-        );
-        assert_eq!(decode_record(&buf).expect("decode"), fact);
-        let future = br#"{"v":2,"fact":{"type":"something_new"}}"#;
-        assert!(matches!(
-            decode_record(future),
-            Err(RecordError::UnsupportedVersion(2))
-        ));
-        assert!(matches!(
-            decode_record(b"{\"v\":1}"),
-            Err(RecordError::Malformed(_))
-        ));
-    }
 
     #[test]
     fn incident_ids() {

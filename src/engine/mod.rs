@@ -17,6 +17,8 @@
 //!   sibling's incident, else it opens its own. Hubs are never walked through.
 
 pub mod facts;
+pub mod record;
+pub mod snapshot_codec;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
