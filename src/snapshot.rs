@@ -15,7 +15,7 @@ use crate::engine::State;
 use crate::view::ReadModel;
 
 /// Current snapshot format; others are ignored (the log is replayed instead).
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// Snapshots kept on disk: the newest, and one older in case the newest is damaged.
 const KEEP: usize = 2;
 
@@ -38,7 +38,8 @@ struct SnapshotOut<'a> {
     v: u32,
     seq: u64,
     state: &'a State,
-    view: &'a ReadModel,
+    /// The read model's own encoding ([`ReadModel::write_snapshot`]).
+    view: &'a [u8],
 }
 
 #[derive(Deserialize)]
@@ -46,7 +47,7 @@ struct SnapshotIn {
     v: u32,
     seq: u64,
     state: State,
-    view: ReadModel,
+    view: Vec<u8>,
 }
 
 /// A loaded snapshot: everything up to and including log sequence `seq`.
@@ -92,12 +93,7 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
 }
 
 /// Writes a snapshot durably and removes all but the newest `KEEP`.
-pub fn write(
-    dir: &Path,
-    seq: u64,
-    state: &State,
-    view: &ReadModel,
-) -> Result<PathBuf, SnapshotError> {
+pub fn write(dir: &Path, seq: u64, state: &State, view: &[u8]) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(file_name(seq));
     let tmp = dir.join(format!("{}.tmp", file_name(seq)));
@@ -136,12 +132,19 @@ pub fn load_latest(dir: &Path) -> Result<Option<Loaded>, SnapshotError> {
         let file = File::open(&path).map_err(io(&path))?;
         match serde_json::from_reader::<_, SnapshotIn>(BufReader::new(file)) {
             Ok(s) if s.v == SNAPSHOT_VERSION && s.seq == seq => {
-                return Ok(Some(Loaded {
-                    seq,
-                    state: s.state,
-                    view: s.view,
-                    path,
-                }));
+                match ReadModel::read_snapshot(&s.view) {
+                    Ok(view) => {
+                        return Ok(Some(Loaded {
+                            seq,
+                            state: s.state,
+                            view,
+                            path,
+                        }));
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "snapshot skipped: read model does not decode")
+                    }
+                }
             }
             Ok(s) => {
                 tracing::warn!(path = %path.display(), version = s.v, "snapshot skipped: other version or sequence")
