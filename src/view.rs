@@ -107,27 +107,40 @@ mod sym {
         TABLE.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    impl Sym {
+    /// Interns several strings under one lock: the writer thread builds a view from a dozen
+    /// at a time. Nothing may read a symbol's text while this is held (same lock).
+    pub struct Batch(std::sync::RwLockWriteGuard<'static, Table>);
+
+    impl Batch {
+        pub fn lock() -> Batch {
+            Batch(table_write())
+        }
+
         /// Interns `s`, copying it only if it is new.
-        pub fn new(s: &str) -> Sym {
+        pub fn str(&mut self, s: &str) -> Sym {
             let h = hash(s);
-            let mut table = table_write();
-            if let Some(sym) = table.find(s, h) {
+            if let Some(sym) = self.0.find(s, h) {
                 return sym;
             }
             let text: &'static str = Box::leak(Box::from(s));
-            table.insert(text, h)
+            self.0.insert(text, h)
         }
 
         /// Interns `s`, keeping its buffer if it is new.
-        pub fn from_string(s: String) -> Sym {
+        pub fn string(&mut self, s: String) -> Sym {
             let h = hash(&s);
-            let mut table = table_write();
-            if let Some(sym) = table.find(&s, h) {
+            if let Some(sym) = self.0.find(&s, h) {
                 return sym;
             }
             let text: &'static str = Box::leak(s.into_boxed_str());
-            table.insert(text, h)
+            self.0.insert(text, h)
+        }
+    }
+
+    impl Sym {
+        /// Interns `s`, copying it only if it is new.
+        pub fn new(s: &str) -> Sym {
+            Batch::lock().str(s)
         }
 
         pub fn as_str(self) -> &'static str {
@@ -200,12 +213,12 @@ pub struct AlertView {
 
 impl AlertView {
     fn new(alert: &Alert, at: Millis) -> AlertView {
-        let intern = |(k, v): (&String, &String)| (Sym::new(k), Sym::new(v));
+        let mut t = sym::Batch::lock();
         let pairs = alert
             .labels
             .iter()
             .chain(&alert.annotations)
-            .map(intern)
+            .map(|(k, v)| (t.str(k), t.str(v)))
             .collect();
         AlertView {
             fingerprint: alert.fingerprint,
@@ -215,12 +228,12 @@ impl AlertView {
             ends_at: alert.ends_at,
             pairs,
             n_labels: u32::try_from(alert.labels.len()).unwrap_or(u32::MAX),
-            dedup_key: alert.dedup_key.as_deref().map(Sym::new),
-            source: Sym::new(&alert.source),
-            name: Sym::new(&alert.name),
-            ci: alert.ci.as_deref().map(Sym::new),
-            reason: Sym::new(""),
-            summary: alert.summary.as_deref().map(Sym::new),
+            dedup_key: alert.dedup_key.as_deref().map(|s| t.str(s)),
+            source: t.str(&alert.source),
+            name: t.str(&alert.name),
+            ci: alert.ci.as_deref().map(|s| t.str(s)),
+            reason: t.str(""),
+            summary: alert.summary.as_deref().map(|s| t.str(s)),
             suppressed: None,
             suppressed_by: None,
             severity: alert.severity,
@@ -235,10 +248,11 @@ impl AlertView {
         let labels = std::mem::take(&mut alert.labels);
         let annotations = std::mem::take(&mut alert.annotations);
         let n_labels = u32::try_from(labels.len()).unwrap_or(u32::MAX);
+        let mut t = sym::Batch::lock();
         let pairs = labels
             .into_iter()
             .chain(annotations)
-            .map(|(k, v)| (Sym::from_string(k), Sym::from_string(v)))
+            .map(|(k, v)| (t.string(k), t.string(v)))
             .collect();
         AlertView {
             fingerprint: alert.fingerprint,
@@ -248,12 +262,12 @@ impl AlertView {
             ends_at: alert.ends_at,
             pairs,
             n_labels,
-            dedup_key: alert.dedup_key.take().map(Sym::from_string),
-            source: Sym::from_string(std::mem::take(&mut alert.source)),
-            name: Sym::from_string(std::mem::take(&mut alert.name)),
-            ci: alert.ci.take().map(Sym::from_string),
-            reason: Sym::new(""),
-            summary: alert.summary.take().map(Sym::from_string),
+            dedup_key: alert.dedup_key.take().map(|s| t.string(s)),
+            source: t.string(std::mem::take(&mut alert.source)),
+            name: t.string(std::mem::take(&mut alert.name)),
+            ci: alert.ci.take().map(|s| t.string(s)),
+            reason: t.str(""),
+            summary: alert.summary.take().map(|s| t.string(s)),
             suppressed: None,
             suppressed_by: None,
             severity: alert.severity,
@@ -1038,9 +1052,17 @@ impl ReadModel {
                 reason,
                 ..
             } => {
+                // The alert's current life is its latest copy; else look through the members.
+                let current = match self.homes.get(fingerprint) {
+                    Some(Home::Attached(id, idx)) if id == incident => Some(*idx),
+                    _ => None,
+                };
                 let inc = self.incidents.get_mut(incident)?;
                 inc.root = Some(*fingerprint);
-                inc.find_root();
+                match current {
+                    Some(idx) => inc.root_idx = Some(idx),
+                    None => inc.find_root(),
+                }
                 let root = inc.root_alert();
                 note = Some(Note::Root {
                     who: root.map(AlertView::who),
@@ -1181,11 +1203,13 @@ impl ReadModel {
                 target.alerts.reserve(gone.len());
                 for view in gone.drain(..) {
                     let idx = u32::try_from(target.alerts.len()).unwrap_or(u32::MAX);
+                    if target.root == Some(view.fingerprint) {
+                        target.root_idx = Some(idx);
+                    }
                     self.homes
                         .insert(view.fingerprint, Home::Attached(*into, idx));
                     target.alerts.push(view);
                 }
-                target.find_root();
                 target.timeline.push(TimelineEntry {
                     seq,
                     at,
@@ -1999,11 +2023,14 @@ impl ReadModel {
         let open = usize::try_from(d.u64()?).map_err(|_| d.bad("open count"))?;
         let n = d.count(4)?;
         d.syms.reserve_exact(n);
+        let mut t = sym::Batch::lock();
         for _ in 0..n {
             let len = d.u32()? as usize;
             let text = std::str::from_utf8(d.take(len)?).map_err(|_| d.bad("string"))?;
-            d.syms.push(Sym::new(text));
+            let s = t.str(text);
+            d.syms.push(s);
         }
+        drop(t);
         let len = d.u32()? as usize;
         let small: SmallIn = serde_json::from_slice(d.take(len)?)?;
         let n = d.count(8)?;
