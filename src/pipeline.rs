@@ -813,7 +813,8 @@ impl Writer {
             tracing::warn!(error = %e, "snapshot skipped: read model does not encode");
             return;
         }
-        tracing::debug!(
+        // The writer (and so ingest) waits for this: worth seeing next to "snapshot written".
+        tracing::info!(
             bytes = view.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "read model encoded for a snapshot"

@@ -1960,6 +1960,9 @@ impl ReadModel {
     /// writer thread can encode it in one pass instead of cloning the model. The encoding is
     /// this module's own; the snapshot file around it carries the file version.
     pub fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), ViewSnapshotError> {
+        // About what an alert takes (view, timeline entry, home, its own strings): growing
+        // the buffer by doubling would copy it several times while the writer waits.
+        out.reserve(self.homes.len().saturating_mul(256));
         let mut e = Enc(out);
         e.u8(SNAPSHOT_ENCODING);
         e.u64(self.last_seq);
