@@ -103,7 +103,7 @@ fn placement(view: &ReadModel) -> HashMap<&str, IncidentId> {
     let mut out = HashMap::new();
     for inc in view.surviving() {
         for a in &inc.alerts {
-            if let Some(key) = a.dedup_key.as_deref() {
+            if let Some(key) = a.dedup_key() {
                 out.insert(key, inc.id);
             }
         }
@@ -274,9 +274,8 @@ pub enum Change {
 /// CMDB, `after` with the proposed ones). Alerts are matched by dedup key, else fingerprint.
 pub fn diff(before: &ReadModel, after: &ReadModel) -> Vec<Change> {
     let key = |a: &crate::view::AlertView| {
-        a.dedup_key
-            .clone()
-            .unwrap_or_else(|| a.fingerprint.to_string())
+        a.dedup_key()
+            .map_or_else(|| a.fingerprint.to_string(), str::to_string)
     };
     let home = |view: &ReadModel| -> HashMap<String, IncidentId> {
         view.surviving()

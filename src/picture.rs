@@ -72,7 +72,7 @@ pub fn build(incident: &IncidentView, topology: &Topology, max_nodes: usize) -> 
     let mut alert_counts: HashMap<CiIdx, usize> = HashMap::new();
     let mut affected: Vec<CiIdx> = Vec::new();
     for alert in &incident.alerts {
-        let Some(idx) = alert.ci.as_deref().and_then(|id| topology.index(id)) else {
+        let Some(idx) = alert.ci().and_then(|id| topology.index(id)) else {
             continue;
         };
         let n = alert_counts.entry(idx).or_insert(0);
@@ -82,8 +82,7 @@ pub fn build(incident: &IncidentView, topology: &Topology, max_nodes: usize) -> 
         *n += 1;
     }
     let services: Vec<CiIdx> = incident
-        .services
-        .iter()
+        .services()
         .filter_map(|id| topology.index(id))
         .collect();
     let (affected_total, services_total) = (affected.len(), services.len());

@@ -58,17 +58,17 @@ impl Summary {
         let mut sources: BTreeMap<&str, u64> = BTreeMap::new();
         for inc in view.surviving() {
             self.incidents += 1;
-            let rule = if inc.rule.is_empty() {
+            let rule = if inc.rule().is_empty() {
                 "(no rule)"
             } else {
-                &inc.rule
+                inc.rule()
             };
             let hits = self.rules.entry(rule.to_string()).or_default();
             hits.incidents += 1;
             hits.alerts += inc.alerts.len() as u64;
             for a in &inc.alerts {
-                *cis.entry(a.ci.as_deref().unwrap_or("(no CI)")).or_default() += a.count;
-                *sources.entry(&a.source).or_default() += a.count;
+                *cis.entry(a.ci().unwrap_or("(no CI)")).or_default() += a.count;
+                *sources.entry(a.source()).or_default() += a.count;
             }
         }
         let top = |m: BTreeMap<&str, u64>| {

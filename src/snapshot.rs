@@ -140,34 +140,19 @@ fn header(seq: u64, state: &[u8], view: &[u8]) -> [u8; HEADER_LEN] {
 }
 
 /// Writes a snapshot durably and removes all but the newest `KEEP`.
-pub fn write(
-    dir: &Path,
-    seq: u64,
-    state: &State,
-    view: &ReadModel,
-) -> Result<PathBuf, SnapshotError> {
+pub fn write(dir: &Path, seq: u64, state: &State, view: &[u8]) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(file_name(seq));
     let tmp = dir.join(format!("{}.tmp", file_name(seq)));
-    let (state_bytes, view_bytes) = both(
-        || {
-            let mut out = Vec::new();
-            snapshot_codec::write_state(state, &mut out).map(|()| out)
-        },
-        || {
-            let mut out = Vec::new();
-            view.write_snapshot(&mut out).map(|()| out)
-        },
-    )
-    .map_err(io(&tmp))?;
-    let state_bytes = state_bytes.map_err(|source| SnapshotError::State {
-        path: tmp.clone(),
-        source,
+    // The read model arrives encoded: the writer thread encodes it instead of cloning it.
+    let mut state_bytes = Vec::new();
+    snapshot_codec::write_state(state, &mut state_bytes).map_err(|source| {
+        SnapshotError::State {
+            path: tmp.clone(),
+            source,
+        }
     })?;
-    let view_bytes = view_bytes.map_err(|source| SnapshotError::View {
-        path: tmp.clone(),
-        source,
-    })?;
+    let view_bytes = view;
     let head = header(seq, &state_bytes, &view_bytes);
     let mut file = File::create(&tmp).map_err(io(&tmp))?;
     file.write_all(&head).map_err(io(&tmp))?;
@@ -301,7 +286,10 @@ mod tests {
         let mut state = State::default();
         state.now = 42;
         state.rules_hash = "abc".into();
-        let view = ReadModel::default();
+        let mut view = Vec::new();
+        ReadModel::default()
+            .write_snapshot(&mut view)
+            .expect("encode view");
         let path = write(dir, 7, &state, &view).expect("write");
         let loaded = load_latest(dir).expect("load").expect("a snapshot");
         assert_eq!((loaded.seq, &loaded.state), (7, &state));

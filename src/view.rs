@@ -4,159 +4,627 @@
 //! durable, so nothing an operator saw can vanish on restart. Unlike the engine's state it
 //! keeps what people read: alert details, reasons, the timeline. An alert that starts a new
 //! life in another incident leaves its old copy behind, so history stays as it was shown.
+//!
+//! Memory: it holds every alert ever seen, so it is kept compact. Strings are interned
+//! ([`Sym`]: source, name, CI, label keys and values, reasons repeat across alerts), labels and
+//! annotations are one sorted boxed slice per alert, and timeline entries keep the interned
+//! parts of their text and render it when asked.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use std::borrow::Cow;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Serialize, Serializer};
 
 use crate::cmdb::Topology;
 use crate::engine::{Fact, IncidentId, IncidentState, Priority};
-use crate::model::{Alert, Fingerprint, Millis, Severity, Status, format_time, parse_time};
+use crate::model::{Alert, Fingerprint, Millis, Severity, Status, format_time};
 use crate::silence::Silence;
 
+pub use sym::Sym;
+
+/// Process-wide string interning for the read model.
+///
+/// Global rather than held by the [`ReadModel`] so that views render (serde, the API, replay)
+/// without a table handed around. Strings are never freed: the read model keeps every alert
+/// for the life of the process anyway. Symbols never reach output or snapshots (snapshots
+/// write the text), so their numbering does not matter.
+mod sym {
+    use std::fmt;
+    use std::num::NonZeroU32;
+    use std::sync::{LazyLock, RwLock};
+
+    use hashbrown::HashTable;
+
+    /// An interned string: 4 bytes in place of a `String` (24 bytes plus a heap block), and
+    /// one copy of the text however many alerts carry it.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Sym(NonZeroU32);
+
+    struct Table {
+        strs: Vec<&'static str>,
+        /// Symbols by the hash of their text (4 bytes a slot; the text is in `strs`).
+        ids: HashTable<Sym>,
+    }
+
+    static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(|| {
+        RwLock::new(Table {
+            strs: Vec::new(),
+            ids: HashTable::new(),
+        })
+    });
+
+    /// A fast non-cryptographic string hash (Fx rounds, splitmix finish): the keys are
+    /// ours, not an attacker's choice of collisions against a per-process table worth more
+    /// than SipHash's cost per string on the writer thread.
+    fn hash(s: &str) -> u64 {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = s.len() as u64;
+        let mut chunks = s.as_bytes().chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        let mut w = [0u8; 8];
+        let rest = chunks.remainder();
+        w[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^ (h >> 32)
+    }
+
+    fn index(sym: Sym) -> usize {
+        sym.0.get() as usize - 1
+    }
+
+    impl Table {
+        fn find(&self, s: &str, h: u64) -> Option<Sym> {
+            let strs = &self.strs;
+            self.ids
+                .find(h, |&sym| strs.get(index(sym)).is_some_and(|t| *t == s))
+                .copied()
+        }
+
+        fn insert(&mut self, s: &'static str, h: u64) -> Sym {
+            let Ok(n) = u32::try_from(self.strs.len()) else {
+                // Four billion distinct strings: reuse the last rather than fail.
+                return Sym(NonZeroU32::MAX);
+            };
+            let sym = Sym(NonZeroU32::MIN.saturating_add(n));
+            self.strs.push(s);
+            let strs = &self.strs;
+            self.ids
+                .insert_unique(h, sym, |&sym| strs.get(index(sym)).map_or(0, |t| hash(t)));
+            sym
+        }
+    }
+
+    fn table_read() -> std::sync::RwLockReadGuard<'static, Table> {
+        TABLE.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn table_write() -> std::sync::RwLockWriteGuard<'static, Table> {
+        TABLE.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Interns several strings under one lock: the writer thread builds a view from a dozen
+    /// at a time. Nothing may read a symbol's text while this is held (same lock).
+    pub struct Batch(std::sync::RwLockWriteGuard<'static, Table>);
+
+    impl Batch {
+        pub fn lock() -> Batch {
+            Batch(table_write())
+        }
+
+        /// Interns `s`, copying it only if it is new.
+        pub fn str(&mut self, s: &str) -> Sym {
+            let h = hash(s);
+            if let Some(sym) = self.0.find(s, h) {
+                return sym;
+            }
+            let text: &'static str = Box::leak(Box::from(s));
+            self.0.insert(text, h)
+        }
+
+        /// Interns `s`, keeping its buffer if it is new.
+        pub fn string(&mut self, s: String) -> Sym {
+            let h = hash(&s);
+            if let Some(sym) = self.0.find(&s, h) {
+                return sym;
+            }
+            let text: &'static str = Box::leak(s.into_boxed_str());
+            self.0.insert(text, h)
+        }
+    }
+
+    impl Sym {
+        /// Interns `s`, copying it only if it is new.
+        pub fn new(s: &str) -> Sym {
+            Batch::lock().str(s)
+        }
+
+        pub fn as_str(self) -> &'static str {
+            table_read().strs.get(index(self)).copied().unwrap_or("")
+        }
+
+        /// The number snapshots write for this symbol (1-based position in the table).
+        pub(super) fn raw(self) -> u32 {
+            self.0.get()
+        }
+    }
+
+    /// Calls `f` with every interned string in symbol order (position `i` is raw symbol
+    /// `i + 1`), under one read lock.
+    pub(super) fn each(mut f: impl FnMut(&str)) {
+        for s in table_read().strs.iter() {
+            f(s);
+        }
+    }
+
+    impl fmt::Debug for Sym {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            fmt::Debug::fmt(self.as_str(), f)
+        }
+    }
+
+    impl fmt::Display for Sym {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.as_str())
+        }
+    }
+
+    impl serde::Serialize for Sym {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(self.as_str())
+        }
+    }
+}
+
+fn opt_str(s: Option<Sym>) -> Option<&'static str> {
+    s.map(Sym::as_str)
+}
+
 /// One alert as shown inside an incident.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct AlertView {
     pub fingerprint: Fingerprint,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedup_key: Option<String>,
-    pub source: String,
-    pub name: String,
-    pub ci: Option<String>,
+    pub count: u64,
+    pub first_seen: Millis,
+    pub last_seen: Millis,
+    pub ends_at: Option<Millis>,
+    /// The labels sorted by key, then the annotations sorted by key.
+    pairs: Box<[(Sym, Sym)]>,
+    /// How many of `pairs` are labels.
+    n_labels: u32,
+    dedup_key: Option<Sym>,
+    source: Sym,
+    name: Sym,
+    ci: Option<Sym>,
+    reason: Sym,
+    summary: Option<Sym>,
+    /// Why the alert is suppressed, while it is.
+    suppressed: Option<Sym>,
+    /// What suppresses it: `silence <id>` or the maintenance window.
+    suppressed_by: Option<Sym>,
     pub severity: Severity,
     pub status: Status,
-    pub count: u64,
-    pub reason: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub summary: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(serialize_with = "time", deserialize_with = "de_time")]
-    pub first_seen: Millis,
-    #[serde(serialize_with = "time", deserialize_with = "de_time")]
-    pub last_seen: Millis,
-    #[serde(serialize_with = "opt_time", deserialize_with = "de_opt_time")]
-    pub ends_at: Option<Millis>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flapping: bool,
-    /// Why the alert is suppressed, while it is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub suppressed: Option<String>,
-    /// What suppresses it: `silence <id>` or the maintenance window.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub suppressed_by: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
 }
 
 impl AlertView {
     fn new(alert: &Alert, at: Millis) -> AlertView {
+        let mut t = sym::Batch::lock();
+        let pairs = alert
+            .labels
+            .iter()
+            .chain(&alert.annotations)
+            .map(|(k, v)| (t.str(k), t.str(v)))
+            .collect();
         AlertView {
             fingerprint: alert.fingerprint,
-            dedup_key: alert.dedup_key.clone(),
-            source: alert.source.clone(),
-            name: alert.name.clone(),
-            ci: alert.ci.clone(),
-            severity: alert.severity,
-            status: alert.status,
             count: 1,
-            reason: String::new(),
-            summary: alert.summary.clone(),
-            labels: alert.labels.clone(),
             first_seen: at,
             last_seen: at,
             ends_at: alert.ends_at,
-            flapping: false,
+            pairs,
+            n_labels: u32::try_from(alert.labels.len()).unwrap_or(u32::MAX),
+            dedup_key: alert.dedup_key.as_deref().map(|s| t.str(s)),
+            source: t.str(&alert.source),
+            name: t.str(&alert.name),
+            ci: alert.ci.as_deref().map(|s| t.str(s)),
+            reason: t.str(""),
+            summary: alert.summary.as_deref().map(|s| t.str(s)),
             suppressed: None,
             suppressed_by: None,
-            annotations: alert.annotations.clone(),
+            severity: alert.severity,
+            status: alert.status,
+            flapping: false,
         }
     }
 
-    /// Like [`new`](Self::new), taking the strings out of `alert` (left empty).
+    /// Like [`new`](Self::new), taking the strings out of `alert` (left empty), so a string
+    /// seen for the first time is kept without a copy.
     fn from_alert(alert: &mut Alert, at: Millis) -> AlertView {
+        let labels = std::mem::take(&mut alert.labels);
+        let annotations = std::mem::take(&mut alert.annotations);
+        let n_labels = u32::try_from(labels.len()).unwrap_or(u32::MAX);
+        let mut t = sym::Batch::lock();
+        let pairs = labels
+            .into_iter()
+            .chain(annotations)
+            .map(|(k, v)| (t.string(k), t.string(v)))
+            .collect();
         AlertView {
             fingerprint: alert.fingerprint,
-            dedup_key: alert.dedup_key.take(),
-            source: std::mem::take(&mut alert.source),
-            name: std::mem::take(&mut alert.name),
-            ci: alert.ci.take(),
-            severity: alert.severity,
-            status: alert.status,
             count: 1,
-            reason: String::new(),
-            summary: alert.summary.take(),
-            labels: std::mem::take(&mut alert.labels),
             first_seen: at,
             last_seen: at,
             ends_at: alert.ends_at,
-            flapping: false,
+            pairs,
+            n_labels,
+            dedup_key: alert.dedup_key.take().map(|s| t.string(s)),
+            source: t.string(std::mem::take(&mut alert.source)),
+            name: t.string(std::mem::take(&mut alert.name)),
+            ci: alert.ci.take().map(|s| t.string(s)),
+            reason: t.str(""),
+            summary: alert.summary.take().map(|s| t.string(s)),
             suppressed: None,
             suppressed_by: None,
-            annotations: std::mem::take(&mut alert.annotations),
+            severity: alert.severity,
+            status: alert.status,
+            flapping: false,
         }
+    }
+
+    pub fn dedup_key(&self) -> Option<&'static str> {
+        opt_str(self.dedup_key)
+    }
+
+    pub fn source(&self) -> &'static str {
+        self.source.as_str()
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name.as_str()
+    }
+
+    pub fn ci(&self) -> Option<&'static str> {
+        opt_str(self.ci)
+    }
+
+    /// Why the alert joined its incident (empty while it is in none).
+    pub fn reason(&self) -> &'static str {
+        self.reason.as_str()
+    }
+
+    pub fn summary(&self) -> Option<&'static str> {
+        opt_str(self.summary)
+    }
+
+    pub fn suppressed(&self) -> Option<&'static str> {
+        opt_str(self.suppressed)
+    }
+
+    pub fn suppressed_by(&self) -> Option<&'static str> {
+        opt_str(self.suppressed_by)
+    }
+
+    fn label_pairs(&self) -> &[(Sym, Sym)] {
+        let n = (self.n_labels as usize).min(self.pairs.len());
+        &self.pairs[..n]
+    }
+
+    fn annotation_pairs(&self) -> &[(Sym, Sym)] {
+        let n = (self.n_labels as usize).min(self.pairs.len());
+        &self.pairs[n..]
+    }
+
+    /// The labels, sorted by key.
+    pub fn labels(&self) -> impl ExactSizeIterator<Item = (&'static str, &'static str)> + '_ {
+        self.label_pairs()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The annotations, sorted by key.
+    pub fn annotations(&self) -> impl ExactSizeIterator<Item = (&'static str, &'static str)> + '_ {
+        self.annotation_pairs()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&'static str> {
+        self.annotations().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// How the alert is named in titles and timelines: `sw-core-01: LinkDown`.
     fn label(&self) -> String {
-        format!(
-            "{}: {}",
-            self.ci.as_deref().unwrap_or(&self.source),
-            self.name
-        )
+        format!("{}: {}", self.who(), self.name)
+    }
+
+    /// What the alert is about in its label: the CI, else the source.
+    fn who(&self) -> Sym {
+        self.ci.unwrap_or(self.source)
+    }
+}
+
+/// A time as the API shows it (RFC 3339, milliseconds).
+struct Time(Millis);
+
+impl Serialize for Time {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_time(self.0))
+    }
+}
+
+/// Interned pairs as a JSON object.
+struct Pairs<'a>(&'a [(Sym, Sym)]);
+
+impl Serialize for Pairs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k.as_str(), v.as_str())?;
+        }
+        m.end()
+    }
+}
+
+/// The same fields, order and omissions the view had as a plain serde struct.
+impl Serialize for AlertView {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("AlertView", 18)?;
+        st.serialize_field("fingerprint", &self.fingerprint)?;
+        match self.dedup_key {
+            Some(k) => st.serialize_field("dedup_key", &k)?,
+            None => st.skip_field("dedup_key")?,
+        }
+        st.serialize_field("source", &self.source)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("ci", &self.ci)?;
+        st.serialize_field("severity", &self.severity)?;
+        st.serialize_field("status", &self.status)?;
+        st.serialize_field("count", &self.count)?;
+        st.serialize_field("reason", &self.reason)?;
+        match self.summary {
+            Some(v) => st.serialize_field("summary", &v)?,
+            None => st.skip_field("summary")?,
+        }
+        let labels = self.label_pairs();
+        if labels.is_empty() {
+            st.skip_field("labels")?;
+        } else {
+            st.serialize_field("labels", &Pairs(labels))?;
+        }
+        st.serialize_field("first_seen", &Time(self.first_seen))?;
+        st.serialize_field("last_seen", &Time(self.last_seen))?;
+        st.serialize_field("ends_at", &self.ends_at.map(Time))?;
+        if self.flapping {
+            st.serialize_field("flapping", &true)?;
+        } else {
+            st.skip_field("flapping")?;
+        }
+        match self.suppressed {
+            Some(v) => st.serialize_field("suppressed", &v)?,
+            None => st.skip_field("suppressed")?,
+        }
+        match self.suppressed_by {
+            Some(v) => st.serialize_field("suppressed_by", &v)?,
+            None => st.skip_field("suppressed_by")?,
+        }
+        let annotations = self.annotation_pairs();
+        if annotations.is_empty() {
+            st.skip_field("annotations")?;
+        } else {
+            st.serialize_field("annotations", &Pairs(annotations))?;
+        }
+        st.end()
+    }
+}
+
+/// What a timeline entry records; its text is rendered from these parts when asked, so an
+/// entry costs a few words instead of a sentence per attached alert.
+#[derive(Clone, Copy, Debug)]
+enum Note {
+    /// `opened: <group key>`
+    Opened { group_key: Sym },
+    /// `<who>: <name> joined: <reason>`
+    Attached { who: Sym, name: Sym, reason: Sym },
+    /// `<who>: <name> resolved: <reason>`
+    Resolved { who: Sym, name: Sym, reason: Sym },
+    /// `<who>: <name> fired again`
+    Refired { who: Sym, name: Sym },
+    /// `<who>: <name> is flapping: <reason>`
+    Flapping { who: Sym, name: Sym, reason: Sym },
+    /// `root cause <who>: <name>: <reason>` (`root cause : <reason>` without a root alert)
+    Root {
+        who: Option<Sym>,
+        name: Sym,
+        reason: Sym,
+    },
+    /// `priority <P>: <reason>`
+    Priority { priority: Priority, reason: Sym },
+    /// `<from> merged in: <reason>`
+    MergedIn { from: IncidentId, reason: Sym },
+    /// `merged into <into>: <reason>`
+    MergedInto { into: IncidentId, reason: Sym },
+    /// Text shown as is (comments, reasons), with who did it.
+    Text {
+        event: Event,
+        text: Sym,
+        by: Option<Sym>,
+    },
+}
+
+/// Events whose timeline text is taken as is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    Acknowledged,
+    Resolved,
+    Reopened,
+    Commented,
+    Impact,
+}
+
+impl Event {
+    fn as_str(self) -> &'static str {
+        match self {
+            Event::Acknowledged => "incident_acknowledged",
+            Event::Resolved => "incident_resolved",
+            Event::Reopened => "incident_reopened",
+            Event::Commented => "incident_commented",
+            Event::Impact => "impact_changed",
+        }
     }
 }
 
 /// One entry of an incident's timeline.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct TimelineEntry {
     pub seq: u64,
-    #[serde(serialize_with = "time", deserialize_with = "de_time")]
     pub at: Millis,
-    pub event: Cow<'static, str>,
-    pub text: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub by: Option<String>,
+    note: Note,
+}
+
+impl TimelineEntry {
+    pub fn event(&self) -> &'static str {
+        match self.note {
+            Note::Opened { .. } => "incident_opened",
+            Note::Attached { .. } => "alert_attached",
+            Note::Resolved { .. } => "alert_resolved",
+            Note::Refired { .. } => "alert_refired",
+            Note::Flapping { .. } => "alert_flapping",
+            Note::Root { .. } => "root_cause_changed",
+            Note::Priority { .. } => "priority_changed",
+            Note::MergedIn { .. } | Note::MergedInto { .. } => "incidents_merged",
+            Note::Text { event, .. } => event.as_str(),
+        }
+    }
+
+    /// The entry's text, as it was shown when the fact was applied.
+    pub fn text(&self) -> String {
+        match self.note {
+            Note::Opened { group_key } => format!("opened: {group_key}"),
+            Note::Attached { who, name, reason } => format!("{who}: {name} joined: {reason}"),
+            Note::Resolved { who, name, reason } => format!("{who}: {name} resolved: {reason}"),
+            Note::Refired { who, name } => format!("{who}: {name} fired again"),
+            Note::Flapping { who, name, reason } => {
+                format!("{who}: {name} is flapping: {reason}")
+            }
+            Note::Root {
+                who: Some(who),
+                name,
+                reason,
+            } => format!("root cause {who}: {name}: {reason}"),
+            Note::Root {
+                who: None, reason, ..
+            } => format!("root cause : {reason}"),
+            Note::Priority { priority, reason } => {
+                format!("priority {}: {reason}", priority.as_str())
+            }
+            Note::MergedIn { from, reason } => format!("{from} merged in: {reason}"),
+            Note::MergedInto { into, reason } => format!("merged into {into}: {reason}"),
+            Note::Text { text, .. } => text.as_str().to_string(),
+        }
+    }
+
+    /// Who acknowledged, resolved or commented.
+    pub fn by(&self) -> Option<&'static str> {
+        match self.note {
+            Note::Text { by, .. } => opt_str(by),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for TimelineEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("TimelineEntry", 5)?;
+        st.serialize_field("seq", &self.seq)?;
+        st.serialize_field("at", &Time(self.at))?;
+        st.serialize_field("event", self.event())?;
+        st.serialize_field("text", &self.text())?;
+        match self.by() {
+            Some(by) => st.serialize_field("by", by)?,
+            None => st.skip_field("by")?,
+        }
+        st.end()
+    }
+}
+
+/// Interned strings as a JSON array.
+struct Syms<'a>(&'a [Sym]);
+
+impl Serialize for Syms<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0)
+    }
 }
 
 /// An incident as operators see it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct IncidentView {
     pub id: IncidentId,
     pub state: IncidentState,
     pub priority: Priority,
-    pub rule: String,
-    pub group_key: String,
+    rule: Sym,
+    group_key: Sym,
     pub root: Option<Fingerprint>,
-    pub services: Vec<String>,
+    /// Where the root alert is in `alerts` (its latest copy), if it is there.
+    root_idx: Option<u32>,
+    services: Vec<Sym>,
     pub merged_into: Option<IncidentId>,
     pub alerts: Vec<AlertView>,
-    index: HashMap<Fingerprint, usize>,
     pub opened_at: Millis,
     pub updated_at: Millis,
     pub resolved_at: Option<Millis>,
-    pub acknowledged_by: Option<String>,
-    pub resolved_by: Option<String>,
+    acknowledged_by: Option<Sym>,
+    resolved_by: Option<Sym>,
     pub timeline: Vec<TimelineEntry>,
 }
 
 impl IncidentView {
     fn root_alert(&self) -> Option<&AlertView> {
-        self.root
-            .and_then(|fp| self.index.get(&fp))
-            .and_then(|&i| self.alerts.get(i))
+        self.root_idx.and_then(|i| self.alerts.get(i as usize))
+    }
+
+    /// Points `root_idx` at the latest copy of the root alert among the members.
+    fn find_root(&mut self) {
+        self.root_idx = self.root.and_then(|fp| {
+            let i = self.alerts.iter().rposition(|a| a.fingerprint == fp)?;
+            u32::try_from(i).ok()
+        });
     }
 
     /// The root cause's CI id, if the root alert names one.
-    pub fn root_ci(&self) -> Option<&str> {
-        self.root_alert().and_then(|a| a.ci.as_deref())
+    pub fn root_ci(&self) -> Option<&'static str> {
+        self.root_alert().and_then(AlertView::ci)
+    }
+
+    pub fn rule(&self) -> &'static str {
+        self.rule.as_str()
+    }
+
+    pub fn group_key(&self) -> &'static str {
+        self.group_key.as_str()
+    }
+
+    /// Impacted business services (CI ids).
+    pub fn services(&self) -> impl ExactSizeIterator<Item = &'static str> + '_ {
+        self.services.iter().map(|s| s.as_str())
+    }
+
+    pub fn acknowledged_by(&self) -> Option<&'static str> {
+        opt_str(self.acknowledged_by)
+    }
+
+    pub fn resolved_by(&self) -> Option<&'static str> {
+        opt_str(self.resolved_by)
     }
 
     pub fn title(&self) -> String {
         let Some(root) = self.root_alert() else {
-            return self.group_key.clone();
+            return self.group_key().to_string();
         };
         match self.alerts.len() {
             0 | 1 => root.label(),
@@ -199,11 +667,11 @@ impl IncidentView {
             priority: self.priority.as_str(),
             title: self.title(),
             root_cause: self.root_alert().map(|a| RootCause {
-                ci: a.ci.as_deref(),
+                ci: a.ci(),
                 fingerprint: a.fingerprint,
-                name: &a.name,
+                name: a.name(),
             }),
-            impacted_services: &self.services,
+            impacted_services: ImpactedServices(&self.services),
             owner_group: self.owner_group(topology),
             merged_into: self.merged_into.map(|id| id.to_string()),
             alert_count: self.alerts.len(),
@@ -212,13 +680,13 @@ impl IncidentView {
 
     fn tail(&self) -> IncidentTail<'_> {
         IncidentTail {
-            rule: &self.rule,
-            group_key: &self.group_key,
+            rule: self.rule(),
+            group_key: self.group_key(),
             opened_at: format_time(self.opened_at),
             updated_at: format_time(self.updated_at),
             resolved_at: self.resolved_at.map(format_time),
-            acknowledged_by: self.acknowledged_by.as_deref(),
-            resolved_by: self.resolved_by.as_deref(),
+            acknowledged_by: self.acknowledged_by(),
+            resolved_by: self.resolved_by(),
         }
     }
 
@@ -258,6 +726,15 @@ pub struct IncidentSummary<'a> {
     pub timeline_count: usize,
 }
 
+/// An incident's impacted business services, as a JSON array of CI ids.
+pub struct ImpactedServices<'a>(&'a [Sym]);
+
+impl Serialize for ImpactedServices<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Syms(self.0).serialize(s)
+    }
+}
+
 /// What every rendering of an incident starts with.
 #[derive(Serialize)]
 pub struct IncidentHead<'a> {
@@ -266,7 +743,7 @@ pub struct IncidentHead<'a> {
     pub priority: &'static str,
     pub title: String,
     pub root_cause: Option<RootCause<'a>>,
-    pub impacted_services: &'a [String],
+    pub impacted_services: ImpactedServices<'a>,
     pub owner_group: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merged_into: Option<String>,
@@ -295,7 +772,7 @@ pub struct RootCause<'a> {
 }
 
 /// What one sender has sent, from durable facts (`GET /api/v1/sources`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SourceStats {
     /// Alert messages accepted (first sightings, repeats and refires).
     pub messages: u64,
@@ -307,16 +784,17 @@ pub struct SourceStats {
 }
 
 /// Where an alert's current life is shown.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 enum Home {
     /// Received but in no incident (a resolve for an alert never seen firing).
     Loose(Box<AlertView>),
-    Attached(IncidentId, usize),
+    /// In an incident, at this position of its `alerts`.
+    Attached(IncidentId, u32),
 }
 
-/// All incident views, plus the bookkeeping to route alert facts to them. Cloneable and
-/// serializable, for snapshots.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// All incident views, plus the bookkeeping to route alert facts to them. Cloneable, and
+/// encoded for snapshots by [`ReadModel::write_snapshot`].
+#[derive(Clone, Debug, Default)]
 pub struct ReadModel {
     incidents: BTreeMap<IncidentId, IncidentView>,
     /// The CMDB as the durable facts describe it (owner groups, the CMDB API).
@@ -329,7 +807,6 @@ pub struct ReadModel {
     open: usize,
     /// Sequence of the last fact applied: a client that read the model resumes the live
     /// stream after it (`GET /api/v1/stream?after=`).
-    #[serde(default)]
     pub last_seq: u64,
 }
 
@@ -369,7 +846,7 @@ impl ReadModel {
                 Home::Attached(id, idx) => self
                     .incidents
                     .get(id)
-                    .and_then(|i| i.alerts.get(*idx))
+                    .and_then(|i| i.alerts.get(*idx as usize))
                     .map(|v| (v, Some(*id))),
             })
             .collect();
@@ -383,9 +860,8 @@ impl ReadModel {
             .values()
             .filter_map(|h| match h {
                 Home::Loose(v) if v.suppressed.is_some() => Some(
-                    v.dedup_key
-                        .clone()
-                        .unwrap_or_else(|| v.fingerprint.to_string()),
+                    v.dedup_key()
+                        .map_or_else(|| v.fingerprint.to_string(), str::to_string),
                 ),
                 _ => None,
             })
@@ -394,6 +870,16 @@ impl ReadModel {
 
     pub fn open_count(&self) -> usize {
         self.open
+    }
+
+    fn view(&self, fp: &Fingerprint) -> Option<&AlertView> {
+        match self.homes.get(fp)? {
+            Home::Loose(view) => Some(view),
+            Home::Attached(id, idx) => self
+                .incidents
+                .get(id)
+                .and_then(|i| i.alerts.get(*idx as usize)),
+        }
     }
 
     fn count_source(&mut self, fact: &Fact, at: Millis) {
@@ -410,17 +896,9 @@ impl ReadModel {
             Fact::AlertSuppressed { fingerprint, .. } => (fingerprint, 0, 0, 0, 1),
             _ => return,
         };
-        // Borrow the view's source (no copy per fact): fields are borrowed disjointly.
-        let view = match self.homes.get(fingerprint) {
-            Some(Home::Loose(view)) => Some(&**view),
-            Some(Home::Attached(id, idx)) => {
-                self.incidents.get(id).and_then(|i| i.alerts.get(*idx))
-            }
-            None => None,
-        };
-        if let Some(view) = view {
+        if let Some(source) = self.view(fingerprint).map(AlertView::source) {
             let counts = (messages, distinct, resolved, suppressed);
-            bump_source(&mut self.sources, &view.source, at, counts);
+            bump_source(&mut self.sources, source, at, counts);
         }
     }
 
@@ -444,7 +922,7 @@ impl ReadModel {
             Home::Attached(id, idx) => {
                 let inc = self.incidents.get_mut(id)?;
                 let id = inc.id;
-                inc.alerts.get_mut(*idx).map(|v| (v, Some(id)))
+                inc.alerts.get_mut(*idx as usize).map(|v| (v, Some(id)))
             }
         }
     }
@@ -454,7 +932,7 @@ impl ReadModel {
         self.last_seq = self.last_seq.max(seq);
         let at = fact.at();
         self.count_source(fact, at);
-        let mut note: Option<(&'static str, String)> = None;
+        let mut note: Option<Note> = None;
         let touched = match fact {
             Fact::AlertReceived { alert, .. } => {
                 self.homes.insert(
@@ -486,10 +964,11 @@ impl ReadModel {
                 let (view, id) = self.alert_mut(fingerprint)?;
                 view.status = Status::Resolved;
                 view.ends_at = Some(*ends_at);
-                note = Some((
-                    "alert_resolved",
-                    format!("{} resolved: {reason}", view.label()),
-                ));
+                note = Some(Note::Resolved {
+                    who: view.who(),
+                    name: view.name,
+                    reason: Sym::new(reason),
+                });
                 id
             }
             Fact::AlertRefired {
@@ -504,7 +983,10 @@ impl ReadModel {
                 view.last_seen = view.last_seen.max(at);
                 view.severity = *severity;
                 view.ends_at = *ends_at;
-                note = Some(("alert_refired", format!("{} fired again", view.label())));
+                note = Some(Note::Refired {
+                    who: view.who(),
+                    name: view.name,
+                });
                 id
             }
             Fact::IncidentOpened {
@@ -513,19 +995,20 @@ impl ReadModel {
                 group_key,
                 ..
             } => {
+                let group_key = Sym::new(group_key);
                 self.incidents.insert(
                     *incident,
                     IncidentView {
                         id: *incident,
                         state: IncidentState::Open,
                         priority: Priority::P5,
-                        rule: rule.clone(),
-                        group_key: group_key.clone(),
+                        rule: Sym::new(rule),
+                        group_key,
                         root: None,
+                        root_idx: None,
                         services: Vec::new(),
                         merged_into: None,
                         alerts: Vec::new(),
-                        index: HashMap::new(),
                         opened_at: at,
                         updated_at: at,
                         resolved_at: None,
@@ -535,7 +1018,7 @@ impl ReadModel {
                     },
                 );
                 self.open += 1;
-                note = Some(("incident_opened", format!("opened: {group_key}")));
+                note = Some(Note::Opened { group_key });
                 Some(*incident)
             }
             Fact::AlertAttached {
@@ -548,14 +1031,18 @@ impl ReadModel {
                 let Some(Home::Loose(mut view)) = self.homes.remove(fingerprint) else {
                     return None;
                 };
-                view.reason = reason.clone();
-                note = Some((
-                    "alert_attached",
-                    format!("{} joined: {reason}", view.label()),
-                ));
-                inc.index.insert(*fingerprint, inc.alerts.len());
+                view.reason = Sym::new(reason);
+                note = Some(Note::Attached {
+                    who: view.who(),
+                    name: view.name,
+                    reason: view.reason,
+                });
+                let idx = u32::try_from(inc.alerts.len()).unwrap_or(u32::MAX);
+                if inc.root == Some(*fingerprint) {
+                    inc.root_idx = Some(idx);
+                }
                 self.homes
-                    .insert(*fingerprint, Home::Attached(*incident, inc.alerts.len()));
+                    .insert(*fingerprint, Home::Attached(*incident, idx));
                 inc.alerts.push(*view);
                 Some(*incident)
             }
@@ -565,10 +1052,23 @@ impl ReadModel {
                 reason,
                 ..
             } => {
+                // The alert's current life is its latest copy; else look through the members.
+                let current = match self.homes.get(fingerprint) {
+                    Some(Home::Attached(id, idx)) if id == incident => Some(*idx),
+                    _ => None,
+                };
                 let inc = self.incidents.get_mut(incident)?;
                 inc.root = Some(*fingerprint);
-                let name = inc.root_alert().map(AlertView::label).unwrap_or_default();
-                note = Some(("root_cause_changed", format!("root cause {name}: {reason}")));
+                match current {
+                    Some(idx) => inc.root_idx = Some(idx),
+                    None => inc.find_root(),
+                }
+                let root = inc.root_alert();
+                note = Some(Note::Root {
+                    who: root.map(AlertView::who),
+                    name: root.map_or_else(|| Sym::new(""), |a| a.name),
+                    reason: Sym::new(reason),
+                });
                 Some(*incident)
             }
             Fact::PriorityChanged {
@@ -579,10 +1079,10 @@ impl ReadModel {
             } => {
                 let inc = self.incidents.get_mut(incident)?;
                 inc.priority = *priority;
-                note = Some((
-                    "priority_changed",
-                    format!("priority {}: {reason}", priority.as_str()),
-                ));
+                note = Some(Note::Priority {
+                    priority: *priority,
+                    reason: Sym::new(reason),
+                });
                 Some(*incident)
             }
             Fact::IncidentAcknowledged {
@@ -593,8 +1093,13 @@ impl ReadModel {
             } => {
                 let inc = self.incidents.get_mut(incident)?;
                 inc.state = IncidentState::Acknowledged;
-                inc.acknowledged_by = Some(by.clone());
-                note = Some(("incident_acknowledged", comment.clone().unwrap_or_default()));
+                let by = Sym::new(by);
+                inc.acknowledged_by = Some(by);
+                note = Some(Note::Text {
+                    event: Event::Acknowledged,
+                    text: Sym::new(comment.as_deref().unwrap_or_default()),
+                    by: Some(by),
+                });
                 Some(*incident)
             }
             Fact::IncidentResolved {
@@ -609,8 +1114,13 @@ impl ReadModel {
                 }
                 inc.state = IncidentState::Resolved;
                 inc.resolved_at = Some(at);
-                inc.resolved_by = Some(by.clone());
-                note = Some(("incident_resolved", comment.clone().unwrap_or_default()));
+                let by = Sym::new(by);
+                inc.resolved_by = Some(by);
+                note = Some(Note::Text {
+                    event: Event::Resolved,
+                    text: Sym::new(comment.as_deref().unwrap_or_default()),
+                    by: Some(by),
+                });
                 Some(*incident)
             }
             Fact::IncidentReopened {
@@ -623,12 +1133,25 @@ impl ReadModel {
                 inc.state = IncidentState::Open;
                 inc.resolved_at = None;
                 inc.resolved_by = None;
-                note = Some(("incident_reopened", reason.clone()));
+                note = Some(Note::Text {
+                    event: Event::Reopened,
+                    text: Sym::new(reason),
+                    by: None,
+                });
                 Some(*incident)
             }
-            Fact::IncidentCommented { incident, text, .. } => {
+            Fact::IncidentCommented {
+                incident,
+                text,
+                actor,
+                ..
+            } => {
                 self.incidents.get(incident)?;
-                note = Some(("incident_commented", text.clone()));
+                note = Some(Note::Text {
+                    event: Event::Commented,
+                    text: Sym::new(text),
+                    by: Some(Sym::new(actor)),
+                });
                 Some(*incident)
             }
             Fact::AlertSuppressed {
@@ -638,8 +1161,8 @@ impl ReadModel {
                 ..
             } => {
                 let (view, id) = self.alert_mut(fingerprint)?;
-                view.suppressed = Some(reason.clone());
-                view.suppressed_by = Some(by.clone());
+                view.suppressed = Some(Sym::new(reason));
+                view.suppressed_by = Some(Sym::new(by));
                 id
             }
             Fact::AlertFlapping {
@@ -649,10 +1172,11 @@ impl ReadModel {
             } => {
                 let (view, id) = self.alert_mut(fingerprint)?;
                 view.flapping = true;
-                note = Some((
-                    "alert_flapping",
-                    format!("{} is flapping: {reason}", view.label()),
-                ));
+                note = Some(Note::Flapping {
+                    who: view.who(),
+                    name: view.name,
+                    reason: Sym::new(reason),
+                });
                 id
             }
             Fact::ImpactChanged {
@@ -662,18 +1186,26 @@ impl ReadModel {
                 ..
             } => {
                 let inc = self.incidents.get_mut(incident)?;
-                inc.services = services.clone();
-                note = Some(("impact_changed", reason.clone()));
+                inc.services = services.iter().map(|s| Sym::new(s)).collect();
+                note = Some(Note::Text {
+                    event: Event::Impact,
+                    text: Sym::new(reason),
+                    by: None,
+                });
                 Some(*incident)
             }
             Fact::IncidentsMerged {
                 into, from, reason, ..
             } => {
+                let reason = Sym::new(reason);
                 let mut gone = std::mem::take(&mut self.incidents.get_mut(from)?.alerts);
                 let target = self.incidents.get_mut(into)?;
+                target.alerts.reserve(gone.len());
                 for view in gone.drain(..) {
-                    let idx = target.alerts.len();
-                    target.index.insert(view.fingerprint, idx);
+                    let idx = u32::try_from(target.alerts.len()).unwrap_or(u32::MAX);
+                    if target.root == Some(view.fingerprint) {
+                        target.root_idx = Some(idx);
+                    }
                     self.homes
                         .insert(view.fingerprint, Home::Attached(*into, idx));
                     target.alerts.push(view);
@@ -681,12 +1213,13 @@ impl ReadModel {
                 target.timeline.push(TimelineEntry {
                     seq,
                     at,
-                    event: Cow::Borrowed("incidents_merged"),
-                    text: format!("{from} merged in: {reason}"),
-                    by: None,
+                    note: Note::MergedIn {
+                        from: *from,
+                        reason,
+                    },
                 });
                 let merged = self.incidents.get_mut(from)?;
-                merged.index.clear();
+                merged.root_idx = None;
                 if merged.state != IncidentState::Resolved {
                     self.open -= 1;
                 }
@@ -697,9 +1230,10 @@ impl ReadModel {
                 merged.timeline.push(TimelineEntry {
                     seq,
                     at,
-                    event: Cow::Borrowed("incidents_merged"),
-                    text: format!("merged into {into}: {reason}"),
-                    by: None,
+                    note: Note::MergedInto {
+                        into: *into,
+                        reason,
+                    },
                 });
                 Some(*into)
             }
@@ -724,20 +1258,8 @@ impl ReadModel {
         let id = touched?;
         let inc = self.incidents.get_mut(&id)?;
         inc.updated_at = inc.updated_at.max(at);
-        if let Some((event, text)) = note {
-            let by = match fact {
-                Fact::IncidentAcknowledged { by, .. }
-                | Fact::IncidentResolved { by, .. }
-                | Fact::IncidentCommented { actor: by, .. } => Some(by.clone()),
-                _ => None,
-            };
-            inc.timeline.push(TimelineEntry {
-                seq,
-                at,
-                event: Cow::Borrowed(event),
-                text,
-                by,
-            });
+        if let Some(note) = note {
+            inc.timeline.push(TimelineEntry { seq, at, note });
         }
         Some(id)
     }
@@ -767,7 +1289,7 @@ impl Filter {
             return false;
         }
         if let Some(svc) = &self.service
-            && !inc.services.iter().any(|s| s == svc)
+            && !inc.services().any(|s| s == svc)
         {
             return false;
         }
@@ -785,11 +1307,11 @@ impl Filter {
             inc.id,
             inc.title(),
             inc.root_ci().unwrap_or(""),
-            inc.rule,
-            inc.group_key,
+            inc.rule(),
+            inc.group_key(),
             owner()
         );
-        for svc in &inc.services {
+        for svc in inc.services() {
             hay.push(' ');
             hay.push_str(svc);
         }
@@ -909,7 +1431,7 @@ impl ReadModel {
                 .entry(inc.priority.as_str())
                 .or_default() += 1;
             if inc.state != IncidentState::Resolved {
-                c.services.extend(inc.services.iter().cloned());
+                c.services.extend(inc.services().map(str::to_string));
                 if let Some(g) = inc.owner_group(&self.topology) {
                     c.owner_groups.insert(g.to_string());
                 }
@@ -940,44 +1462,609 @@ fn bump_source(
 
 /// A read-model snapshot section that does not decode.
 #[derive(Debug, thiserror::Error)]
-#[error("read model snapshot: {0}")]
-pub struct ViewSnapshotError(String);
+pub enum ViewSnapshotError {
+    #[error("read model snapshot: truncated at byte {0}")]
+    Truncated(usize),
+    #[error("read model snapshot: unknown encoding version {0}")]
+    Version(u8),
+    #[error("read model snapshot: bad {what} at byte {at}")]
+    Bad { what: &'static str, at: usize },
+    #[error("read model snapshot: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Version of this module's snapshot encoding (the snapshot file has its own).
+const SNAPSHOT_ENCODING: u8 = 1;
+
+/// The small, rarely changing parts of the read model, encoded as JSON inside the binary
+/// section (they are not worth a hand-written encoding).
+#[derive(serde::Serialize)]
+struct SmallOut<'a> {
+    topology: &'a Topology,
+    silences: &'a BTreeMap<String, Silence>,
+    sources: &'a BTreeMap<String, SourceStats>,
+}
+
+#[derive(serde::Deserialize)]
+struct SmallIn {
+    topology: Topology,
+    silences: BTreeMap<String, Silence>,
+    sources: BTreeMap<String, SourceStats>,
+}
+
+/// Little-endian writes into the snapshot buffer.
+struct Enc<'a>(&'a mut Vec<u8>);
+
+impl Enc<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn len(&mut self, n: usize) -> Result<(), ViewSnapshotError> {
+        let n = u32::try_from(n).map_err(|_| ViewSnapshotError::Bad {
+            what: "length over 4G",
+            at: self.0.len(),
+        })?;
+        self.u32(n);
+        Ok(())
+    }
+    fn bytes(&mut self, b: &[u8]) -> Result<(), ViewSnapshotError> {
+        self.len(b.len())?;
+        self.0.extend_from_slice(b);
+        Ok(())
+    }
+    fn sym(&mut self, s: Sym) {
+        self.u32(s.raw());
+    }
+    fn opt_sym(&mut self, s: Option<Sym>) {
+        self.u32(s.map_or(0, Sym::raw));
+    }
+    fn opt_i64(&mut self, v: Option<i64>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.i64(v);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        self.opt_i64(v.map(|v| v as i64));
+    }
+
+    fn alert(&mut self, a: &AlertView) -> Result<(), ViewSnapshotError> {
+        self.u64(a.fingerprint.0);
+        self.u64(a.count);
+        self.i64(a.first_seen);
+        self.i64(a.last_seen);
+        self.opt_i64(a.ends_at);
+        self.len(a.pairs.len())?;
+        self.u32(a.n_labels);
+        for (k, v) in &a.pairs[..] {
+            self.sym(*k);
+            self.sym(*v);
+        }
+        self.opt_sym(a.dedup_key);
+        self.sym(a.source);
+        self.sym(a.name);
+        self.opt_sym(a.ci);
+        self.sym(a.reason);
+        self.opt_sym(a.summary);
+        self.opt_sym(a.suppressed);
+        self.opt_sym(a.suppressed_by);
+        self.u8(severity_code(a.severity));
+        self.u8(matches!(a.status, Status::Resolved) as u8);
+        self.u8(a.flapping as u8);
+        Ok(())
+    }
+
+    fn entry(&mut self, e: &TimelineEntry) {
+        self.u64(e.seq);
+        self.i64(e.at);
+        match e.note {
+            Note::Opened { group_key } => {
+                self.u8(0);
+                self.sym(group_key);
+            }
+            Note::Attached { who, name, reason } => {
+                self.u8(1);
+                self.sym(who);
+                self.sym(name);
+                self.sym(reason);
+            }
+            Note::Resolved { who, name, reason } => {
+                self.u8(2);
+                self.sym(who);
+                self.sym(name);
+                self.sym(reason);
+            }
+            Note::Refired { who, name } => {
+                self.u8(3);
+                self.sym(who);
+                self.sym(name);
+            }
+            Note::Flapping { who, name, reason } => {
+                self.u8(4);
+                self.sym(who);
+                self.sym(name);
+                self.sym(reason);
+            }
+            Note::Root { who, name, reason } => {
+                self.u8(5);
+                self.opt_sym(who);
+                self.sym(name);
+                self.sym(reason);
+            }
+            Note::Priority { priority, reason } => {
+                self.u8(6);
+                self.u8(priority_code(priority));
+                self.sym(reason);
+            }
+            Note::MergedIn { from, reason } => {
+                self.u8(7);
+                self.u64(from.0);
+                self.sym(reason);
+            }
+            Note::MergedInto { into, reason } => {
+                self.u8(8);
+                self.u64(into.0);
+                self.sym(reason);
+            }
+            Note::Text { event, text, by } => {
+                self.u8(9);
+                self.u8(event_code(event));
+                self.sym(text);
+                self.opt_sym(by);
+            }
+        }
+    }
+
+    fn incident(&mut self, inc: &IncidentView) -> Result<(), ViewSnapshotError> {
+        self.u64(inc.id.0);
+        self.u8(state_code(inc.state));
+        self.u8(priority_code(inc.priority));
+        self.sym(inc.rule);
+        self.sym(inc.group_key);
+        self.opt_u64(inc.root.map(|f| f.0));
+        self.opt_u64(inc.root_idx.map(u64::from));
+        self.len(inc.services.len())?;
+        for s in &inc.services {
+            self.sym(*s);
+        }
+        self.opt_u64(inc.merged_into.map(|i| i.0));
+        self.i64(inc.opened_at);
+        self.i64(inc.updated_at);
+        self.opt_i64(inc.resolved_at);
+        self.opt_sym(inc.acknowledged_by);
+        self.opt_sym(inc.resolved_by);
+        self.len(inc.alerts.len())?;
+        for a in &inc.alerts {
+            self.alert(a)?;
+        }
+        self.len(inc.timeline.len())?;
+        for e in &inc.timeline {
+            self.entry(e);
+        }
+        Ok(())
+    }
+}
+
+fn severity_code(s: Severity) -> u8 {
+    match s {
+        Severity::Info => 0,
+        Severity::Warning => 1,
+        Severity::Minor => 2,
+        Severity::Major => 3,
+        Severity::Critical => 4,
+    }
+}
+
+fn priority_code(p: Priority) -> u8 {
+    match p {
+        Priority::P1 => 1,
+        Priority::P2 => 2,
+        Priority::P3 => 3,
+        Priority::P4 => 4,
+        Priority::P5 => 5,
+    }
+}
+
+fn state_code(s: IncidentState) -> u8 {
+    match s {
+        IncidentState::Open => 0,
+        IncidentState::Acknowledged => 1,
+        IncidentState::Resolved => 2,
+    }
+}
+
+fn event_code(e: Event) -> u8 {
+    match e {
+        Event::Acknowledged => 0,
+        Event::Resolved => 1,
+        Event::Reopened => 2,
+        Event::Commented => 3,
+        Event::Impact => 4,
+    }
+}
+
+/// Reads what [`Enc`] wrote; symbols map through the strings the section carries.
+struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    syms: Vec<Sym>,
+}
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ViewSnapshotError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(ViewSnapshotError::Truncated(self.pos))?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], ViewSnapshotError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, ViewSnapshotError> {
+        Ok(self.arr::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, ViewSnapshotError> {
+        Ok(u32::from_le_bytes(self.arr()?))
+    }
+    fn u64(&mut self) -> Result<u64, ViewSnapshotError> {
+        Ok(u64::from_le_bytes(self.arr()?))
+    }
+    fn i64(&mut self) -> Result<i64, ViewSnapshotError> {
+        Ok(i64::from_le_bytes(self.arr()?))
+    }
+    fn bad(&self, what: &'static str) -> ViewSnapshotError {
+        ViewSnapshotError::Bad { what, at: self.pos }
+    }
+    /// A count of items each at least `min` bytes long, checked against what is left so a
+    /// damaged length cannot ask for a huge allocation.
+    fn count(&mut self, min: usize) -> Result<usize, ViewSnapshotError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min) > self.buf.len() - self.pos {
+            return Err(ViewSnapshotError::Truncated(self.pos));
+        }
+        Ok(n)
+    }
+    fn opt_i64(&mut self) -> Result<Option<i64>, ViewSnapshotError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.i64()?)),
+            _ => Err(self.bad("option tag")),
+        }
+    }
+    fn opt_u64(&mut self) -> Result<Option<u64>, ViewSnapshotError> {
+        Ok(self.opt_i64()?.map(|v| v as u64))
+    }
+    fn opt_sym(&mut self) -> Result<Option<Sym>, ViewSnapshotError> {
+        match self.u32()? {
+            0 => Ok(None),
+            raw => match self.syms.get(raw as usize - 1) {
+                Some(&s) => Ok(Some(s)),
+                None => Err(self.bad("string reference")),
+            },
+        }
+    }
+    fn sym(&mut self) -> Result<Sym, ViewSnapshotError> {
+        self.opt_sym()?.ok_or_else(|| self.bad("string reference"))
+    }
+    fn severity(&mut self) -> Result<Severity, ViewSnapshotError> {
+        Ok(match self.u8()? {
+            0 => Severity::Info,
+            1 => Severity::Warning,
+            2 => Severity::Minor,
+            3 => Severity::Major,
+            4 => Severity::Critical,
+            _ => return Err(self.bad("severity")),
+        })
+    }
+    fn priority(&mut self) -> Result<Priority, ViewSnapshotError> {
+        Ok(match self.u8()? {
+            1 => Priority::P1,
+            2 => Priority::P2,
+            3 => Priority::P3,
+            4 => Priority::P4,
+            5 => Priority::P5,
+            _ => return Err(self.bad("priority")),
+        })
+    }
+    fn state(&mut self) -> Result<IncidentState, ViewSnapshotError> {
+        Ok(match self.u8()? {
+            0 => IncidentState::Open,
+            1 => IncidentState::Acknowledged,
+            2 => IncidentState::Resolved,
+            _ => return Err(self.bad("incident state")),
+        })
+    }
+    fn flag(&mut self) -> Result<bool, ViewSnapshotError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(self.bad("flag")),
+        }
+    }
+
+    fn alert(&mut self) -> Result<AlertView, ViewSnapshotError> {
+        let fingerprint = Fingerprint(self.u64()?);
+        let count = self.u64()?;
+        let first_seen = self.i64()?;
+        let last_seen = self.i64()?;
+        let ends_at = self.opt_i64()?;
+        let n_pairs = self.count(8)?;
+        let n_labels = self.u32()?;
+        if n_labels as usize > n_pairs {
+            return Err(self.bad("label count"));
+        }
+        let mut pairs = Vec::with_capacity(n_pairs);
+        for _ in 0..n_pairs {
+            pairs.push((self.sym()?, self.sym()?));
+        }
+        Ok(AlertView {
+            fingerprint,
+            count,
+            first_seen,
+            last_seen,
+            ends_at,
+            pairs: pairs.into_boxed_slice(),
+            n_labels,
+            dedup_key: self.opt_sym()?,
+            source: self.sym()?,
+            name: self.sym()?,
+            ci: self.opt_sym()?,
+            reason: self.sym()?,
+            summary: self.opt_sym()?,
+            suppressed: self.opt_sym()?,
+            suppressed_by: self.opt_sym()?,
+            severity: self.severity()?,
+            status: if self.flag()? {
+                Status::Resolved
+            } else {
+                Status::Firing
+            },
+            flapping: self.flag()?,
+        })
+    }
+
+    fn entry(&mut self) -> Result<TimelineEntry, ViewSnapshotError> {
+        let seq = self.u64()?;
+        let at = self.i64()?;
+        let note = match self.u8()? {
+            0 => Note::Opened {
+                group_key: self.sym()?,
+            },
+            1 => Note::Attached {
+                who: self.sym()?,
+                name: self.sym()?,
+                reason: self.sym()?,
+            },
+            2 => Note::Resolved {
+                who: self.sym()?,
+                name: self.sym()?,
+                reason: self.sym()?,
+            },
+            3 => Note::Refired {
+                who: self.sym()?,
+                name: self.sym()?,
+            },
+            4 => Note::Flapping {
+                who: self.sym()?,
+                name: self.sym()?,
+                reason: self.sym()?,
+            },
+            5 => Note::Root {
+                who: self.opt_sym()?,
+                name: self.sym()?,
+                reason: self.sym()?,
+            },
+            6 => Note::Priority {
+                priority: self.priority()?,
+                reason: self.sym()?,
+            },
+            7 => Note::MergedIn {
+                from: IncidentId(self.u64()?),
+                reason: self.sym()?,
+            },
+            8 => Note::MergedInto {
+                into: IncidentId(self.u64()?),
+                reason: self.sym()?,
+            },
+            9 => Note::Text {
+                event: match self.u8()? {
+                    0 => Event::Acknowledged,
+                    1 => Event::Resolved,
+                    2 => Event::Reopened,
+                    3 => Event::Commented,
+                    4 => Event::Impact,
+                    _ => return Err(self.bad("timeline event")),
+                },
+                text: self.sym()?,
+                by: self.opt_sym()?,
+            },
+            _ => return Err(self.bad("timeline entry kind")),
+        };
+        Ok(TimelineEntry { seq, at, note })
+    }
+
+    fn incident(&mut self) -> Result<IncidentView, ViewSnapshotError> {
+        let id = IncidentId(self.u64()?);
+        let state = self.state()?;
+        let priority = self.priority()?;
+        let rule = self.sym()?;
+        let group_key = self.sym()?;
+        let root = self.opt_u64()?.map(Fingerprint);
+        let root_idx = match self.opt_u64()? {
+            Some(i) => Some(u32::try_from(i).map_err(|_| self.bad("root index"))?),
+            None => None,
+        };
+        let n = self.count(4)?;
+        let mut services = Vec::with_capacity(n);
+        for _ in 0..n {
+            services.push(self.sym()?);
+        }
+        let merged_into = self.opt_u64()?.map(IncidentId);
+        let opened_at = self.i64()?;
+        let updated_at = self.i64()?;
+        let resolved_at = self.opt_i64()?;
+        let acknowledged_by = self.opt_sym()?;
+        let resolved_by = self.opt_sym()?;
+        let n = self.count(64)?;
+        let mut alerts = Vec::with_capacity(n);
+        for _ in 0..n {
+            alerts.push(self.alert()?);
+        }
+        let n = self.count(17)?;
+        let mut timeline = Vec::with_capacity(n);
+        for _ in 0..n {
+            timeline.push(self.entry()?);
+        }
+        Ok(IncidentView {
+            id,
+            state,
+            priority,
+            rule,
+            group_key,
+            root,
+            root_idx,
+            services,
+            merged_into,
+            alerts,
+            opened_at,
+            updated_at,
+            resolved_at,
+            acknowledged_by,
+            resolved_by,
+            timeline,
+        })
+    }
+}
 
 impl ReadModel {
-    /// Appends this read model's snapshot encoding to `out`. The encoding is this module's
-    /// own; the snapshot file around it carries the version.
+    /// Appends this read model's snapshot encoding to `out`: a compact binary form of the
+    /// views (the interned strings once, then fixed-size records referring to them), so the
+    /// writer thread can encode it in one pass instead of cloning the model. The encoding is
+    /// this module's own; the snapshot file around it carries the file version.
     pub fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), ViewSnapshotError> {
-        serde_json::to_writer(out, self).map_err(|e| ViewSnapshotError(e.to_string()))
+        // About what an alert takes (view, timeline entry, home, its own strings): growing
+        // the buffer by doubling would copy it several times while the writer waits.
+        out.reserve(self.homes.len().saturating_mul(256));
+        let mut e = Enc(out);
+        e.u8(SNAPSHOT_ENCODING);
+        e.u64(self.last_seq);
+        e.u64(self.open as u64);
+        // Every interned string, so symbols are written as their raw numbers.
+        let count_at = e.0.len();
+        e.u32(0);
+        let mut n: u32 = 0;
+        let mut too_long = false;
+        sym::each(|s| {
+            n = n.saturating_add(1);
+            too_long |= e.bytes(s.as_bytes()).is_err();
+        });
+        if too_long {
+            return Err(ViewSnapshotError::Bad {
+                what: "string over 4G",
+                at: e.0.len(),
+            });
+        }
+        e.0[count_at..count_at + 4].copy_from_slice(&n.to_le_bytes());
+        let small = serde_json::to_vec(&SmallOut {
+            topology: &self.topology,
+            silences: &self.silences,
+            sources: &self.sources,
+        })?;
+        e.bytes(&small)?;
+        e.len(self.incidents.len())?;
+        for inc in self.incidents.values() {
+            e.incident(inc)?;
+        }
+        e.len(self.homes.len())?;
+        for (fp, home) in &self.homes {
+            e.u64(fp.0);
+            match home {
+                Home::Loose(view) => {
+                    e.u8(0);
+                    e.alert(view)?;
+                }
+                Home::Attached(id, idx) => {
+                    e.u8(1);
+                    e.u64(id.0);
+                    e.u32(*idx);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads what [`ReadModel::write_snapshot`] wrote.
     pub fn read_snapshot(bytes: &[u8]) -> Result<ReadModel, ViewSnapshotError> {
-        serde_json::from_slice(bytes).map_err(|e| ViewSnapshotError(e.to_string()))
-    }
-}
-
-fn time<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&format_time(*ms))
-}
-
-fn opt_time<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
-    match ms {
-        Some(ms) => time(ms, s),
-        None => s.serialize_none(),
-    }
-}
-
-fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
-    let s = Cow::<'de, str>::deserialize(d)?;
-    parse_time(&s).ok_or_else(|| serde::de::Error::custom(format!("bad time {s:?}")))
-}
-
-fn de_opt_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Millis>, D::Error> {
-    match Option::<Cow<'de, str>>::deserialize(d)? {
-        Some(s) => parse_time(&s)
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("bad time {s:?}"))),
-        None => Ok(None),
+        let mut d = Dec {
+            buf: bytes,
+            pos: 0,
+            syms: Vec::new(),
+        };
+        let version = d.u8()?;
+        if version != SNAPSHOT_ENCODING {
+            return Err(ViewSnapshotError::Version(version));
+        }
+        let last_seq = d.u64()?;
+        let open = usize::try_from(d.u64()?).map_err(|_| d.bad("open count"))?;
+        let n = d.count(4)?;
+        d.syms.reserve_exact(n);
+        let mut t = sym::Batch::lock();
+        for _ in 0..n {
+            let len = d.u32()? as usize;
+            let text = std::str::from_utf8(d.take(len)?).map_err(|_| d.bad("string"))?;
+            let s = t.str(text);
+            d.syms.push(s);
+        }
+        drop(t);
+        let len = d.u32()? as usize;
+        let small: SmallIn = serde_json::from_slice(d.take(len)?)?;
+        let n = d.count(8)?;
+        let mut incidents = BTreeMap::new();
+        for _ in 0..n {
+            let inc = d.incident()?;
+            incidents.insert(inc.id, inc);
+        }
+        let n = d.count(9)?;
+        let mut homes = HashMap::with_capacity(n);
+        for _ in 0..n {
+            let fp = Fingerprint(d.u64()?);
+            let home = match d.u8()? {
+                0 => Home::Loose(Box::new(d.alert()?)),
+                1 => Home::Attached(IncidentId(d.u64()?), d.u32()?),
+                _ => return Err(d.bad("alert home")),
+            };
+            homes.insert(fp, home);
+        }
+        if d.pos != bytes.len() {
+            return Err(d.bad("trailing data"));
+        }
+        Ok(ReadModel {
+            incidents,
+            topology: small.topology,
+            silences: small.silences,
+            sources: small.sources,
+            homes,
+            open,
+            last_seq,
+        })
     }
 }
 
@@ -1049,5 +2136,111 @@ mod tests {
         assert_eq!(doc["timeline"][0]["event"], "incident_opened");
         let list_doc = serde_json::to_value(inc.doc(&model.topology, false)).expect("json");
         assert!(list_doc.get("timeline").is_none());
+    }
+
+    /// Everything a reader can see of a model, as JSON.
+    fn rendered(model: &ReadModel) -> serde_json::Value {
+        let incidents: Vec<serde_json::Value> = model
+            .incidents
+            .values()
+            .map(|i| serde_json::to_value(i.doc(&model.topology, true)).expect("doc"))
+            .collect();
+        let current: Vec<serde_json::Value> = model
+            .current_alerts()
+            .into_iter()
+            .map(|(a, id)| serde_json::json!([a, id]))
+            .collect();
+        serde_json::json!({
+            "incidents": incidents,
+            "current": current,
+            "sources": model.sources,
+            "silences": model.silences,
+            "suppressed": model.suppressed_keys(),
+            "open": model.open_count(),
+            "last_seq": model.last_seq,
+            "counts": serde_json::to_value(model.counts()).expect("counts"),
+        })
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_everything_readers_see() {
+        let mut engine = Engine::new(Rules::embedded().expect("rules"));
+        let mut facts = Vec::new();
+        let t = 1_795_000_000_000;
+        let mut labelled = alert("HighLoad", "host-1", t + 4);
+        labelled.labels.insert("team".into(), "net".into());
+        labelled.labels.insert("dc".into(), "dc1".into());
+        labelled
+            .annotations
+            .insert("runbook".into(), "http://rb".into());
+        labelled.dedup_key = Some("load-host-1".into());
+        labelled.fingerprint =
+            Fingerprint::native("mon", "HighLoad", Some("host-1"), &labelled.labels, None);
+        for a in [
+            alert("LinkDown", "sw-1", t),
+            alert("LinkDown", "sw-1", t + 1),
+            alert("PortFlap", "sw-1", t + 2),
+            alert("DiskFull", "host-9", t + 3),
+            labelled,
+        ] {
+            engine.handle(Input::Alert(&a), &mut facts).expect("alert");
+        }
+        let fp = |name: &str, ci: &str| {
+            Fingerprint::native("mon", name, Some(ci), &BTreeMap::new(), None).to_string()
+        };
+        let extra = serde_json::json!([
+            {"type": "alert_resolved", "at": t + 10, "fingerprint": fp("PortFlap", "sw-1"), "ends_at": t + 10, "reason": "ended"},
+            {"type": "alert_refired", "at": t + 11, "fingerprint": fp("PortFlap", "sw-1"), "severity": "major"},
+            {"type": "alert_flapping", "at": t + 12, "fingerprint": fp("PortFlap", "sw-1"), "reason": "3 changes in 10m"},
+            {"type": "alert_suppressed", "at": t + 13, "fingerprint": fp("DiskFull", "host-9"), "by": "silence s-1", "reason": "matched"},
+            {"type": "impact_changed", "at": t + 14, "incident": 1, "services": ["svc-a", "svc-b"], "reason": "depends on sw-1"},
+            {"type": "priority_changed", "at": t + 15, "incident": 1, "priority": "P1", "reason": "critical service"},
+            {"type": "incident_acknowledged", "at": t + 16, "incident": 1, "by": "alice", "comment": "looking"},
+            {"type": "incident_commented", "at": t + 17, "incident": 1, "actor": "bob", "text": "cable"},
+            {"type": "incidents_merged", "at": t + 18, "into": 1, "from": 2, "reason": "same cause"},
+            {"type": "incident_resolved", "at": t + 19, "incident": 1, "by": "alice"},
+            {"type": "incident_reopened", "at": t + 20, "incident": 1, "reason": "refired"},
+            {"type": "alert_received", "at": t + 21, "alert": {"fingerprint": fp("Loose", "x"), "source": "mon", "name": "Loose", "severity": "info", "status": "resolved", "starts_at": t, "received_at": t + 21}},
+            {"type": "alert_suppressed", "at": t + 22, "fingerprint": fp("Loose", "x"), "by": "maintenance", "reason": "window"},
+        ]);
+        let extra: Vec<Fact> = serde_json::from_value(extra).expect("facts");
+        facts.extend(extra);
+        let mut model = ReadModel::default();
+        for (seq, f) in facts.iter_mut().enumerate() {
+            model.apply_owned(seq as u64 + 1, f);
+        }
+        assert!(
+            model
+                .get(IncidentId(1))
+                .is_some_and(|i| i.timeline.len() > 8)
+        );
+        assert_eq!(model.suppressed_keys().len(), 1);
+
+        let mut bytes = Vec::new();
+        model.write_snapshot(&mut bytes).expect("encode");
+        let back = ReadModel::read_snapshot(&bytes).expect("decode");
+        assert_eq!(rendered(&back), rendered(&model));
+        assert!(
+            rendered(&model)["incidents"][0]["timeline"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|e| e["text"] == "2 merged in: same cause"
+                    || e["text"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("merged in: same cause"))))
+        );
+
+        // Damage is refused, not misread.
+        for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                ReadModel::read_snapshot(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut other = bytes.clone();
+        other[0] = 99;
+        assert!(matches!(
+            ReadModel::read_snapshot(&other),
+            Err(ViewSnapshotError::Version(99))
+        ));
     }
 }

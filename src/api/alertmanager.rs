@@ -77,12 +77,9 @@ fn filters(pairs: &[(String, String)]) -> Result<Vec<Matcher>, ApiError> {
 
 /// The labels Alertmanager shows: the alert's own, plus `alertname` when absent.
 fn labels(a: &AlertView) -> serde_json::Map<String, Value> {
-    let mut labels: serde_json::Map<String, Value> = a
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    labels.entry("alertname").or_insert_with(|| json!(a.name));
+    let mut labels: serde_json::Map<String, Value> =
+        a.labels().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    labels.entry("alertname").or_insert_with(|| json!(a.name()));
     labels
 }
 
@@ -95,16 +92,13 @@ fn matches(a: &AlertView, filter: &[Matcher]) -> bool {
 
 fn gettable(a: &AlertView) -> Value {
     let silenced_by: Vec<&str> = a
-        .suppressed_by
-        .as_deref()
+        .suppressed_by()
         .and_then(|by| by.strip_prefix("silence "))
         .into_iter()
         .collect();
-    let mut annotations = a.annotations.clone();
-    if let Some(summary) = &a.summary {
-        annotations
-            .entry("summary".into())
-            .or_insert_with(|| summary.clone());
+    let mut annotations: std::collections::BTreeMap<&str, &str> = a.annotations().collect();
+    if let Some(summary) = a.summary() {
+        annotations.entry("summary").or_insert(summary);
     }
     json!({
         "labels": labels(a),
@@ -114,9 +108,9 @@ fn gettable(a: &AlertView) -> Value {
         "startsAt": format_time(a.first_seen),
         "updatedAt": format_time(a.last_seen),
         "endsAt": a.ends_at.map(format_time).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
-        "generatorURL": a.annotations.get("generator_url").cloned().unwrap_or_default(),
+        "generatorURL": a.annotation("generator_url").unwrap_or_default(),
         "status": {
-            "state": if a.suppressed.is_some() { "suppressed" } else { "active" },
+            "state": if a.suppressed().is_some() { "suppressed" } else { "active" },
             "silencedBy": silenced_by,
             "inhibitedBy": [],
             "mutedBy": [],
@@ -139,7 +133,7 @@ pub async fn get_alerts(
         .map(|(a, _)| a)
         .filter(|a| a.status == Status::Firing)
         .filter(|a| {
-            if a.suppressed.is_some() {
+            if a.suppressed().is_some() {
                 silenced
             } else {
                 active

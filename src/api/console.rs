@@ -321,11 +321,11 @@ async fn alerts(
         }
         let hay = format!(
             "{} {} {} {} {}",
-            a.name,
-            a.ci.as_deref().unwrap_or(""),
-            a.source,
-            a.summary.as_deref().unwrap_or(""),
-            a.reason
+            a.name(),
+            a.ci().unwrap_or(""),
+            a.source(),
+            a.summary().unwrap_or(""),
+            a.reason()
         )
         .to_lowercase();
         words.iter().all(|w| hay.contains(w.as_str()))
