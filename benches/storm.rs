@@ -1471,7 +1471,9 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
         .map_err(|e| format!("{e:?}"))?;
     let mut facts = Vec::new();
     let mut buf = Vec::new();
-    let t0 = 1_795_000_000_000i64;
+    // The generator stamps alerts with the wall clock; engine time must be near it, or the
+    // decoder's time bounds refuse every alert and no fact is ever written.
+    let t0 = incidentd::clock::now();
     engine.load_rules(rules, t0, &mut facts);
     if args.cmdb {
         engine.load_cmdb(&cmdb, &from, t0, &mut facts);
@@ -1499,6 +1501,9 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
         let now = t0 + (i as i64 / 256) * 10;
         let decoded = ingest::decode(Format::Native, body.as_bytes(), Stamp::Live(now), &limits)
             .map_err(|e| e.message)?;
+        if let Some(e) = decoded.errors.first() {
+            return Err(format!("the generator's alerts are refused: {e}").into());
+        }
         for a in &decoded.alerts {
             let _ = engine.handle(Input::Alert(a), &mut facts);
         }
