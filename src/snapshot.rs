@@ -139,7 +139,8 @@ fn header(seq: u64, state: &[u8], view: &[u8]) -> [u8; HEADER_LEN] {
     h
 }
 
-/// Writes a snapshot durably and removes all but the newest `KEEP`.
+/// Writes a snapshot durably and removes all but the newest `KEEP`. `view` is the read-model
+/// section as [`ReadModel::write_snapshot`] encoded it.
 pub fn write(dir: &Path, seq: u64, state: &State, view: &[u8]) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(file_name(seq));
@@ -152,12 +153,11 @@ pub fn write(dir: &Path, seq: u64, state: &State, view: &[u8]) -> Result<PathBuf
             source,
         }
     })?;
-    let view_bytes = view;
-    let head = header(seq, &state_bytes, &view_bytes);
+    let head = header(seq, &state_bytes, view);
     let mut file = File::create(&tmp).map_err(io(&tmp))?;
     file.write_all(&head).map_err(io(&tmp))?;
     file.write_all(&state_bytes).map_err(io(&tmp))?;
-    file.write_all(&view_bytes).map_err(io(&tmp))?;
+    file.write_all(view).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
     drop(file);
     fs::rename(&tmp, &path).map_err(io(&path))?;
