@@ -213,6 +213,147 @@ impl Fnv1a {
     }
 }
 
+/// Shards of a [`FingerprintMap`].
+const SHARDS: usize = 64;
+
+/// A hash map keyed by fingerprint, split into 64 shards so that growing it rehashes one
+/// shard at a time. A single table that doubles at 460k alerts stalls its thread for ~100 ms
+/// while it moves every entry, which is every request's latency for that long; a shard
+/// doubles with 1/64 of the entries. Lookups cost one shift more.
+#[derive(Clone)]
+pub struct FingerprintMap<V> {
+    shards: Box<[foldhash::HashMap<Fingerprint, V>]>,
+    len: usize,
+}
+
+impl<V> FingerprintMap<V> {
+    pub fn new() -> Self {
+        FingerprintMap {
+            shards: (0..SHARDS).map(|_| Default::default()).collect(),
+            len: 0,
+        }
+    }
+
+    /// Fingerprints are hashes already; the multiply spreads the ones that are not (tests).
+    fn shard(fp: &Fingerprint) -> usize {
+        (fp.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, fp: &Fingerprint) -> Option<&V> {
+        self.shards[Self::shard(fp)].get(fp)
+    }
+
+    pub fn get_mut(&mut self, fp: &Fingerprint) -> Option<&mut V> {
+        self.shards[Self::shard(fp)].get_mut(fp)
+    }
+
+    pub fn contains_key(&self, fp: &Fingerprint) -> bool {
+        self.get(fp).is_some()
+    }
+
+    pub fn insert(&mut self, fp: Fingerprint, value: V) -> Option<V> {
+        let old = self.shards[Self::shard(&fp)].insert(fp, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn remove(&mut self, fp: &Fingerprint) -> Option<V> {
+        let old = self.shards[Self::shard(fp)].remove(fp);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    /// Entries in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Fingerprint, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// Values in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.shards.iter().flat_map(|s| s.values())
+    }
+}
+
+impl<V> Default for FingerprintMap<V> {
+    fn default() -> Self {
+        FingerprintMap::new()
+    }
+}
+
+impl<V: PartialEq> PartialEq for FingerprintMap<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+impl<V: fmt::Debug> fmt::Debug for FingerprintMap<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<V> FromIterator<(Fingerprint, V)> for FingerprintMap<V> {
+    fn from_iter<I: IntoIterator<Item = (Fingerprint, V)>>(iter: I) -> Self {
+        let mut map = FingerprintMap::new();
+        for (k, v) in iter {
+            map.insert(k, v);
+        }
+        map
+    }
+}
+
+/// Serialized as one map, as a `HashMap` was (snapshots written before stay readable).
+impl<V: Serialize> Serialize for FingerprintMap<V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // The length up front: the snapshot codec writes it before the entries.
+        let mut map = s.serialize_map(Some(self.len))?;
+        for (k, v) in self.iter() {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for FingerprintMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries<V>(std::marker::PhantomData<V>);
+
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<V> {
+            type Value = FingerprintMap<V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map keyed by fingerprint")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut entries: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut map = FingerprintMap::new();
+                while let Some((k, v)) = entries.next_entry()? {
+                    map.insert(k, v);
+                }
+                Ok(map)
+            }
+        }
+
+        d.deserialize_map(Entries(std::marker::PhantomData))
+    }
+}
+
 /// One alert after decoding, whatever format it arrived in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
@@ -307,6 +448,38 @@ pub fn format_duration(ms: Millis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprint_map_counts_compares_and_round_trips() {
+        let mut a = FingerprintMap::new();
+        for i in 0..1_000u64 {
+            assert_eq!(a.insert(Fingerprint(i), i), None);
+        }
+        assert_eq!(
+            a.insert(Fingerprint(7), 70),
+            Some(7),
+            "replacing keeps the count"
+        );
+        assert_eq!(a.remove(&Fingerprint(8)), Some(8));
+        assert_eq!(a.remove(&Fingerprint(8)), None);
+        assert_eq!(
+            (a.len(), a.iter().count(), a.values().count()),
+            (999, 999, 999)
+        );
+        assert_eq!(a.get(&Fingerprint(7)), Some(&70));
+        // Spread over the shards, not piled into one.
+        let used = a.shards.iter().filter(|s| !s.is_empty()).count();
+        assert!(used > SHARDS / 2, "{used} shards used");
+
+        let b: FingerprintMap<u64> = a.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(a, b);
+        let json = serde_json::to_string(&a).expect("encode");
+        let back: FingerprintMap<u64> = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, a);
+        let mut c = b.clone();
+        c.insert(Fingerprint(7), 71);
+        assert_ne!(a, c);
+    }
 
     #[test]
     fn alertmanager_fingerprint_matches_go_implementation() {

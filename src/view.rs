@@ -10,14 +10,14 @@
 //! annotations are one sorted boxed slice per alert, and timeline entries keep the interned
 //! parts of their text and render it when asked.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
 use crate::cmdb::Topology;
 use crate::engine::{Fact, IncidentId, IncidentState, Priority};
-use crate::model::{Alert, Fingerprint, Millis, Severity, Status, format_time};
+use crate::model::{Alert, Fingerprint, FingerprintMap, Millis, Severity, Status, format_time};
 use crate::silence::Silence;
 
 pub use sym::Sym;
@@ -803,7 +803,7 @@ pub struct ReadModel {
     pub silences: BTreeMap<String, Silence>,
     /// Per sender, so a NOC sees a noisy or broken one at once.
     pub sources: BTreeMap<String, SourceStats>,
-    homes: HashMap<Fingerprint, Home>,
+    homes: FingerprintMap<Home>,
     open: usize,
     /// Sequence of the last fact applied: a client that read the model resumes the live
     /// stream after it (`GET /api/v1/stream?after=`).
@@ -1994,7 +1994,7 @@ impl ReadModel {
             e.incident(inc)?;
         }
         e.len(self.homes.len())?;
-        for (fp, home) in &self.homes {
+        for (fp, home) in self.homes.iter() {
             e.u64(fp.0);
             match home {
                 Home::Loose(view) => {
@@ -2043,7 +2043,7 @@ impl ReadModel {
             incidents.insert(inc.id, inc);
         }
         let n = d.count(9)?;
-        let mut homes = HashMap::with_capacity(n);
+        let mut homes = FingerprintMap::new();
         for _ in 0..n {
             let fp = Fingerprint(d.u64()?);
             let home = match d.u8()? {

@@ -30,7 +30,7 @@ pub use facts::{Fact, IncidentId, IncidentState, Priority};
 use serde::{Deserialize, Serialize};
 
 use crate::cmdb::{CiIdx, CmdbOp, CmdbSpec, Criticality, Direction, Reach, Topology};
-use crate::model::{Alert, Fingerprint, Millis, Severity, Status, format_duration};
+use crate::model::{Alert, Fingerprint, FingerprintMap, Millis, Severity, Status, format_duration};
 use crate::rules::{Level, Policy, Rule, Rules, TopologyPolicy};
 
 /// State changes within `FLAP_WINDOW` that mark an alert as flapping.
@@ -164,7 +164,7 @@ pub struct Incident {
 pub struct State {
     pub now: Millis,
     pub topology: Topology,
-    pub alerts: HashMap<Fingerprint, AlertState>,
+    pub alerts: FingerprintMap<AlertState>,
     pub incidents: BTreeMap<IncidentId, Incident>,
     /// Newest incident per group key.
     groups: HashMap<String, IncidentId>,

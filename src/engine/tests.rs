@@ -108,7 +108,12 @@ impl Scenario {
     }
 
     fn count(&self, a: &Alert) -> u64 {
-        self.engine.state().alerts[&a.fingerprint].count
+        self.engine
+            .state()
+            .alerts
+            .get(&a.fingerprint)
+            .expect("alert")
+            .count
     }
 
     /// Replays the recorded facts (through the on-disk encoding) into a fresh engine.
@@ -261,7 +266,12 @@ fn firing_alerts_time_out_at_ends_at_unless_resent() {
     let facts = s.tick(T0 + 9 * MIN);
     assert_eq!(kinds(&facts), ["alert_resolved"]);
     assert_eq!(
-        s.engine.state().alerts[&a.fingerprint].status,
+        s.engine
+            .state()
+            .alerts
+            .get(&a.fingerprint)
+            .expect("alert")
+            .status,
         Status::Resolved
     );
     assert_eq!(s.replayed(), *s.engine.state());
@@ -518,14 +528,22 @@ mod topology {
     }
 
     fn incident_of(s: &Scenario, a: &Alert) -> IncidentId {
-        s.engine.state().alerts[&a.fingerprint]
+        s.engine
+            .state()
+            .alerts
+            .get(&a.fingerprint)
+            .expect("alert")
             .incident
             .expect("alert is in an incident")
     }
 
     fn root_name(s: &Scenario, id: IncidentId) -> String {
         let inc = &s.engine.state().incidents[&id];
-        s.engine.state().alerts[&inc.root.expect("root")]
+        s.engine
+            .state()
+            .alerts
+            .get(&inc.root.expect("root"))
+            .expect("alert")
             .name
             .clone()
     }
@@ -717,7 +735,12 @@ mod topology {
         assert_eq!(kinds(&facts), ["alert_received", "alert_suppressed"]);
         s.alert(&vm);
         assert!(
-            s.engine.state().alerts[&vm.fingerprint].suppressed,
+            s.engine
+                .state()
+                .alerts
+                .get(&vm.fingerprint)
+                .expect("alert")
+                .suppressed,
             "dependent of h1"
         );
         s.alert(&h2);
@@ -743,7 +766,14 @@ mod topology {
         }
         let a = on("LinkDown", "h1", t);
         s.alert(&a);
-        assert!(s.engine.state().alerts[&a.fingerprint].flapping);
+        assert!(
+            s.engine
+                .state()
+                .alerts
+                .get(&a.fingerprint)
+                .expect("alert")
+                .flapping
+        );
         assert_eq!(s.engine.state().incidents.len(), 1);
         assert_eq!(s.count(&a), 7);
     }
