@@ -73,6 +73,15 @@ fn fresh() -> (Engine, ReadModel) {
     )
 }
 
+/// Replays `records` (numbered from 1) the way `incidentd serve` restores: pipelined.
+fn replay_pipelined(engine: Engine, view: ReadModel, records: &[Vec<u8>]) -> (Engine, ReadModel) {
+    let mut replay = Replay::start(engine, view).expect("start");
+    for (seq, r) in records.iter().enumerate() {
+        replay.push(seq as u64 + 1, r).expect("push");
+    }
+    replay.finish().expect("finish")
+}
+
 fn records(c: &mut Criterion) {
     let facts = storm_facts(2_000);
     let mut binary = Vec::new();
@@ -143,13 +152,7 @@ fn records(c: &mut Criterion) {
     group.bench_function("replay", |b| {
         b.iter_batched(
             fresh,
-            |(engine, view)| {
-                let mut replay = Replay::start(engine, view).expect("start");
-                for (seq, r) in binary.iter().enumerate() {
-                    replay.push(seq as u64 + 1, r).expect("push");
-                }
-                replay.finish().expect("finish")
-            },
+            |(engine, view)| replay_pipelined(engine, view, &binary),
             BatchSize::LargeInput,
         )
     });
@@ -188,24 +191,14 @@ fn replay_large(c: &mut Criterion) {
     group.bench_function("pipelined", |b| {
         b.iter_batched(
             fresh,
-            |(engine, view)| {
-                let mut replay = Replay::start(engine, view).expect("start");
-                for (seq, r) in encoded.iter().enumerate() {
-                    replay.push(seq as u64 + 1, r).expect("push");
-                }
-                replay.finish().expect("finish")
-            },
+            |(engine, view)| replay_pipelined(engine, view, &encoded),
             BatchSize::PerIteration,
         )
     });
     group.finish();
 
     // A snapshot of the same state must load faster than replaying the log it covers.
-    let mut replay = Replay::start(fresh().0, fresh().1).expect("start");
-    for (seq, r) in encoded.iter().enumerate() {
-        replay.push(seq as u64 + 1, r).expect("push");
-    }
-    let (engine, view) = replay.finish().expect("finish");
+    let (engine, view) = replay_pipelined(fresh().0, fresh().1, &encoded);
     let dir = tempfile::tempdir().expect("tempdir");
     let seq = encoded.len() as u64;
     // The writer thread hands the read model over encoded; `write` measures the rest.
