@@ -73,6 +73,20 @@ fn fresh() -> (Engine, ReadModel) {
     )
 }
 
+/// Replays `records` (numbered from 1) on one thread: decode, engine apply, read-model apply.
+fn replay_serial(
+    mut engine: Engine,
+    mut view: ReadModel,
+    records: &[Vec<u8>],
+) -> (Engine, ReadModel) {
+    for (seq, r) in records.iter().enumerate() {
+        let mut fact = decode_record(r).expect("decode");
+        engine.apply(&fact);
+        view.apply_owned(seq as u64 + 1, &mut fact);
+    }
+    (engine, view)
+}
+
 /// Replays `records` (numbered from 1) the way `incidentd serve` restores: pipelined.
 fn replay_pipelined(engine: Engine, view: ReadModel, records: &[Vec<u8>]) -> (Engine, ReadModel) {
     let mut replay = Replay::start(engine, view).expect("start");
@@ -135,14 +149,7 @@ fn records(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched(
                 fresh,
-                |(mut engine, mut view)| {
-                    for (seq, r) in encoded.iter().enumerate() {
-                        let mut fact = decode_record(r).expect("decode");
-                        engine.apply(&fact);
-                        view.apply_owned(seq as u64 + 1, &mut fact);
-                    }
-                    (engine, view)
-                },
+                |(engine, view)| replay_serial(engine, view, encoded),
                 BatchSize::LargeInput,
             )
         });
@@ -177,14 +184,7 @@ fn replay_large(c: &mut Criterion) {
     group.bench_function("serial", |b| {
         b.iter_batched(
             fresh,
-            |(mut engine, mut view)| {
-                for (seq, r) in encoded.iter().enumerate() {
-                    let mut fact = decode_record(r).expect("decode");
-                    engine.apply(&fact);
-                    view.apply_owned(seq as u64 + 1, &mut fact);
-                }
-                (engine, view)
-            },
+            |(engine, view)| replay_serial(engine, view, &encoded),
             BatchSize::PerIteration,
         )
     });
