@@ -255,10 +255,6 @@ impl<V> FingerprintMap<V> {
         self.shards[Self::shard(fp)].get_mut(fp)
     }
 
-    pub fn contains_key(&self, fp: &Fingerprint) -> bool {
-        self.get(fp).is_some()
-    }
-
     pub fn insert(&mut self, fp: Fingerprint, value: V) -> Option<V> {
         let old = self.shards[Self::shard(&fp)].insert(fp, value);
         if old.is_none() {
