@@ -2,14 +2,15 @@
 //! to reach them.
 //!
 //! ```text
-//! ingest tasks ─► mpsc ─► engine thread ─► sync_channel ─► writer thread ─► read model, metrics,
-//!                          decide+apply      (batches)      append+fsync     replies, NATS out
+//! ingest tasks ─► mpsc ─► engine thread ─► writer thread ─► publisher thread ─► read model, metrics,
+//!                          decide+apply     append+fsync     (durable groups)    stream, NATS out, replies
 //! ```
 //!
 //! The engine is single-owner and never blocks on I/O; the writer commits whole batches with
-//! one fsync (group commit) while the engine already works on the next one. Nothing is
-//! acknowledged, counted or shown before the facts it caused are on disk. A failed write or
-//! fsync stops the writer for good (fail-stop): every later request gets an error.
+//! one fsync (group commit) while the engine already works on the next one, and the publisher
+//! shows a committed group while the writer already syncs the next. Nothing is acknowledged,
+//! counted or shown before the facts it caused are on disk. A failed write or fsync stops the
+//! writer for good (fail-stop): every later request gets an error.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +46,9 @@ const SNAPSHOT_GROWTH: u64 = 4;
 const SNAPSHOT_SMALL_STATE: u64 = 10_000;
 /// Most engine batches the writer commits with one fsync.
 const MAX_GROUP: usize = 64;
+/// Committed groups that may wait for the publisher before the writer waits. Two keep the
+/// writer syncing one group while the publisher shows the previous one.
+const PUBLISH_QUEUE: usize = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
@@ -443,12 +447,18 @@ impl Pipeline {
 pub struct Running {
     engine: JoinHandle<()>,
     writer: JoinHandle<()>,
+    publisher: JoinHandle<()>,
 }
 
 impl Running {
-    /// Blocks until both threads finish (after every `Pipeline` handle was dropped).
+    /// Blocks until the threads finish (after every `Pipeline` handle was dropped).
     pub fn join(self) {
-        for (name, handle) in [("engine", self.engine), ("writer", self.writer)] {
+        let threads = [
+            ("engine", self.engine),
+            ("writer", self.writer),
+            ("publisher", self.publisher),
+        ];
+        for (name, handle) in threads {
             if handle.join().is_err() {
                 tracing::error!(thread = name, "pipeline thread panicked");
             }
@@ -456,7 +466,7 @@ impl Running {
     }
 }
 
-/// Starts the engine and writer threads over an opened log and a replayed engine.
+/// Starts the pipeline's threads over an opened log and a replayed engine.
 pub fn start(
     engine: Engine,
     log: Box<dyn FactLog>,
@@ -476,26 +486,38 @@ pub fn start(
     let engine = std::thread::Builder::new()
         .name("incidentd-engine".into())
         .spawn(move || engine_loop(engine, rx, batch_tx, every))?;
+    let (group_tx, group_rx) = std_mpsc::sync_channel(PUBLISH_QUEUE);
+    let writer = Writer {
+        log,
+        shared: shared.clone(),
+        buf: Vec::new(),
+    };
     let writer = std::thread::Builder::new()
         .name("incidentd-writer".into())
-        .spawn(move || {
-            Writer {
-                log,
-                shared,
-                outbound,
-                buf: Vec::new(),
-                snapshots,
-                writing: None,
-            }
-            .run(batch_rx)
-        })?;
+        .spawn(move || writer.run(batch_rx, group_tx))?;
+    let publisher = Publisher {
+        shared,
+        outbound,
+        snapshots,
+        writing: None,
+    };
+    let publisher = std::thread::Builder::new()
+        .name("incidentd-publish".into())
+        .spawn(move || publisher.run(group_rx))?;
     let pipeline = Pipeline {
         tx,
         room: Arc::new(Semaphore::new(max_room as usize)),
         max_room,
         shed_after: queue.shed_after,
     };
-    Ok((pipeline, Running { engine, writer }))
+    Ok((
+        pipeline,
+        Running {
+            engine,
+            writer,
+            publisher,
+        },
+    ))
 }
 
 /// One engine batch on its way to disk.
@@ -766,28 +788,134 @@ enum WriteError {
     Encode(#[from] RecordError),
 }
 
+/// Appends and syncs engine batches, then hands them to the publisher.
 struct Writer {
     log: Box<dyn FactLog>,
     shared: Arc<Shared>,
-    outbound: Option<Outbound>,
     buf: Vec<u8>,
+}
+
+/// A group of batches whose facts are durable, on its way to be shown and acknowledged.
+struct Committed {
+    group: Vec<Batch>,
+    /// Each fact's log sequence, in the group's order.
+    seqs: Vec<u64>,
+    /// The log's last sequence after the commit: a snapshot taken with it is as of here.
+    head: u64,
+}
+
+impl Writer {
+    fn run(mut self, rx: std_mpsc::Receiver<Batch>, publisher: std_mpsc::SyncSender<Committed>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = Vec::with_capacity(MAX_GROUP);
+            group.push(first);
+            // A batch carrying a snapshot ends its group: the snapshot's engine state is as
+            // of that batch, so the read model and the log head it pairs with must be too.
+            while group.len() < MAX_GROUP && group.last().is_some_and(|b| b.snapshot.is_none()) {
+                let Ok(batch) = rx.try_recv() else { break };
+                group.push(batch);
+            }
+            let Some(committed) = self.commit_or_retry(group) else {
+                continue;
+            };
+            if publisher.send(committed).is_err() {
+                tracing::error!("publisher is gone; writer stops");
+                return;
+            }
+        }
+    }
+
+    /// Commits the group. A retryable failure (a full disk) answers the waiting callers 503
+    /// at once but keeps the facts — the engine already applied them, so the log must get
+    /// them too — and retries until they are written; meanwhile ingest is refused. Any other
+    /// failure stops the writer for good (fail-stop).
+    /// Returns the committed group, or `None` after a fatal failure (callers answered).
+    fn commit_or_retry(&mut self, mut group: Vec<Batch>) -> Option<Committed> {
+        let mut delay = Duration::from_millis(100);
+        let mut seqs = Vec::new();
+        loop {
+            seqs.clear();
+            match self.commit(&group, &mut seqs) {
+                Ok(()) => {
+                    if self.shared.log_full.swap(false, Ordering::SeqCst) {
+                        tracing::info!("event log writable again");
+                    }
+                    let head = self.log.next_seq().saturating_sub(1);
+                    return Some(Committed { group, seqs, head });
+                }
+                Err(WriteError::Log(e)) if e.is_retryable() => {
+                    if !self.shared.log_full.swap(true, Ordering::SeqCst) {
+                        tracing::error!(error = %e, "event log write failed; retrying, refusing ingest meanwhile");
+                    }
+                    self.shared.metrics.log_write_failures.inc();
+                    for batch in group.iter_mut() {
+                        for done in batch.replies.drain(..) {
+                            done.send(Err(PipelineError::LogFull));
+                        }
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "event log write failed; refusing all further writes");
+                    self.shared.log_writable.store(false, Ordering::SeqCst);
+                    self.shared.metrics.log_writable.set(0);
+                    for batch in group {
+                        for done in batch.replies {
+                            done.send(Err(PipelineError::LogStopped(e.to_string())));
+                        }
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Appends every fact of the group and fsyncs once.
+    fn commit(&mut self, group: &[Batch], seqs: &mut Vec<u64>) -> Result<(), WriteError> {
+        let started = Instant::now();
+        let mut facts = 0;
+        for fact in group.iter().flat_map(|b| &b.facts) {
+            encode_record(fact, &mut self.buf)?;
+            seqs.push(self.log.append(&self.buf)?);
+            facts += 1;
+        }
+        if facts > 0 {
+            self.log.sync()?;
+            let m = &self.shared.metrics;
+            m.log_append_seconds
+                .observe(started.elapsed().as_secs_f64());
+            m.log_batch_facts.observe(facts as f64);
+            m.facts_appended.inc_by(facts as u64);
+        }
+        Ok(())
+    }
+}
+
+/// Shows committed groups in the read model, counts them, streams and publishes their facts,
+/// answers their callers, and writes the snapshots they carry.
+struct Publisher {
+    shared: Arc<Shared>,
+    outbound: Option<Outbound>,
     snapshots: Option<SnapshotConfig>,
     /// The snapshot being written in the background, if any.
     writing: Option<JoinHandle<()>>,
 }
 
-impl Writer {
-    fn run(mut self, rx: std_mpsc::Receiver<Batch>) {
-        let mut group = Vec::with_capacity(MAX_GROUP);
-        let mut seqs = Vec::new();
-        while let Ok(first) = rx.recv() {
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                let Ok(batch) = rx.try_recv() else { break };
-                group.push(batch);
+impl Publisher {
+    fn run(mut self, rx: std_mpsc::Receiver<Committed>) {
+        while let Ok(Committed {
+            mut group,
+            seqs,
+            head,
+        }) = rx.recv()
+        {
+            // Only a group's last batch carries a snapshot (see `Writer::run`).
+            let snapshot = group.last_mut().and_then(|b| b.snapshot.take());
+            self.publish(&mut group, &seqs);
+            if let Some(state) = snapshot {
+                self.snapshot(state, head);
             }
-            self.commit_or_retry(&mut group, &mut seqs);
-            group.clear();
         }
         if let Some(writing) = self.writing.take() {
             let _ = writing.join();
@@ -799,11 +927,10 @@ impl Writer {
     /// encoded here, into one buffer, rather than cloned: encoding is a single pass with no
     /// per-alert allocations, and the buffer goes back to the system when written, where a
     /// clone's many small blocks would stay with the allocator (RSS that never comes back).
-    fn snapshot(&mut self, state: Box<State>) {
+    fn snapshot(&mut self, state: Box<State>, seq: u64) {
         let Some(cfg) = self.snapshots.clone() else {
             return;
         };
-        let seq = self.log.next_seq().saturating_sub(1);
         if let Some(previous) = self.writing.take() {
             let _ = previous.join();
         }
@@ -813,7 +940,7 @@ impl Writer {
             tracing::warn!(error = %e, "snapshot skipped: read model does not encode");
             return;
         }
-        // The writer (and so ingest) waits for this: worth seeing next to "snapshot written".
+        // The publisher (and so ingest) waits for this: worth seeing next to "snapshot written".
         tracing::info!(
             bytes = view.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -842,74 +969,6 @@ impl Writer {
             Ok(handle) => self.writing = Some(handle),
             Err(e) => tracing::warn!(error = %e, "cannot start the snapshot thread"),
         }
-    }
-
-    /// Commits the group. A retryable failure (a full disk) answers the waiting callers 503
-    /// at once but keeps the facts — the engine already applied them, so the log must get
-    /// them too — and retries until they are written; meanwhile ingest is refused. Any other
-    /// failure stops the writer for good (fail-stop).
-    fn commit_or_retry(&mut self, group: &mut Vec<Batch>, seqs: &mut Vec<u64>) {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            seqs.clear();
-            match self.commit(group, seqs) {
-                Ok(()) => {
-                    if self.shared.log_full.swap(false, Ordering::SeqCst) {
-                        tracing::info!("event log writable again");
-                    }
-                    let snapshot = group.iter_mut().rev().find_map(|b| b.snapshot.take());
-                    self.publish(group, seqs);
-                    if let Some(state) = snapshot {
-                        self.snapshot(state);
-                    }
-                    return;
-                }
-                Err(WriteError::Log(e)) if e.is_retryable() => {
-                    if !self.shared.log_full.swap(true, Ordering::SeqCst) {
-                        tracing::error!(error = %e, "event log write failed; retrying, refusing ingest meanwhile");
-                    }
-                    self.shared.metrics.log_write_failures.inc();
-                    for batch in group.iter_mut() {
-                        for done in batch.replies.drain(..) {
-                            done.send(Err(PipelineError::LogFull));
-                        }
-                    }
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "event log write failed; refusing all further writes");
-                    self.shared.log_writable.store(false, Ordering::SeqCst);
-                    self.shared.metrics.log_writable.set(0);
-                    for batch in group.drain(..) {
-                        for done in batch.replies {
-                            done.send(Err(PipelineError::LogStopped(e.to_string())));
-                        }
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Appends every fact of the group and fsyncs once.
-    fn commit(&mut self, group: &[Batch], seqs: &mut Vec<u64>) -> Result<(), WriteError> {
-        let started = Instant::now();
-        let mut facts = 0;
-        for fact in group.iter().flat_map(|b| &b.facts) {
-            encode_record(fact, &mut self.buf)?;
-            seqs.push(self.log.append(&self.buf)?);
-            facts += 1;
-        }
-        if facts > 0 {
-            self.log.sync()?;
-            let m = &self.shared.metrics;
-            m.log_append_seconds
-                .observe(started.elapsed().as_secs_f64());
-            m.log_batch_facts.observe(facts as f64);
-            m.facts_appended.inc_by(facts as u64);
-        }
-        Ok(())
     }
 
     /// After durability: show, count, publish, acknowledge, in that order.
