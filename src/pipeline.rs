@@ -29,7 +29,7 @@ use crate::jslog::FactLog;
 use crate::metrics::Metrics;
 use crate::model::{Alert, Millis};
 use crate::rules::Rules;
-use crate::view::ReadModel;
+use crate::view::{PreparedAlert, ReadModel};
 
 /// Most commands the engine takes into one batch.
 const MAX_COMMANDS: usize = 512;
@@ -524,6 +524,9 @@ pub fn start(
 #[derive(Default)]
 struct Batch {
     facts: Vec<Fact>,
+    /// The views of the batch's `AlertReceived` facts, in order, built on the engine thread
+    /// (interning their strings is the largest part of showing a new alert).
+    received: Vec<PreparedAlert>,
     alerts: usize,
     replies: Vec<Done>,
     /// The engine's state right after this batch: once the batch is durable it pairs with
@@ -586,6 +589,14 @@ fn engine_loop(
         for cmd in cmds.drain(..) {
             run_command(&mut engine, cmd, &mut batch);
         }
+        batch.received = batch
+            .facts
+            .iter()
+            .filter_map(|fact| match fact {
+                Fact::AlertReceived { at, alert } => Some(PreparedAlert::new(alert, *at)),
+                _ => None,
+            })
+            .collect();
         if batch.facts.is_empty() && batch.replies.is_empty() {
             continue;
         }
@@ -976,11 +987,28 @@ impl Publisher {
         let mut touched = Vec::new();
         {
             let mut view = self.shared.view.write().unwrap_or_else(|e| e.into_inner());
+            let received: Vec<PreparedAlert> = group
+                .iter_mut()
+                .flat_map(|b| std::mem::take(&mut b.received))
+                .collect();
+            let mut received = received.into_iter().peekable();
             let facts = group.iter_mut().flat_map(|b| &mut b.facts).zip(seqs);
             for (fact, &seq) in facts {
-                // A received alert's strings move into the view; that fact is never
-                // published (it changes no incident), so nothing below reads them.
-                touched.push(view.apply_owned(seq, fact));
+                let touched_by = match fact {
+                    Fact::AlertReceived { at, alert }
+                        if received
+                            .peek()
+                            .is_some_and(|r| r.fingerprint() == alert.fingerprint) =>
+                    {
+                        if let Some(prepared) = received.next() {
+                            view.apply_received(seq, *at, prepared);
+                        }
+                        None
+                    }
+                    // Not prepared (cannot happen): the view takes the alert's strings.
+                    _ => view.apply_owned(seq, fact),
+                };
+                touched.push(touched_by);
             }
             self.shared
                 .metrics

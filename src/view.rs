@@ -28,10 +28,19 @@ pub use sym::Sym;
 /// without a table handed around. Strings are never freed: the read model keeps every alert
 /// for the life of the process anyway. Symbols never reach output or snapshots (snapshots
 /// write the text), so their numbering does not matter.
+///
+/// Reading a symbol's text takes no lock: texts sit in fixed-size chunks that never move
+/// once allocated, so rendering a 10k-alert incident does not take 100k lock round trips and
+/// the table never stops the writer to copy itself. Lookup by text is split into shards by
+/// hash, each behind its own mutex: a shard that doubles rehashes 1/64 of the strings (one
+/// table of two million strings stalled the writer for a measurable fraction of a second
+/// when it doubled).
 mod sym {
     use std::fmt;
+    use std::hash::BuildHasher;
     use std::num::NonZeroU32;
-    use std::sync::{LazyLock, RwLock};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{LazyLock, Mutex, OnceLock};
 
     use hashbrown::HashTable;
 
@@ -40,111 +49,91 @@ mod sym {
     #[derive(Clone, Copy, PartialEq, Eq, Hash)]
     pub struct Sym(NonZeroU32);
 
+    const CHUNK_BITS: u32 = 16;
+    const CHUNK: usize = 1 << CHUNK_BITS;
+    /// 2^28 strings in all; past that, new strings read as empty rather than fail.
+    const CHUNKS: usize = 1 << 12;
+    const MAX: u32 = (CHUNK * CHUNKS) as u32;
+    const SHARDS: usize = 64;
+
+    /// `CHUNK` texts, each set once.
+    type Chunk = Box<[OnceLock<&'static str>]>;
+
     struct Table {
-        strs: Vec<&'static str>,
-        /// Symbols by the hash of their text (4 bytes a slot; the text is in `strs`).
-        ids: HashTable<Sym>,
+        /// Texts by symbol; a chunk is allocated when the first of its symbols is.
+        chunks: Box<[OnceLock<Chunk>]>,
+        /// Symbols handed out so far.
+        len: AtomicU32,
+        /// Symbols by the hash of their text (4 bytes a slot; the text is in `chunks`).
+        shards: Box<[Mutex<HashTable<Sym>>]>,
+        /// Seeded per process: label values are the pushers' choice, collisions must not be.
+        hasher: foldhash::fast::RandomState,
     }
 
-    static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(|| {
-        RwLock::new(Table {
-            strs: Vec::new(),
-            ids: HashTable::new(),
-        })
+    static TABLE: LazyLock<Table> = LazyLock::new(|| Table {
+        chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
+        len: AtomicU32::new(0),
+        shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
+        hasher: foldhash::fast::RandomState::default(),
     });
 
-    /// A fast non-cryptographic string hash (Fx rounds, splitmix finish): the keys are
-    /// ours, not an attacker's choice of collisions against a per-process table worth more
-    /// than SipHash's cost per string on the writer thread.
     fn hash(s: &str) -> u64 {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut h = s.len() as u64;
-        let mut chunks = s.as_bytes().chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        }
-        let mut w = [0u8; 8];
-        let rest = chunks.remainder();
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h ^ (h >> 32)
+        TABLE.hasher.hash_one(s)
     }
 
     fn index(sym: Sym) -> usize {
         sym.0.get() as usize - 1
     }
 
-    impl Table {
-        fn find(&self, s: &str, h: u64) -> Option<Sym> {
-            let strs = &self.strs;
-            self.ids
-                .find(h, |&sym| strs.get(index(sym)).is_some_and(|t| *t == s))
-                .copied()
-        }
-
-        fn insert(&mut self, s: &'static str, h: u64) -> Sym {
-            let Ok(n) = u32::try_from(self.strs.len()) else {
-                // Four billion distinct strings: reuse the last rather than fail.
-                return Sym(NonZeroU32::MAX);
-            };
-            let sym = Sym(NonZeroU32::MIN.saturating_add(n));
-            self.strs.push(s);
-            let strs = &self.strs;
-            self.ids
-                .insert_unique(h, sym, |&sym| strs.get(index(sym)).map_or(0, |t| hash(t)));
-            sym
-        }
+    fn text(sym: Sym) -> Option<&'static str> {
+        let i = index(sym);
+        let chunk = TABLE.chunks.get(i >> CHUNK_BITS)?.get()?;
+        chunk.get(i & (CHUNK - 1))?.get().copied()
     }
 
-    fn table_read() -> std::sync::RwLockReadGuard<'static, Table> {
-        TABLE.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn table_write() -> std::sync::RwLockWriteGuard<'static, Table> {
-        TABLE.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Interns several strings under one lock: the writer thread builds a view from a dozen
-    /// at a time. Nothing may read a symbol's text while this is held (same lock).
-    pub struct Batch(std::sync::RwLockWriteGuard<'static, Table>);
-
-    impl Batch {
-        pub fn lock() -> Batch {
-            Batch(table_write())
+    /// Finds `text`, or makes it a new symbol, keeping the buffer of an owned `text`.
+    fn intern<S: AsRef<str> + Into<Box<str>>>(text_in: S) -> Sym {
+        let s = text_in.as_ref();
+        let h = hash(s);
+        // Bits hashbrown uses for neither the bucket (low) nor the tag (top 7).
+        let shard = &TABLE.shards[(h >> 32) as usize % SHARDS];
+        let mut ids = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&sym) = ids.find(h, |&sym| text(sym) == Some(s)) {
+            return sym;
         }
-
-        /// Interns `s`, copying it only if it is new.
-        pub fn str(&mut self, s: &str) -> Sym {
-            let h = hash(s);
-            if let Some(sym) = self.0.find(s, h) {
-                return sym;
+        let Ok(n) = TABLE
+            .len
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX).then_some(n + 1)
+            })
+        else {
+            return Sym(NonZeroU32::MAX);
+        };
+        let sym = Sym(NonZeroU32::MIN.saturating_add(n));
+        let i = n as usize;
+        if let Some(chunk) = TABLE.chunks.get(i >> CHUNK_BITS) {
+            let chunk = chunk.get_or_init(|| (0..CHUNK).map(|_| OnceLock::new()).collect());
+            if let Some(slot) = chunk.get(i & (CHUNK - 1)) {
+                let _ = slot.set(Box::leak(text_in.into()));
             }
-            let text: &'static str = Box::leak(Box::from(s));
-            self.0.insert(text, h)
         }
-
-        /// Interns `s`, keeping its buffer if it is new.
-        pub fn string(&mut self, s: String) -> Sym {
-            let h = hash(&s);
-            if let Some(sym) = self.0.find(&s, h) {
-                return sym;
-            }
-            let text: &'static str = Box::leak(s.into_boxed_str());
-            self.0.insert(text, h)
-        }
+        ids.insert_unique(h, sym, |&sym| text(sym).map_or(0, hash));
+        sym
     }
 
     impl Sym {
         /// Interns `s`, copying it only if it is new.
         pub fn new(s: &str) -> Sym {
-            Batch::lock().str(s)
+            intern(s)
+        }
+
+        /// Interns `s`, keeping its buffer if it is new.
+        pub fn from_string(s: String) -> Sym {
+            intern(s)
         }
 
         pub fn as_str(self) -> &'static str {
-            table_read().strs.get(index(self)).copied().unwrap_or("")
+            text(self).unwrap_or("")
         }
 
         /// The number snapshots write for this symbol (1-based position in the table).
@@ -154,10 +143,12 @@ mod sym {
     }
 
     /// Calls `f` with every interned string in symbol order (position `i` is raw symbol
-    /// `i + 1`), under one read lock.
+    /// `i + 1`).
     pub(super) fn each(mut f: impl FnMut(&str)) {
-        for s in table_read().strs.iter() {
-            f(s);
+        for n in 0..TABLE.len.load(Ordering::Acquire) {
+            f(NonZeroU32::new(n + 1)
+                .and_then(|n| text(Sym(n)))
+                .unwrap_or(""));
         }
     }
 
@@ -176,6 +167,40 @@ mod sym {
     impl serde::Serialize for Sym {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             s.serialize_str(self.as_str())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::Sym;
+
+        #[test]
+        fn interning_finds_the_same_symbol_from_any_thread() {
+            let words: Vec<String> = (0..20_000).map(|i| format!("sym-test-{i}")).collect();
+            let mine: Vec<Sym> = words.iter().map(|w| Sym::new(w)).collect();
+            let theirs = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            words
+                                .iter()
+                                .map(|w| Sym::from_string(w.clone()))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("no panic"))
+                    .collect::<Vec<_>>()
+            });
+            for t in theirs {
+                assert_eq!(t, mine);
+            }
+            for (w, s) in words.iter().zip(&mine) {
+                assert_eq!(s.as_str(), w);
+            }
+            assert_ne!(Sym::new("sym-test-a"), Sym::new("sym-test-b"));
         }
     }
 }
@@ -213,12 +238,11 @@ pub struct AlertView {
 
 impl AlertView {
     fn new(alert: &Alert, at: Millis) -> AlertView {
-        let mut t = sym::Batch::lock();
         let pairs = alert
             .labels
             .iter()
             .chain(&alert.annotations)
-            .map(|(k, v)| (t.str(k), t.str(v)))
+            .map(|(k, v)| (Sym::new(k), Sym::new(v)))
             .collect();
         AlertView {
             fingerprint: alert.fingerprint,
@@ -228,12 +252,12 @@ impl AlertView {
             ends_at: alert.ends_at,
             pairs,
             n_labels: u32::try_from(alert.labels.len()).unwrap_or(u32::MAX),
-            dedup_key: alert.dedup_key.as_deref().map(|s| t.str(s)),
-            source: t.str(&alert.source),
-            name: t.str(&alert.name),
-            ci: alert.ci.as_deref().map(|s| t.str(s)),
-            reason: t.str(""),
-            summary: alert.summary.as_deref().map(|s| t.str(s)),
+            dedup_key: alert.dedup_key.as_deref().map(Sym::new),
+            source: Sym::new(&alert.source),
+            name: Sym::new(&alert.name),
+            ci: alert.ci.as_deref().map(Sym::new),
+            reason: Sym::new(""),
+            summary: alert.summary.as_deref().map(Sym::new),
             suppressed: None,
             suppressed_by: None,
             severity: alert.severity,
@@ -248,11 +272,10 @@ impl AlertView {
         let labels = std::mem::take(&mut alert.labels);
         let annotations = std::mem::take(&mut alert.annotations);
         let n_labels = u32::try_from(labels.len()).unwrap_or(u32::MAX);
-        let mut t = sym::Batch::lock();
         let pairs = labels
             .into_iter()
             .chain(annotations)
-            .map(|(k, v)| (t.string(k), t.string(v)))
+            .map(|(k, v)| (Sym::from_string(k), Sym::from_string(v)))
             .collect();
         AlertView {
             fingerprint: alert.fingerprint,
@@ -262,12 +285,12 @@ impl AlertView {
             ends_at: alert.ends_at,
             pairs,
             n_labels,
-            dedup_key: alert.dedup_key.take().map(|s| t.string(s)),
-            source: t.string(std::mem::take(&mut alert.source)),
-            name: t.string(std::mem::take(&mut alert.name)),
-            ci: alert.ci.take().map(|s| t.string(s)),
-            reason: t.str(""),
-            summary: alert.summary.take().map(|s| t.string(s)),
+            dedup_key: alert.dedup_key.take().map(Sym::from_string),
+            source: Sym::from_string(std::mem::take(&mut alert.source)),
+            name: Sym::from_string(std::mem::take(&mut alert.name)),
+            ci: alert.ci.take().map(Sym::from_string),
+            reason: Sym::new(""),
+            summary: alert.summary.take().map(Sym::from_string),
             suppressed: None,
             suppressed_by: None,
             severity: alert.severity,
@@ -792,6 +815,20 @@ enum Home {
     Attached(IncidentId, u32),
 }
 
+/// A received alert's view, built (its strings interned) before it reaches the read model,
+/// so that the thread owning the read model, the pipeline's busiest, only files it.
+pub struct PreparedAlert(Box<AlertView>);
+
+impl PreparedAlert {
+    pub fn new(alert: &Alert, at: Millis) -> PreparedAlert {
+        PreparedAlert(Box::new(AlertView::new(alert, at)))
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.0.fingerprint
+    }
+}
+
 /// All incident views, plus the bookkeeping to route alert facts to them. Cloneable, and
 /// encoded for snapshots by [`ReadModel::write_snapshot`].
 #[derive(Clone, Debug, Default)]
@@ -909,11 +946,16 @@ impl ReadModel {
             return self.apply(seq, fact);
         };
         let at = *at;
-        bump_source(&mut self.sources, &alert.source, at, (1, 1, 0, 0));
-        let view = AlertView::from_alert(alert, at);
-        self.homes
-            .insert(view.fingerprint, Home::Loose(Box::new(view)));
+        let view = PreparedAlert(Box::new(AlertView::from_alert(alert, at)));
+        self.apply_received(seq, at, view);
         None
+    }
+
+    /// Applies an `AlertReceived` fact (at `at`) whose view was prepared from its alert.
+    pub fn apply_received(&mut self, seq: u64, at: Millis, alert: PreparedAlert) {
+        self.last_seq = self.last_seq.max(seq);
+        bump_source(&mut self.sources, alert.0.source.as_str(), at, (1, 1, 0, 0));
+        self.homes.insert(alert.0.fingerprint, Home::Loose(alert.0));
     }
 
     fn alert_mut(&mut self, fp: &Fingerprint) -> Option<(&mut AlertView, Option<IncidentId>)> {
@@ -2026,14 +2068,11 @@ impl ReadModel {
         let open = usize::try_from(d.u64()?).map_err(|_| d.bad("open count"))?;
         let n = d.count(4)?;
         d.syms.reserve_exact(n);
-        let mut t = sym::Batch::lock();
         for _ in 0..n {
             let len = d.u32()? as usize;
             let text = std::str::from_utf8(d.take(len)?).map_err(|_| d.bad("string"))?;
-            let s = t.str(text);
-            d.syms.push(s);
+            d.syms.push(Sym::new(text));
         }
-        drop(t);
         let len = d.u32()? as usize;
         let small: SmallIn = serde_json::from_slice(d.take(len)?)?;
         let n = d.count(8)?;
