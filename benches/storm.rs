@@ -13,6 +13,7 @@
 //! cargo bench --bench storm -- raw-nats | alertmanager --batch 100
 //! cargo bench --bench storm -- memory --alerts 1000000
 //! cargo bench --bench storm -- restart --facts 10000000 --restart-snapshot false
+//! STORM_LOG=info STORM_KEEP=1 cargo bench --bench storm -- nats ...   # keep incidentd's log
 //! ```
 //!
 //! Latency: over HTTP, a 2xx answer is sent only after the alerts' facts are durable and the
@@ -261,7 +262,10 @@ async fn start_incidentd(
         .arg("serve")
         .arg("--config")
         .arg(&path)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("STORM_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(tmp.join("incidentd.log"))?)
         .spawn()?;
@@ -800,6 +804,84 @@ async fn counters(http: &Http) -> Res<Counters> {
     })
 }
 
+/// Cumulative bucket counts of incidentd's per-stage time histograms (`stage_seconds` by
+/// stage, plus `log_append` for the writer's write + fsync), keyed by stage then `le`.
+type StageBuckets = std::collections::BTreeMap<String, Vec<(f64, u64)>>;
+
+async fn stage_buckets(http: &Http) -> Res<StageBuckets> {
+    let r = http.get("/metrics").await?;
+    let text = String::from_utf8_lossy(&r.body);
+    let mut out = StageBuckets::new();
+    for line in text.lines() {
+        let (stage, rest) = if let Some(rest) = line.strip_prefix("incidentd_stage_seconds_bucket{")
+        {
+            let Some((stage, rest)) = rest
+                .strip_prefix("stage=\"")
+                .and_then(|r| r.split_once("\","))
+            else {
+                continue;
+            };
+            (stage.to_string(), rest)
+        } else if let Some(rest) = line.strip_prefix("incidentd_log_append_seconds_bucket{") {
+            ("log_append".to_string(), rest)
+        } else {
+            continue;
+        };
+        let Some((le, count)) = rest
+            .strip_prefix("le=\"")
+            .and_then(|r| r.split_once("\"} "))
+        else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse()?
+        };
+        out.entry(stage)
+            .or_default()
+            .push((le, count.trim().parse::<f64>()? as u64));
+    }
+    Ok(out)
+}
+
+/// One line per stage that ran between the two scrapes: how many batches, how many took
+/// over 3.2 and 12.8 ms, and the bucket of the slowest, so a latency tail can be laid at
+/// the door of the stage (or snapshot) that caused it.
+fn stage_note(before: &StageBuckets, after: &StageBuckets) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (stage, buckets) in after {
+        let base = |le: f64| {
+            before
+                .get(stage)
+                .and_then(|b| b.iter().find(|(l, _)| *l == le))
+                .map_or(0, |(_, c)| *c)
+        };
+        let delta: Vec<(f64, u64)> = buckets.iter().map(|&(le, c)| (le, c - base(le))).collect();
+        let total = delta.last().map_or(0, |&(_, c)| c);
+        if total == 0 {
+            continue;
+        }
+        let over = |ms: f64| {
+            total
+                - delta
+                    .iter()
+                    .find(|(le, _)| *le >= ms / 1e3)
+                    .map_or(total, |&(_, c)| c)
+        };
+        let max = delta
+            .iter()
+            .find(|&&(_, c)| c == total)
+            .map_or(f64::INFINITY, |&(le, _)| le * 1e3);
+        lines.push(format!(
+            "stage {stage}: {total} runs, {} over 3.2 ms, {} over 12.8 ms, slowest ≤ {max} ms",
+            over(3.2),
+            over(12.8)
+        ));
+    }
+    lines
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pacing
 
@@ -987,6 +1069,7 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
     };
     let pub_client = async_nats::connect(&url).await?;
     let base = counters(&d.base).await?;
+    let stages_before = stage_buckets(&d.base).await?;
     let before = (proc_stat(d.proc.pid()), proc_stat(nats.pid()));
     let pacer = Pacer::new(args.rate());
     let t0 = Instant::now();
@@ -1030,6 +1113,7 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
         },
         args.sample
     )];
+    notes.extend(stage_note(&stages_before, &stage_buckets(&d.base).await?));
     if c.outbound_dropped > base.outbound_dropped {
         notes.push(format!(
             "incidentd dropped {} outbound facts (publish queue full): probes may be missing",
@@ -1253,6 +1337,7 @@ async fn run_http_incidentd(
         Api::V1 => "/api/v1/alerts",
     };
     let base = counters(&d.base).await?;
+    let stages_before = stage_buckets(&d.base).await?;
     let before = proc_stat(d.proc.pid());
     let me_before = proc_stat(std::process::id());
     let (tally, hist, elapsed) = post_all(
@@ -1286,6 +1371,7 @@ async fn run_http_incidentd(
             c.received - base.received
         ));
     }
+    notes.extend(stage_note(&stages_before, &stage_buckets(&d.base).await?));
     notes.extend(tally.error_note());
     let without = tally.without_retry_after.load(Ordering::Relaxed);
     if without > 0 {
@@ -1632,7 +1718,14 @@ fn machine() -> String {
 
 async fn run(args: Args, mode: Mode) -> Res<()> {
     let tmp = tempfile::tempdir()?;
-    let tmp = tmp.path();
+    // `STORM_KEEP=1` keeps the data dirs and logs (with `STORM_LOG=info`, incidentd's
+    // snapshot timings) for a look after the run.
+    let tmp = if std::env::var_os("STORM_KEEP").is_some() {
+        tmp.keep()
+    } else {
+        tmp.path().to_path_buf()
+    };
+    let tmp = tmp.as_path();
     println!("machine: {}", machine());
     println!("args: {args:?}");
     let gen_ = Gen::new(args.cmdb)?;

@@ -2,8 +2,8 @@
 //! nothing is registered per alert.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric incidentd exports.
@@ -19,6 +19,9 @@ pub struct Metrics {
     /// Time to write and fsync one group-commit batch.
     pub log_append_seconds: Histogram,
     pub log_batch_facts: Histogram,
+    /// Time each pipeline thread holds one batch or group, by stage (`engine`, `publish`,
+    /// `snapshot_copy`, `snapshot_encode`): where a slow alert waited.
+    pub stage_seconds: HistogramVec,
     /// 1 while the event log accepts writes; 0 after a failed write or fsync (fail-stop).
     pub log_writable: IntGauge,
     /// Retryable event log write failures (a full disk); the batch is retried.
@@ -97,6 +100,18 @@ impl Metrics {
                 "Facts per group-commit batch.",
                 prometheus::exponential_buckets(1.0, 4.0, 10)?,
             )?,
+            stage_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "incidentd_stage_seconds",
+                        "Time a pipeline stage spends on one batch (engine) or commit group (publish), and the stop-the-world parts of a snapshot.",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 16)?),
+                    &["stage"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
             log_writable: gauge(
                 "incidentd_log_writable",
                 "1 while the event log accepts writes, 0 after a failed write or fsync.",

@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prometheus::{Histogram, HistogramVec};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::cmdb::{CmdbOp, CmdbSpec};
@@ -483,9 +484,10 @@ pub fn start(
     let (batch_tx, batch_rx) = std_mpsc::sync_channel(WRITER_QUEUE);
     shared.stream.start_at(log.next_seq().saturating_sub(1));
     let every = snapshots.as_ref().map_or(0, |s| s.every_facts);
+    let stages = shared.metrics.stage_seconds.clone();
     let engine = std::thread::Builder::new()
         .name("incidentd-engine".into())
-        .spawn(move || engine_loop(engine, rx, batch_tx, every))?;
+        .spawn(move || engine_loop(engine, rx, batch_tx, every, &stages))?;
     let (group_tx, group_rx) = std_mpsc::sync_channel(PUBLISH_QUEUE);
     let writer = Writer {
         log,
@@ -496,6 +498,7 @@ pub fn start(
         .name("incidentd-writer".into())
         .spawn(move || writer.run(batch_rx, group_tx))?;
     let publisher = Publisher {
+        publish_seconds: shared.metrics.stage_seconds.with_label_values(&["publish"]),
         shared,
         outbound,
         snapshots,
@@ -573,10 +576,14 @@ fn engine_loop(
     mut rx: mpsc::Receiver<Command>,
     writer: std_mpsc::SyncSender<Batch>,
     snapshot_every: u64,
+    stages: &HistogramVec,
 ) {
+    let engine_seconds = stages.with_label_values(&["engine"]);
+    let copy_seconds = stages.with_label_values(&["snapshot_copy"]);
     let mut cmds = Vec::with_capacity(MAX_COMMANDS);
     let mut since_snapshot = 0u64;
     while let Some(first) = rx.blocking_recv() {
+        let started = Instant::now();
         let mut alerts = command_alerts(&first);
         cmds.push(first);
         while cmds.len() < MAX_COMMANDS && alerts < MAX_ALERTS {
@@ -612,9 +619,12 @@ fn engine_loop(
             snapshot_every
         };
         if snapshot_every > 0 && since_snapshot >= due {
+            let copying = Instant::now();
             batch.snapshot = Some(Box::new(engine.state().clone()));
+            copy_seconds.observe(copying.elapsed().as_secs_f64());
             since_snapshot = 0;
         }
+        engine_seconds.observe(started.elapsed().as_secs_f64());
         if writer.send(batch).is_err() {
             tracing::error!("log writer is gone; engine stops");
             return;
@@ -911,6 +921,7 @@ struct Publisher {
     snapshots: Option<SnapshotConfig>,
     /// The snapshot being written in the background, if any.
     writing: Option<JoinHandle<()>>,
+    publish_seconds: Histogram,
 }
 
 impl Publisher {
@@ -923,7 +934,10 @@ impl Publisher {
         {
             // Only a group's last batch carries a snapshot (see `Writer::run`).
             let snapshot = group.last_mut().and_then(|b| b.snapshot.take());
+            let started = Instant::now();
             self.publish(&mut group, &seqs);
+            self.publish_seconds
+                .observe(started.elapsed().as_secs_f64());
             if let Some(state) = snapshot {
                 self.snapshot(state, head);
             }
@@ -952,6 +966,11 @@ impl Publisher {
             return;
         }
         // The publisher (and so ingest) waits for this: worth seeing next to "snapshot written".
+        self.shared
+            .metrics
+            .stage_seconds
+            .with_label_values(&["snapshot_encode"])
+            .observe(started.elapsed().as_secs_f64());
         tracing::info!(
             bytes = view.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -598,12 +598,66 @@ pub struct IncidentView {
     services: Vec<Sym>,
     pub merged_into: Option<IncidentId>,
     pub alerts: Vec<AlertView>,
+    /// Firing members and members per severity, kept as `alerts` changes: the board and the
+    /// live stream show them for every touched incident after every commit group, which a
+    /// scan of a 100k-alert incident would make cost 100k steps each time.
+    tally: Tally,
     pub opened_at: Millis,
     pub updated_at: Millis,
     pub resolved_at: Option<Millis>,
     acknowledged_by: Option<Sym>,
     resolved_by: Option<Sym>,
     pub timeline: Vec<TimelineEntry>,
+}
+
+/// Counts over an incident's `alerts` (every copy, as the scan they replace counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    firing: u32,
+    /// Members per severity, indexed by `Severity as usize` (least severe first).
+    by_severity: [u32; 5],
+}
+
+impl Tally {
+    /// Severities from the most severe down, matching `by_severity`'s indices reversed.
+    const WORST_FIRST: [Severity; 5] = [
+        Severity::Critical,
+        Severity::Major,
+        Severity::Minor,
+        Severity::Warning,
+        Severity::Info,
+    ];
+
+    fn of(alerts: &[AlertView]) -> Tally {
+        let mut t = Tally::default();
+        for a in alerts {
+            t.add(a);
+        }
+        t
+    }
+
+    fn add(&mut self, a: &AlertView) {
+        self.firing += u32::from(a.status == Status::Firing);
+        self.by_severity[a.severity as usize] += 1;
+    }
+
+    fn remove(&mut self, a: &AlertView) {
+        self.firing -= u32::from(a.status == Status::Firing);
+        self.by_severity[a.severity as usize] -= 1;
+    }
+
+    fn absorb(&mut self, other: Tally) {
+        self.firing += other.firing;
+        for (n, m) in self.by_severity.iter_mut().zip(other.by_severity) {
+            *n += m;
+        }
+    }
+
+    fn worst(&self) -> Option<Severity> {
+        Self::WORST_FIRST
+            .into_iter()
+            .find(|&s| self.by_severity[s as usize] > 0)
+    }
 }
 
 impl IncidentView {
@@ -672,12 +726,8 @@ impl IncidentView {
     pub fn summary<'a>(&'a self, topology: &'a Topology) -> IncidentSummary<'a> {
         IncidentSummary {
             head: self.head(topology),
-            firing_count: self
-                .alerts
-                .iter()
-                .filter(|a| a.status == Status::Firing)
-                .count(),
-            severity: self.alerts.iter().map(|a| a.severity).max(),
+            firing_count: self.tally.firing as usize,
+            severity: self.tally.worst(),
             tail: self.tail(),
             timeline_count: self.timeline.len(),
         }
@@ -958,13 +1008,21 @@ impl ReadModel {
         self.homes.insert(alert.0.fingerprint, Home::Loose(alert.0));
     }
 
-    fn alert_mut(&mut self, fp: &Fingerprint) -> Option<(&mut AlertView, Option<IncidentId>)> {
+    /// Changes an alert's current copy through `f`, keeping its incident's tally true.
+    fn change_alert<R>(
+        &mut self,
+        fp: &Fingerprint,
+        f: impl FnOnce(&mut AlertView) -> R,
+    ) -> Option<(R, Option<IncidentId>)> {
         match self.homes.get_mut(fp)? {
-            Home::Loose(view) => Some((view, None)),
+            Home::Loose(view) => Some((f(view), None)),
             Home::Attached(id, idx) => {
                 let inc = self.incidents.get_mut(id)?;
-                let id = inc.id;
-                inc.alerts.get_mut(*idx as usize).map(|v| (v, Some(id)))
+                let view = inc.alerts.get_mut(*idx as usize)?;
+                inc.tally.remove(view);
+                let r = f(view);
+                inc.tally.add(view);
+                Some((r, Some(inc.id)))
             }
         }
     }
@@ -990,11 +1048,12 @@ impl ReadModel {
                 ends_at,
                 ..
             } => {
-                let (view, id) = self.alert_mut(fingerprint)?;
-                view.count += count;
-                view.last_seen = view.last_seen.max(at);
-                view.severity = *severity;
-                view.ends_at = *ends_at;
+                let ((), id) = self.change_alert(fingerprint, |view| {
+                    view.count += count;
+                    view.last_seen = view.last_seen.max(at);
+                    view.severity = *severity;
+                    view.ends_at = *ends_at;
+                })?;
                 id
             }
             Fact::AlertResolved {
@@ -1003,14 +1062,16 @@ impl ReadModel {
                 reason,
                 ..
             } => {
-                let (view, id) = self.alert_mut(fingerprint)?;
-                view.status = Status::Resolved;
-                view.ends_at = Some(*ends_at);
-                note = Some(Note::Resolved {
-                    who: view.who(),
-                    name: view.name,
-                    reason: Sym::new(reason),
-                });
+                let (resolved, id) = self.change_alert(fingerprint, |view| {
+                    view.status = Status::Resolved;
+                    view.ends_at = Some(*ends_at);
+                    Note::Resolved {
+                        who: view.who(),
+                        name: view.name,
+                        reason: Sym::new(reason),
+                    }
+                })?;
+                note = Some(resolved);
                 id
             }
             Fact::AlertRefired {
@@ -1019,16 +1080,18 @@ impl ReadModel {
                 ends_at,
                 ..
             } => {
-                let (view, id) = self.alert_mut(fingerprint)?;
-                view.status = Status::Firing;
-                view.count += 1;
-                view.last_seen = view.last_seen.max(at);
-                view.severity = *severity;
-                view.ends_at = *ends_at;
-                note = Some(Note::Refired {
-                    who: view.who(),
-                    name: view.name,
-                });
+                let (refired, id) = self.change_alert(fingerprint, |view| {
+                    view.status = Status::Firing;
+                    view.count += 1;
+                    view.last_seen = view.last_seen.max(at);
+                    view.severity = *severity;
+                    view.ends_at = *ends_at;
+                    Note::Refired {
+                        who: view.who(),
+                        name: view.name,
+                    }
+                })?;
+                note = Some(refired);
                 id
             }
             Fact::IncidentOpened {
@@ -1051,6 +1114,7 @@ impl ReadModel {
                         services: Vec::new(),
                         merged_into: None,
                         alerts: Vec::new(),
+                        tally: Tally::default(),
                         opened_at: at,
                         updated_at: at,
                         resolved_at: None,
@@ -1085,6 +1149,7 @@ impl ReadModel {
                 }
                 self.homes
                     .insert(*fingerprint, Home::Attached(*incident, idx));
+                inc.tally.add(&view);
                 inc.alerts.push(*view);
                 Some(*incident)
             }
@@ -1202,9 +1267,10 @@ impl ReadModel {
                 reason,
                 ..
             } => {
-                let (view, id) = self.alert_mut(fingerprint)?;
-                view.suppressed = Some(Sym::new(reason));
-                view.suppressed_by = Some(Sym::new(by));
+                let ((), id) = self.change_alert(fingerprint, |view| {
+                    view.suppressed = Some(Sym::new(reason));
+                    view.suppressed_by = Some(Sym::new(by));
+                })?;
                 id
             }
             Fact::AlertFlapping {
@@ -1212,13 +1278,15 @@ impl ReadModel {
                 reason,
                 ..
             } => {
-                let (view, id) = self.alert_mut(fingerprint)?;
-                view.flapping = true;
-                note = Some(Note::Flapping {
-                    who: view.who(),
-                    name: view.name,
-                    reason: Sym::new(reason),
-                });
+                let (flapping, id) = self.change_alert(fingerprint, |view| {
+                    view.flapping = true;
+                    Note::Flapping {
+                        who: view.who(),
+                        name: view.name,
+                        reason: Sym::new(reason),
+                    }
+                })?;
+                note = Some(flapping);
                 id
             }
             Fact::ImpactChanged {
@@ -1240,8 +1308,11 @@ impl ReadModel {
                 into, from, reason, ..
             } => {
                 let reason = Sym::new(reason);
-                let mut gone = std::mem::take(&mut self.incidents.get_mut(from)?.alerts);
+                let source = self.incidents.get_mut(from)?;
+                let mut gone = std::mem::take(&mut source.alerts);
+                let moved = std::mem::take(&mut source.tally);
                 let target = self.incidents.get_mut(into)?;
+                target.tally.absorb(moved);
                 target.alerts.reserve(gone.len());
                 for view in gone.drain(..) {
                     let idx = u32::try_from(target.alerts.len()).unwrap_or(u32::MAX);
@@ -1985,6 +2056,7 @@ impl<'a> Dec<'a> {
             root_idx,
             services,
             merged_into,
+            tally: Tally::of(&alerts),
             alerts,
             opened_at,
             updated_at,
@@ -2177,12 +2249,24 @@ mod tests {
         assert!(list_doc.get("timeline").is_none());
     }
 
+    /// Each incident's running tally equals a count over its members.
+    fn assert_tallies(model: &ReadModel) {
+        for inc in model.incidents.values() {
+            assert_eq!(inc.tally, Tally::of(&inc.alerts), "tally of {}", inc.id);
+        }
+    }
+
     /// Everything a reader can see of a model, as JSON.
     fn rendered(model: &ReadModel) -> serde_json::Value {
         let incidents: Vec<serde_json::Value> = model
             .incidents
             .values()
             .map(|i| serde_json::to_value(i.doc(&model.topology, true)).expect("doc"))
+            .collect();
+        let summaries: Vec<serde_json::Value> = model
+            .incidents
+            .values()
+            .map(|i| serde_json::to_value(i.summary(&model.topology)).expect("summary"))
             .collect();
         let current: Vec<serde_json::Value> = model
             .current_alerts()
@@ -2191,6 +2275,7 @@ mod tests {
             .collect();
         serde_json::json!({
             "incidents": incidents,
+            "summaries": summaries,
             "current": current,
             "sources": model.sources,
             "silences": model.silences,
@@ -2254,10 +2339,19 @@ mod tests {
                 .is_some_and(|i| i.timeline.len() > 8)
         );
         assert_eq!(model.suppressed_keys().len(), 1);
+        assert_tallies(&model);
+        let merged = model.get(IncidentId(1)).expect("incident 1");
+        let summary = serde_json::to_value(merged.summary(&model.topology)).expect("summary");
+        assert_eq!(
+            (&summary["firing_count"], &summary["severity"]),
+            (&serde_json::json!(3), &serde_json::json!("critical")),
+            "LinkDown, PortFlap resolved and refired, one merged in: {summary}"
+        );
 
         let mut bytes = Vec::new();
         model.write_snapshot(&mut bytes).expect("encode");
         let back = ReadModel::read_snapshot(&bytes).expect("decode");
+        assert_tallies(&back);
         assert_eq!(rendered(&back), rendered(&model));
         assert!(
             rendered(&model)["incidents"][0]["timeline"]
