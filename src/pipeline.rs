@@ -948,10 +948,11 @@ impl Publisher {
     }
 
     /// Writes a snapshot of `state` and the read model (both as of the last durable fact) in
-    /// the background, so ingest does not wait for it; one at a time. The read model is
-    /// encoded here, into one buffer, rather than cloned: encoding is a single pass with no
-    /// per-alert allocations, and the buffer goes back to the system when written, where a
-    /// clone's many small blocks would stay with the allocator (RSS that never comes back).
+    /// the background, so ingest does not wait for it; one at a time. The read model's
+    /// incidents and alerts are encoded here, into one buffer, rather than cloned: encoding
+    /// is a single pass with no per-alert allocations, and the buffer goes back to the
+    /// system when written, where a clone's many small blocks would stay with the allocator
+    /// (RSS that never comes back). Its strings and CMDB are written in the background.
     fn snapshot(&mut self, state: Box<State>, seq: u64) {
         let Some(cfg) = self.snapshots.clone() else {
             return;
@@ -960,11 +961,13 @@ impl Publisher {
             let _ = previous.join();
         }
         let started = Instant::now();
-        let mut view = Vec::new();
-        if let Err(e) = self.shared.view().write_snapshot(&mut view) {
-            tracing::warn!(error = %e, "snapshot skipped: read model does not encode");
-            return;
-        }
+        let view = match self.shared.view().snapshot() {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot skipped: read model does not encode");
+                return;
+            }
+        };
         // The publisher (and so ingest) waits for this: worth seeing next to "snapshot written".
         self.shared
             .metrics
@@ -972,7 +975,7 @@ impl Publisher {
             .with_label_values(&["snapshot_encode"])
             .observe(started.elapsed().as_secs_f64());
         tracing::info!(
-            bytes = view.len(),
+            bytes = view.body().len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "read model encoded for a snapshot"
         );

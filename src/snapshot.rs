@@ -10,7 +10,7 @@
 //! ```text
 //! magic "INCDSNAP" | version u32 | seq u64 | state_len u64 | view_len u64
 //! | state_crc u32 | view_crc u32 | header_crc u32      (CRC32C of the 48 bytes before it)
-//! | state section (engine::snapshot_codec) | view section (ReadModel::write_snapshot)
+//! | state section (engine::snapshot_codec) | view section (ReadModel::snapshot)
 //! ```
 //!
 //! Two sections with their own checksums so that both are encoded, checked and decoded on two
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::State;
 use crate::engine::snapshot_codec::{self, CodecError};
-use crate::view::{ReadModel, ViewSnapshotError};
+use crate::view::{ReadModel, ViewSnapshot, ViewSnapshotError};
 
 /// Current snapshot format; others are ignored (the log is replayed instead).
 pub const SNAPSHOT_VERSION: u32 = 2;
@@ -125,27 +125,34 @@ fn both<A: Send, B: Send>(
     })
 }
 
-fn header(seq: u64, state: &[u8], view: &[u8]) -> [u8; HEADER_LEN] {
+fn header(seq: u64, state: &[u8], view: &[&[u8]]) -> [u8; HEADER_LEN] {
+    let view_len: usize = view.iter().map(|p| p.len()).sum();
+    let view_crc = view.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p));
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     h[12..20].copy_from_slice(&seq.to_le_bytes());
     h[20..28].copy_from_slice(&(state.len() as u64).to_le_bytes());
-    h[28..36].copy_from_slice(&(view.len() as u64).to_le_bytes());
+    h[28..36].copy_from_slice(&(view_len as u64).to_le_bytes());
     h[36..40].copy_from_slice(&crc32c::crc32c(state).to_le_bytes());
-    h[40..44].copy_from_slice(&crc32c::crc32c(view).to_le_bytes());
+    h[40..44].copy_from_slice(&view_crc.to_le_bytes());
     let crc = crc32c::crc32c(&h[..48]);
     h[48..52].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Writes a snapshot durably and removes all but the newest `KEEP`. `view` is the read-model
-/// section as [`ReadModel::write_snapshot`] encoded it.
-pub fn write(dir: &Path, seq: u64, state: &State, view: &[u8]) -> Result<PathBuf, SnapshotError> {
+/// Writes a snapshot durably and removes all but the newest `KEEP`. `view` is the read
+/// model's part, as [`ReadModel::snapshot`] took it.
+pub fn write(
+    dir: &Path,
+    seq: u64,
+    state: &State,
+    view: &ViewSnapshot,
+) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(file_name(seq));
     let tmp = dir.join(format!("{}.tmp", file_name(seq)));
-    // The read model arrives encoded: the writer thread encodes it instead of cloning it.
+    // The read model arrives encoded (its incidents by the publisher, the rest here).
     let mut state_bytes = Vec::new();
     snapshot_codec::write_state(state, &mut state_bytes).map_err(|source| {
         SnapshotError::State {
@@ -153,11 +160,18 @@ pub fn write(dir: &Path, seq: u64, state: &State, view: &[u8]) -> Result<PathBuf
             source,
         }
     })?;
-    let head = header(seq, &state_bytes, view);
+    let view_head = view.head().map_err(|source| SnapshotError::View {
+        path: tmp.clone(),
+        source,
+    })?;
+    let view = [&view_head[..], view.body()];
+    let head = header(seq, &state_bytes, &view);
     let mut file = File::create(&tmp).map_err(io(&tmp))?;
     file.write_all(&head).map_err(io(&tmp))?;
     file.write_all(&state_bytes).map_err(io(&tmp))?;
-    file.write_all(view).map_err(io(&tmp))?;
+    for part in view {
+        file.write_all(part).map_err(io(&tmp))?;
+    }
     file.sync_all().map_err(io(&tmp))?;
     drop(file);
     fs::rename(&tmp, &path).map_err(io(&path))?;
@@ -286,10 +300,7 @@ mod tests {
         let mut state = State::default();
         state.now = 42;
         state.rules_hash = "abc".into();
-        let mut view = Vec::new();
-        ReadModel::default()
-            .write_snapshot(&mut view)
-            .expect("encode view");
+        let view = ReadModel::default().snapshot().expect("encode view");
         let path = write(dir, 7, &state, &view).expect("write");
         let loaded = load_latest(dir).expect("load").expect("a snapshot");
         assert_eq!((loaded.seq, &loaded.state), (7, &state));

@@ -11,6 +11,7 @@
 //! parts of their text and render it when asked.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
@@ -142,10 +143,15 @@ mod sym {
         }
     }
 
-    /// Calls `f` with every interned string in symbol order (position `i` is raw symbol
-    /// `i + 1`).
-    pub(super) fn each(mut f: impl FnMut(&str)) {
-        for n in 0..TABLE.len.load(Ordering::Acquire) {
+    /// Symbols handed out so far: a snapshot's views refer to none beyond.
+    pub(super) fn count() -> u32 {
+        TABLE.len.load(Ordering::Acquire)
+    }
+
+    /// Calls `f` with the first `count` interned strings in symbol order (position `i` is
+    /// raw symbol `i + 1`). Symbols only ever get added, so these never change.
+    pub(super) fn each(count: u32, mut f: impl FnMut(&str)) {
+        for n in 0..count {
             f(NonZeroU32::new(n + 1)
                 .and_then(|n| text(Sym(n)))
                 .unwrap_or(""));
@@ -884,8 +890,9 @@ impl PreparedAlert {
 #[derive(Clone, Debug, Default)]
 pub struct ReadModel {
     incidents: BTreeMap<IncidentId, IncidentView>,
-    /// The CMDB as the durable facts describe it (owner groups, the CMDB API).
-    pub topology: Topology,
+    /// The CMDB as the durable facts describe it (owner groups, the CMDB API). Shared with
+    /// snapshots being written, copied only when a CMDB change meets one in flight.
+    pub topology: Arc<Topology>,
     /// Silences by id, for the Alertmanager API.
     pub silences: BTreeMap<String, Silence>,
     /// Per sender, so a NOC sees a noisy or broken one at once.
@@ -1351,7 +1358,7 @@ impl ReadModel {
                 Some(*into)
             }
             Fact::CmdbChanged { ops, .. } => {
-                self.topology.apply(ops);
+                Arc::make_mut(&mut self.topology).apply(ops);
                 None
             }
             Fact::SilenceCreated { silence, .. } => {
@@ -2068,26 +2075,33 @@ impl<'a> Dec<'a> {
     }
 }
 
-impl ReadModel {
-    /// Appends this read model's snapshot encoding to `out`: a compact binary form of the
-    /// views (the interned strings once, then fixed-size records referring to them), so the
-    /// writer thread can encode it in one pass instead of cloning the model. The encoding is
-    /// this module's own; the snapshot file around it carries the file version.
-    pub fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), ViewSnapshotError> {
-        // About what an alert takes (view, timeline entry, home, its own strings): growing
-        // the buffer by doubling would copy it several times while the writer waits.
-        out.reserve(self.homes.len().saturating_mul(256));
-        let mut e = Enc(out);
+/// A read model's snapshot, split by what must be encoded while the model stands still and
+/// what need not. The incidents and alert homes change with the next commit group, so
+/// [`ReadModel::snapshot`] encodes them at once; the interned strings (append-only: the
+/// first `strings` symbols never change), the CMDB (shared, copied on write) and the small
+/// maps are written by [`ViewSnapshot::head`] on the snapshot thread.
+pub struct ViewSnapshot {
+    last_seq: u64,
+    open: u64,
+    strings: u32,
+    topology: Arc<Topology>,
+    silences: BTreeMap<String, Silence>,
+    sources: BTreeMap<String, SourceStats>,
+    body: Vec<u8>,
+}
+
+impl ViewSnapshot {
+    /// The section's bytes before [`ViewSnapshot::body`]: header, strings, small parts.
+    pub fn head(&self) -> Result<Vec<u8>, ViewSnapshotError> {
+        let mut out = Vec::new();
+        let mut e = Enc(&mut out);
         e.u8(SNAPSHOT_ENCODING);
         e.u64(self.last_seq);
-        e.u64(self.open as u64);
-        // Every interned string, so symbols are written as their raw numbers.
-        let count_at = e.0.len();
-        e.u32(0);
-        let mut n: u32 = 0;
+        e.u64(self.open);
+        // The strings, so symbols are written as their raw numbers.
+        e.u32(self.strings);
         let mut too_long = false;
-        sym::each(|s| {
-            n = n.saturating_add(1);
+        sym::each(self.strings, |s| {
             too_long |= e.bytes(s.as_bytes()).is_err();
         });
         if too_long {
@@ -2096,13 +2110,33 @@ impl ReadModel {
                 at: e.0.len(),
             });
         }
-        e.0[count_at..count_at + 4].copy_from_slice(&n.to_le_bytes());
         let small = serde_json::to_vec(&SmallOut {
             topology: &self.topology,
             silences: &self.silences,
             sources: &self.sources,
         })?;
         e.bytes(&small)?;
+        Ok(out)
+    }
+
+    /// The incidents and alert homes, encoded when the snapshot was taken.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl ReadModel {
+    /// Takes a snapshot: a compact binary form of the views (the interned strings once, then
+    /// fixed-size records referring to them), encoded in one pass instead of cloning the
+    /// model. The encoding is this module's own; the snapshot file around it carries the
+    /// file version.
+    pub fn snapshot(&self) -> Result<ViewSnapshot, ViewSnapshotError> {
+        // Every symbol the views hold was interned before this call.
+        let strings = sym::count();
+        // About what an alert takes (view, timeline entry, home): growing the buffer by
+        // doubling would copy it several times while the publisher waits.
+        let mut body = Vec::with_capacity(self.homes.len().saturating_mul(200));
+        let mut e = Enc(&mut body);
         e.len(self.incidents.len())?;
         for inc in self.incidents.values() {
             e.incident(inc)?;
@@ -2122,6 +2156,22 @@ impl ReadModel {
                 }
             }
         }
+        Ok(ViewSnapshot {
+            last_seq: self.last_seq,
+            open: self.open as u64,
+            strings,
+            topology: self.topology.clone(),
+            silences: self.silences.clone(),
+            sources: self.sources.clone(),
+            body,
+        })
+    }
+
+    /// Appends this read model's whole snapshot section to `out`.
+    pub fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), ViewSnapshotError> {
+        let snap = self.snapshot()?;
+        out.extend_from_slice(&snap.head()?);
+        out.extend_from_slice(snap.body());
         Ok(())
     }
 
@@ -2169,7 +2219,7 @@ impl ReadModel {
         }
         Ok(ReadModel {
             incidents,
-            topology: small.topology,
+            topology: Arc::new(small.topology),
             silences: small.silences,
             sources: small.sources,
             homes,
