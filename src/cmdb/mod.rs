@@ -1283,6 +1283,25 @@ impl Topology {
         max_nodes: usize,
         out: &mut Vec<Reach>,
     ) -> bool {
+        self.neighborhood_where(start, rels, max_hops, max_fan_in, max_nodes, |_| true, out)
+    }
+
+    /// [`neighborhood`](Self::neighborhood) keeping only the CIs for which `keep` holds:
+    /// exactly its result filtered by `keep`, in the same order, with the same truncation
+    /// (every reached CI counts towards `max_nodes`, kept or not). Correlation wants only the
+    /// few CIs that have open incidents out of a rack's worth of siblings; filtering during
+    /// the walk saves collecting the rest only to drop them.
+    #[allow(clippy::too_many_arguments)] // the walk's bounds, each a rule's setting
+    pub fn neighborhood_where(
+        &self,
+        start: CiIdx,
+        rels: RelationSet,
+        max_hops: u8,
+        max_fan_in: usize,
+        max_nodes: usize,
+        keep: impl FnMut(CiIdx) -> bool,
+        out: &mut Vec<Reach>,
+    ) -> bool {
         out.clear();
         if !self.is_live(start) || rels.is_empty() {
             return false;
@@ -1294,17 +1313,25 @@ impl Topology {
             max_fan_in,
             max_nodes,
         };
-        self.scratch.with(|s| self.walk(s, walk, out))
+        self.scratch.with(|s| self.walk(s, walk, keep, out))
     }
 
     fn is_hub(&self, v: CiIdx, rels: RelationSet, max_fan_in: usize) -> bool {
         self.fan_in(v, rels) > max_fan_in
     }
 
-    fn walk(&self, s: &mut Scratch, w: Walk, out: &mut Vec<Reach>) -> bool {
+    fn walk(
+        &self,
+        s: &mut Scratch,
+        w: Walk,
+        mut keep: impl FnMut(CiIdx) -> bool,
+        out: &mut Vec<Reach>,
+    ) -> bool {
         s.prepare(self.cis.len());
         let reported = s.next_epoch();
         s.mark[w.start as usize] = reported;
+        // CIs reported so far, kept or not: the `max_nodes` valve counts them all.
+        let mut count = 0;
         for dir in [Direction::Upstream, Direction::Downstream] {
             let seen = s.next_epoch();
             s.seen[w.start as usize] = seen;
@@ -1327,15 +1354,18 @@ impl Topology {
                     }
                     s.seen[o] = seen;
                     if s.mark[o] != reported {
-                        if out.len() >= w.max_nodes {
+                        if count >= w.max_nodes {
                             return true;
                         }
+                        count += 1;
                         s.mark[o] = reported;
-                        out.push(Reach {
-                            ci: e.other,
-                            hops: h + 1,
-                            direction: dir,
-                        });
+                        if keep(e.other) {
+                            out.push(Reach {
+                                ci: e.other,
+                                hops: h + 1,
+                                direction: dir,
+                            });
+                        }
                     }
                     s.queue.push((e.other, h + 1));
                 }
@@ -1351,15 +1381,18 @@ impl Topology {
                     if !w.rels.contains(down.rel) || s.mark[x] == reported {
                         continue;
                     }
-                    if out.len() >= w.max_nodes {
+                    if count >= w.max_nodes {
                         return true;
                     }
+                    count += 1;
                     s.mark[x] = reported;
-                    out.push(Reach {
-                        ci: down.other,
-                        hops: 2,
-                        direction: Direction::Sibling,
-                    });
+                    if keep(down.other) {
+                        out.push(Reach {
+                            ci: down.other,
+                            hops: 2,
+                            direction: Direction::Sibling,
+                        });
+                    }
                 }
             }
         }
@@ -2867,6 +2900,61 @@ host-017,connected_to,sw-core-01
         let c = t.clone();
         assert_eq!(hood(&c, "host-1", NET, 3, 50, 7).0, all);
         assert_eq!(hood(&t, "host-1", NET, 3, 50, 7).0, all);
+    }
+
+    /// The filtered walk is the plain walk filtered, order and truncation included, on random
+    /// graphs with hubs, `connected_to` loops and every kind of bound.
+    #[test]
+    fn neighborhood_where_is_neighborhood_filtered() {
+        const N: usize = 60;
+        let mut rng = Rng(0x5eed_0fca_1100);
+        let (mut truncated, mut kept_some) = (0, 0);
+        for _ in 0..40 {
+            let cis: Vec<(String, &str)> = (0..N).map(|i| (format!("n{i}"), "host")).collect();
+            let mut rels = BTreeSet::new();
+            for i in 0..N {
+                for _ in 0..3 {
+                    let j = i + 1 + rng.below(8) as usize;
+                    if j >= N {
+                        continue;
+                    }
+                    let kind = Relation::ALL[rng.below(7) as usize];
+                    let (f, t) = if kind == ConnectedTo && rng.chance(50) {
+                        (j, i)
+                    } else {
+                        (i, j)
+                    };
+                    rels.insert((format!("n{f}"), kind, format!("n{t}")));
+                }
+            }
+            let cis: Vec<(&str, &str)> = cis.iter().map(|(i, k)| (i.as_str(), *k)).collect();
+            let rels: Vec<(&str, Relation, &str)> = rels
+                .iter()
+                .map(|(f, k, t)| (f.as_str(), *k, t.as_str()))
+                .collect();
+            let t = Topology::from_spec(&spec(&cis, &rels)).unwrap();
+            for _ in 0..50 {
+                let start = rng.below(N as u64) as CiIdx;
+                let rel_set = RelationSet(rng.below(128) as u8 | 1 << rng.below(7));
+                let hops = 1 + rng.below(4) as u8;
+                let fan_in = 1 + rng.below(6) as usize;
+                let max_nodes = rng.below(40) as usize;
+                let kept: Vec<bool> = (0..N).map(|_| rng.chance(30)).collect();
+                let keep = |c: CiIdx| kept[c as usize];
+                let (mut all, mut some) = (Vec::new(), Vec::new());
+                let t_all = t.neighborhood(start, rel_set, hops, fan_in, max_nodes, &mut all);
+                let t_some =
+                    t.neighborhood_where(start, rel_set, hops, fan_in, max_nodes, keep, &mut some);
+                all.retain(|r| keep(r.ci));
+                truncated += usize::from(t_all);
+                kept_some += usize::from(!all.is_empty());
+                assert_eq!((some, t_some), (all, t_all));
+            }
+        }
+        assert!(
+            truncated > 100 && kept_some > 100,
+            "{truncated} {kept_some}"
+        );
     }
 
     #[test]

@@ -975,16 +975,37 @@ impl Engine {
         now: Millis,
     ) -> Target {
         let topo = &self.state.topology;
-        let mut reach = Vec::with_capacity(64);
-        topo.neighborhood(
+        // Only CIs with open topology incidents matter: a handful out of a rack of siblings.
+        let mut reach = Vec::new();
+        topo.neighborhood_where(
             ci,
             policy.relations,
             policy.max_hops,
             policy.max_fan_in,
             MAX_NODES,
+            |c| self.ci_bits.get(c),
             &mut reach,
         );
+        // The CIs the decision asks about (candidates' roots) are such CIs too, as a root is
+        // one of its incident's CIs; the whole neighbourhood would answer for any other.
+        let everything = std::cell::OnceCell::new();
         let downstream = |c: CiIdx| {
+            let reach = if self.ci_bits.get(c) {
+                &reach
+            } else {
+                everything.get_or_init(|| {
+                    let mut all = Vec::new();
+                    topo.neighborhood(
+                        ci,
+                        policy.relations,
+                        policy.max_hops,
+                        policy.max_fan_in,
+                        MAX_NODES,
+                        &mut all,
+                    );
+                    all
+                })
+            };
             reach
                 .iter()
                 .any(|r| r.ci == c && r.direction == Direction::Downstream)
