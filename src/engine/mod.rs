@@ -18,6 +18,7 @@
 
 pub mod facts;
 pub mod record;
+mod shared;
 pub mod snapshot_codec;
 
 use std::borrow::Cow;
@@ -26,6 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use foldhash::{HashMap, HashMapExt};
 
 pub use facts::{Fact, IncidentId, IncidentState, Priority};
+pub use shared::SharedStr;
+use shared::{IncidentSet, Names};
 
 use serde::{Deserialize, Serialize};
 
@@ -124,7 +127,7 @@ pub struct AlertState {
     pub first_seen: Millis,
     pub last_seen: Millis,
     pub ends_at: Option<Millis>,
-    pub name: String,
+    pub name: SharedStr,
     pub suppressed: bool,
     pub flapping: bool,
     /// Times of the latest state changes (at most `FLAP_MEMORY`).
@@ -136,8 +139,8 @@ pub struct AlertState {
 pub struct Incident {
     pub id: IncidentId,
     pub state: IncidentState,
-    pub rule: String,
-    pub group_key: String,
+    pub rule: SharedStr,
+    pub group_key: SharedStr,
     pub opened_at: Millis,
     pub last_activity: Millis,
     pub resolved_at: Option<Millis>,
@@ -167,9 +170,9 @@ pub struct State {
     pub alerts: FingerprintMap<AlertState>,
     pub incidents: BTreeMap<IncidentId, Incident>,
     /// Newest incident per group key.
-    groups: HashMap<String, IncidentId>,
+    groups: HashMap<SharedStr, IncidentId>,
     /// Unresolved incidents with a member on each CI: topology search never scans incidents.
-    by_ci: HashMap<CiIdx, Vec<IncidentId>>,
+    by_ci: HashMap<CiIdx, IncidentSet>,
     last_incident: u64,
     /// Unresolved incidents with no firing member, by the time they went quiet.
     quiet: BTreeSet<(Millis, IncidentId)>,
@@ -228,6 +231,8 @@ pub struct Engine {
     repeat_slots: HashMap<Fingerprint, usize>,
     /// Which CIs have open topology incidents (`State::by_ci`'s keys).
     ci_bits: CiBits,
+    /// Rule and alert names, shared by the incidents and alerts that carry them.
+    names: Names,
 }
 
 /// Where a new firing alert goes.
@@ -396,6 +401,7 @@ impl Engine {
             state: State::default(),
             repeat_slots: HashMap::new(),
             ci_bits: CiBits::default(),
+            names: Names::default(),
         }
     }
 
@@ -929,7 +935,7 @@ impl Engine {
 
     fn group_target(&self, alert: &Alert, rule: &Rule, now: Millis) -> Target {
         let group_key = rule.group_key(alert);
-        if let Some(&id) = self.state.groups.get(&group_key)
+        if let Some(&id) = self.state.groups.get(group_key.as_str())
             && let Some(inc) = self.state.incidents.get(&id)
             && inc.state != IncidentState::Resolved
             && now - inc.last_activity <= rule.window
@@ -1025,7 +1031,7 @@ impl Engine {
                 .state
                 .by_ci
                 .get(&r.ci)
-                .map(Vec::as_slice)
+                .map(IncidentSet::as_slice)
                 .unwrap_or(&[])
             {
                 let Some(inc) = self.state.incidents.get(&id) else {
@@ -1424,7 +1430,11 @@ impl Engine {
             // Nothing is above P1: no need to look.
             return;
         }
-        let rule = self.rules.rules.iter().find(|r| r.name == inc.rule);
+        let rule = self
+            .rules
+            .rules
+            .iter()
+            .find(|r| r.name == inc.rule.as_str());
         let assessed = self.assess(
             rule,
             inc.services.iter().copied(),
@@ -1478,6 +1488,7 @@ impl Engine {
     pub fn apply(&mut self, fact: &Fact) {
         let s = &mut self.state;
         let bits = &mut self.ci_bits;
+        let names = &mut self.names;
         s.now = s.now.max(fact.at());
         match fact {
             Fact::AlertReceived { at, alert } => {
@@ -1493,7 +1504,7 @@ impl Engine {
                     first_seen: *at,
                     last_seen: *at,
                     ends_at: alert.ends_at,
-                    name: alert.name.clone(),
+                    name: names.get(&alert.name),
                     suppressed: false,
                     flapping: false,
                     transitions: Vec::new(),
@@ -1586,13 +1597,15 @@ impl Engine {
                 group_key,
                 topology,
             } => {
+                let group_key = SharedStr::from(group_key.as_str());
+                s.groups.insert(group_key.clone(), *incident);
                 s.incidents.insert(
                     *incident,
                     Incident {
                         id: *incident,
                         state: IncidentState::Open,
-                        rule: rule.clone(),
-                        group_key: group_key.clone(),
+                        rule: names.get(rule),
+                        group_key,
                         opened_at: *at,
                         last_activity: *at,
                         resolved_at: None,
@@ -1609,7 +1622,6 @@ impl Engine {
                         max_severity: Severity::Info,
                     },
                 );
-                s.groups.insert(group_key.clone(), *incident);
                 s.last_incident = s.last_incident.max(incident.0);
             }
             Fact::AlertAttached {
@@ -1770,31 +1782,25 @@ impl Engine {
     }
 }
 
-fn index_ci(
-    by_ci: &mut HashMap<CiIdx, Vec<IncidentId>>,
-    bits: &mut CiBits,
-    ci: CiIdx,
-    id: IncidentId,
-) {
-    let list = by_ci.entry(ci).or_default();
-    if !list.contains(&id) {
-        list.push(id);
-    }
+fn index_ci(by_ci: &mut HashMap<CiIdx, IncidentSet>, bits: &mut CiBits, ci: CiIdx, id: IncidentId) {
+    by_ci
+        .entry(ci)
+        .and_modify(|set| set.insert(id))
+        .or_insert(IncidentSet::One(id));
     bits.set(ci, true);
 }
 
 fn unindex_ci(
-    by_ci: &mut HashMap<CiIdx, Vec<IncidentId>>,
+    by_ci: &mut HashMap<CiIdx, IncidentSet>,
     bits: &mut CiBits,
     ci: CiIdx,
     id: IncidentId,
 ) {
-    if let Some(list) = by_ci.get_mut(&ci) {
-        list.retain(|&x| x != id);
-        if list.is_empty() {
-            by_ci.remove(&ci);
-            bits.set(ci, false);
-        }
+    if let Some(set) = by_ci.get_mut(&ci)
+        && set.remove(id)
+    {
+        by_ci.remove(&ci);
+        bits.set(ci, false);
     }
 }
 

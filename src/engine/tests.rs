@@ -545,7 +545,7 @@ mod topology {
             .get(&inc.root.expect("root"))
             .expect("alert")
             .name
-            .clone()
+            .to_string()
     }
 
     fn reason_of(facts: &[Fact], a: &Alert) -> String {
@@ -880,7 +880,7 @@ mod topology {
         s.alert(&resolved(on("DiskFull", "h3", T0), T0 + 21 * MIN));
         let state = s.engine.state();
         assert!(
-            state.by_ci.values().any(|ids| ids.len() > 1),
+            state.by_ci.values().any(|ids| ids.as_slice().len() > 1),
             "a CI with two incidents: {:?}",
             state.by_ci
         );
