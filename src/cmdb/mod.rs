@@ -1406,11 +1406,27 @@ impl Topology {
     ///
     /// Hubs are not avoided (this explains, it does not decide); `from == to` gives the bare id.
     pub fn path(&self, from: CiIdx, to: CiIdx, rels: RelationSet, max_hops: u8) -> Option<String> {
+        let mut text = String::new();
+        self.write_path(from, to, rels, max_hops, &mut text)
+            .then_some(text)
+    }
+
+    /// [`path`](Self::path) appended to `out`; false (and nothing appended) if unreachable.
+    /// The engine writes paths straight into its reasons, without a string of their own.
+    pub fn write_path(
+        &self,
+        from: CiIdx,
+        to: CiIdx,
+        rels: RelationSet,
+        max_hops: u8,
+        out: &mut String,
+    ) -> bool {
         if !self.is_live(from) || !self.is_live(to) {
-            return None;
+            return false;
         }
         if from == to {
-            return Some(self.id_of(from).to_string());
+            out.push_str(self.id_of(from));
+            return true;
         }
         self.scratch.with(|s| {
             s.prepare(self.cis.len());
@@ -1440,43 +1456,41 @@ impl Topology {
                             forward,
                         };
                         if e.other == to {
-                            return Some(self.render_path(s, from, to, max_hops));
+                            self.render_path(s, from, to, max_hops, out);
+                            return true;
                         }
                         s.queue.push((e.other, h + 1));
                     }
                 }
             }
-            None
+            false
         })
     }
 
-    fn render_path(&self, s: &Scratch, from: CiIdx, to: CiIdx, max_hops: u8) -> String {
-        let mut steps = Vec::new();
-        let mut cur = to;
-        for _ in 0..max_hops {
-            if cur == from {
-                break;
-            }
+    /// Writes the path the search left in `s.parent`, from `from` to `to`, into `out`:
+    /// sized in one pass back along the parents, then each step found by walking back
+    /// again (paths are a few hops, so that beats collecting the steps in a vector).
+    fn render_path(&self, s: &Scratch, from: CiIdx, to: CiIdx, max_hops: u8, out: &mut String) {
+        let (mut steps, mut len, mut cur) = (0, self.id_of(from).len(), to);
+        while cur != from && steps < max_hops {
             let step = s.parent[cur as usize];
-            steps.push((step, cur));
+            len += step.rel.as_str().len() + self.id_of(cur).len() + 5;
+            steps += 1;
             cur = step.prev;
         }
-        // Sized exactly and written without the formatter: a path goes into every topology
-        // reason.
-        let len = self.id_of(from).len()
-            + steps
-                .iter()
-                .map(|(step, node)| step.rel.as_str().len() + self.id_of(*node).len() + 5)
-                .sum::<usize>();
-        let mut text = String::with_capacity(len);
-        text.push_str(self.id_of(from));
-        for (step, node) in steps.into_iter().rev() {
-            text.push_str(if step.forward { " -" } else { " <-" });
-            text.push_str(step.rel.as_str());
-            text.push_str(if step.forward { "-> " } else { "- " });
-            text.push_str(self.id_of(node));
+        out.reserve(len);
+        out.push_str(self.id_of(from));
+        for back in (0..steps).rev() {
+            let mut node = to;
+            for _ in 0..back {
+                node = s.parent[node as usize].prev;
+            }
+            let step = s.parent[node as usize];
+            out.push_str(if step.forward { " -" } else { " <-" });
+            out.push_str(step.rel.as_str());
+            out.push_str(if step.forward { "-> " } else { "- " });
+            out.push_str(self.id_of(node));
         }
-        text
     }
 
     /// True if `up` is upstream of `down` (down depends on up transitively) within max_hops along

@@ -346,10 +346,19 @@ fn text(parts: &[Part<'_>]) -> String {
         })
         .sum();
     let mut out = String::with_capacity(len);
-    for &part in parts {
-        push_part(&mut out, part);
-    }
+    write_parts(&mut out, parts);
     out
+}
+
+/// Appends a reason's pieces; text pieces, nearly all of them, without a call.
+#[inline]
+fn write_parts(out: &mut String, parts: &[Part<'_>]) {
+    for &part in parts {
+        match part {
+            Part::S(s) => out.push_str(s),
+            _ => push_part(out, part),
+        }
+    }
 }
 
 /// A priority and what it was computed from; [`Assessment::reason`] puts it in words.
@@ -1061,11 +1070,13 @@ impl Engine {
             }
         }
         let name = |c: CiIdx| topo.ci(c).map_or("?", |c| c.id.as_str());
-        let path = |to: CiIdx| {
-            // Every candidate was reached within max_hops (siblings within 2), so this bound
-            // keeps the search as small as the neighbourhood walk.
-            topo.path(ci, to, policy.relations, policy.max_hops.max(2))
-                .unwrap_or_else(|| name(to).to_string())
+        // Paths are written straight into the reasons that quote them. Every candidate was
+        // reached within max_hops (siblings within 2), so this bound keeps the search as
+        // small as the neighbourhood walk.
+        let write_path = |out: &mut String, to: CiIdx| {
+            if !topo.write_path(ci, to, policy.relations, policy.max_hops.max(2), out) {
+                out.push_str(name(to));
+            }
         };
         // Most specific first: fewest hops, then most recent activity, then oldest incident.
         let best = |relation: Link| {
@@ -1075,130 +1086,149 @@ impl Engine {
                 .min_by_key(|c| (c.hops, std::cmp::Reverse(c.last_activity), c.incident))
         };
         let (cause, related) = (best(Link::Cause), best(Link::Related));
-        let effects: Vec<&Candidate> = candidates
-            .iter()
-            .filter(|c| c.relation == Link::Effect)
-            .collect();
-        // In a busy rack every sibling has an incident: one string, not one per incident.
-        let others = |chosen: IncidentId| {
-            let mut rest = candidates
+        let effects = || candidates.iter().filter(|c| c.relation == Link::Effect);
+        // In a busy rack every sibling has an incident: one list, not one reason each.
+        let write_others = |out: &mut String, chosen: IncidentId| {
+            let mut any = false;
+            for c in candidates
                 .iter()
                 .filter(|c| c.incident != chosen && c.relation != Link::Effect)
-                .peekable();
-            if rest.peek().is_none() {
-                return String::new();
+            {
+                out.push_str(if any { ", " } else { "; preferred over " });
+                push_part(out, Part::Id(c.incident));
+                any = true;
             }
-            let mut text = String::with_capacity(40 + 12 * candidates.len());
-            text.push_str("; preferred over ");
-            for (i, c) in rest.enumerate() {
-                if i > 0 {
-                    text.push_str(", ");
-                }
-                push_part(&mut text, Part::Id(c.incident));
+            if any {
+                out.push_str(" (less specific)");
             }
-            text.push_str(" (less specific)");
-            text
         };
         let root_of = |id: IncidentId| self.state.incidents.get(&id).and_then(|i| i.root_ci);
-        // The root this alert displaces, if it is upstream of it, with the path between.
+        // The root this alert displaces, if it is upstream of it: why the alert becomes the
+        // root, ending in the path between, which the join reason quotes from there.
         let displaced = |id: IncidentId| {
-            root_of(id)
-                .filter(|&r| r != ci && downstream(r))
-                .map(|r| (r, path(r)))
-        };
-        let becomes_root = |(r, path): &(CiIdx, String)| {
-            text(&[
-                Part::S(name(ci)),
-                Part::S(" is upstream of the previous root "),
-                Part::S(name(*r)),
-                Part::S(": "),
-                Part::S(path),
-            ])
+            let r = root_of(id).filter(|&r| r != ci && downstream(r))?;
+            let mut why = String::with_capacity(128);
+            write_parts(
+                &mut why,
+                &[
+                    Part::S(name(ci)),
+                    Part::S(" is upstream of the previous root "),
+                    Part::S(name(r)),
+                    Part::S(": "),
+                ],
+            );
+            let path_at = why.len();
+            write_path(&mut why, r);
+            Some((r, why, path_at))
         };
 
-        let chosen = cause.or_else(|| effects.iter().copied().min_by_key(|c| c.incident));
+        let chosen = cause.or_else(|| effects().min_by_key(|c| c.incident));
         if let Some(into) = chosen {
-            let merge: Vec<(IncidentId, String)> = effects
-                .iter()
+            let merge: Vec<(IncidentId, String)> = effects()
                 .filter(|e| e.incident != into.incident)
                 .map(|e| {
-                    let root = root_of(e.incident).map(name).unwrap_or_default();
-                    (
-                        e.incident,
-                        format!(
-                            "rule {}: {} ({}) is upstream of this incident's root {root}: {}",
-                            rule.name,
-                            name(ci),
-                            alert.name,
-                            root_of(e.incident).map(path).unwrap_or_default()
-                        ),
-                    )
+                    let root = root_of(e.incident);
+                    let mut why = String::with_capacity(160);
+                    write_parts(
+                        &mut why,
+                        &[
+                            Part::S("rule "),
+                            Part::S(&rule.name),
+                            Part::S(": "),
+                            Part::S(name(ci)),
+                            Part::S(" ("),
+                            Part::S(&alert.name),
+                            Part::S(") is upstream of this incident's root "),
+                            Part::S(root.map(name).unwrap_or_default()),
+                            Part::S(": "),
+                        ],
+                    );
+                    if let Some(r) = root {
+                        write_path(&mut why, r);
+                    }
+                    (e.incident, why)
                 })
                 .collect();
             let displaced = displaced(into.incident);
-            let reason = match into.relation {
-                Link::Cause if into.via == ci => text(&[
-                    Part::S("rule "),
-                    Part::S(&rule.name),
-                    Part::S(": same CI "),
-                    Part::S(name(ci)),
-                    Part::S(" alerting in "),
-                    Part::Id(into.incident),
-                    Part::S(&others(into.incident)),
-                ]),
-                Link::Cause => text(&[
-                    Part::S("rule "),
-                    Part::S(&rule.name),
-                    Part::S(": "),
-                    Part::S(&path(into.via)),
-                    Part::S(" (alerting in "),
-                    Part::Id(into.incident),
-                    Part::S(", "),
-                    Part::N(into.hops.into()),
-                    Part::S(if into.hops == 1 { " hop)" } else { " hops)" }),
-                    Part::S(&others(into.incident)),
-                ]),
-                _ => {
-                    // An effect's root is the one displaced: its path is already known.
-                    let root_path = match (root_of(into.incident), &displaced) {
-                        (Some(r), Some((d, known))) if r == *d => Cow::Borrowed(known.as_str()),
-                        (root, _) => Cow::Owned(root.map(path).unwrap_or_default()),
-                    };
-                    text(&[
-                        Part::S("rule "),
-                        Part::S(&rule.name),
-                        Part::S(": "),
-                        Part::S(name(ci)),
-                        Part::S(" is upstream of "),
-                        Part::Id(into.incident),
-                        Part::S("'s root: "),
-                        Part::S(&root_path),
-                    ])
+            let mut reason = String::with_capacity(160);
+            write_parts(
+                &mut reason,
+                &[Part::S("rule "), Part::S(&rule.name), Part::S(": ")],
+            );
+            match into.relation {
+                Link::Cause if into.via == ci => {
+                    write_parts(
+                        &mut reason,
+                        &[
+                            Part::S("same CI "),
+                            Part::S(name(ci)),
+                            Part::S(" alerting in "),
+                            Part::Id(into.incident),
+                        ],
+                    );
+                    write_others(&mut reason, into.incident);
                 }
-            };
+                Link::Cause => {
+                    write_path(&mut reason, into.via);
+                    write_parts(
+                        &mut reason,
+                        &[
+                            Part::S(" (alerting in "),
+                            Part::Id(into.incident),
+                            Part::S(", "),
+                            Part::N(into.hops.into()),
+                            Part::S(if into.hops == 1 { " hop)" } else { " hops)" }),
+                        ],
+                    );
+                    write_others(&mut reason, into.incident);
+                }
+                _ => {
+                    write_parts(
+                        &mut reason,
+                        &[
+                            Part::S(name(ci)),
+                            Part::S(" is upstream of "),
+                            Part::Id(into.incident),
+                            Part::S("'s root: "),
+                        ],
+                    );
+                    // An effect's root is the one displaced: its path is already written.
+                    match (root_of(into.incident), &displaced) {
+                        (Some(r), Some((d, why, at))) if r == *d => reason.push_str(&why[*at..]),
+                        (Some(r), _) => write_path(&mut reason, r),
+                        (None, _) => {}
+                    }
+                }
+            }
             return Target::Join {
                 incident: into.incident,
                 reason,
-                new_root: displaced.as_ref().map(becomes_root),
+                new_root: displaced.map(|(_, why, _)| why),
                 merge,
             };
         }
         if let Some(rel) = related {
-            return Target::Join {
-                incident: rel.incident,
-                reason: text(&[
-                    Part::S("rule "),
-                    Part::S(&rule.name),
-                    Part::S(": "),
-                    Part::S(&path(rel.via)),
+            let mut reason = String::with_capacity(160);
+            write_parts(
+                &mut reason,
+                &[Part::S("rule "), Part::S(&rule.name), Part::S(": ")],
+            );
+            write_path(&mut reason, rel.via);
+            write_parts(
+                &mut reason,
+                &[
                     Part::S(" (related: alerting in "),
                     Part::Id(rel.incident),
                     Part::S(", "),
                     Part::N(rel.hops.into()),
                     Part::S(" hops)"),
-                    Part::S(&others(rel.incident)),
-                ]),
-                new_root: displaced(rel.incident).as_ref().map(becomes_root),
+                ],
+            );
+            write_others(&mut reason, rel.incident);
+            return Target::Join {
+                incident: rel.incident,
+                reason,
+                new_root: displaced(rel.incident).map(|(_, why, _)| why),
                 merge: Vec::new(),
             };
         }
