@@ -20,6 +20,7 @@ pub mod facts;
 pub mod record;
 mod shared;
 pub mod snapshot_codec;
+mod table;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,7 @@ use foldhash::{HashMap, HashMapExt};
 pub use facts::{Fact, IncidentId, IncidentState, Priority};
 pub use shared::SharedStr;
 use shared::{IncidentSet, Names};
+pub use table::Incidents;
 
 use serde::{Deserialize, Serialize};
 
@@ -168,7 +170,7 @@ pub struct State {
     pub now: Millis,
     pub topology: Topology,
     pub alerts: FingerprintMap<AlertState>,
-    pub incidents: BTreeMap<IncidentId, Incident>,
+    pub incidents: Incidents,
     /// Newest incident per group key.
     groups: HashMap<SharedStr, IncidentId>,
     /// Unresolved incidents with a member on each CI: topology search never scans incidents.
