@@ -1290,7 +1290,8 @@ impl Topology {
     /// exactly its result filtered by `keep`, in the same order, with the same truncation
     /// (every reached CI counts towards `max_nodes`, kept or not). Correlation wants only the
     /// few CIs that have open incidents out of a rack's worth of siblings; filtering during
-    /// the walk saves collecting the rest only to drop them.
+    /// the walk saves collecting the rest only to drop them. `keep` must be a pure test: it
+    /// may be asked about a CI more than once.
     #[allow(clippy::too_many_arguments)] // the walk's bounds, each a rule's setting
     pub fn neighborhood_where(
         &self,
@@ -1299,7 +1300,7 @@ impl Topology {
         max_hops: u8,
         max_fan_in: usize,
         max_nodes: usize,
-        keep: impl FnMut(CiIdx) -> bool,
+        keep: impl Fn(CiIdx) -> bool,
         out: &mut Vec<Reach>,
     ) -> bool {
         out.clear();
@@ -1324,7 +1325,7 @@ impl Topology {
         &self,
         s: &mut Scratch,
         w: Walk,
-        mut keep: impl FnMut(CiIdx) -> bool,
+        keep: impl Fn(CiIdx) -> bool,
         out: &mut Vec<Reach>,
     ) -> bool {
         s.prepare(self.cis.len());
@@ -1372,13 +1373,24 @@ impl Topology {
             }
         }
         if w.max_hops >= 2 {
-            for up in &self.out[w.start as usize] {
-                if !w.rels.contains(up.rel) || self.is_hub(up.other, w.rels, w.max_fan_in) {
-                    continue;
-                }
+            let parents = || {
+                self.out[w.start as usize].iter().filter(|up| {
+                    w.rels.contains(up.rel) && !self.is_hub(up.other, w.rels, w.max_fan_in)
+                })
+            };
+            // When even reporting every sibling could not trip the valve, a sibling that is
+            // not kept needs no mark and no count: nothing about it can reach `out`. A rack's
+            // worth of siblings then costs a bit test each.
+            let bound: usize = parents().map(|up| self.inc[up.other as usize].len()).sum();
+            let room = count + bound <= w.max_nodes;
+            for up in parents() {
                 for down in &self.inc[up.other as usize] {
+                    if !w.rels.contains(down.rel) {
+                        continue;
+                    }
+                    let kept = keep(down.other);
                     let x = down.other as usize;
-                    if !w.rels.contains(down.rel) || s.mark[x] == reported {
+                    if (room && !kept) || s.mark[x] == reported {
                         continue;
                     }
                     if count >= w.max_nodes {
@@ -1386,7 +1398,7 @@ impl Topology {
                     }
                     count += 1;
                     s.mark[x] = reported;
-                    if keep(down.other) {
+                    if kept {
                         out.push(Reach {
                             ci: down.other,
                             hops: 2,
