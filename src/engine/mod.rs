@@ -235,6 +235,29 @@ pub struct Engine {
     ci_bits: CiBits,
     /// Rule and alert names, shared by the incidents and alerts that carry them.
     names: Names,
+    /// The neighbourhood and candidate lists of topology decisions, kept between alerts.
+    lists: Reuse<(Vec<Reach>, Vec<Candidate>)>,
+}
+
+/// Working space a decision reuses instead of allocating and freeing it for every alert.
+/// `decide` takes `&self`, so it sits behind a mutex that is only `try_lock`ed (the engine
+/// stays `Sync`, as the topology's walk scratch does); a concurrent caller just allocates.
+#[derive(Default)]
+struct Reuse<T>(std::sync::Mutex<T>);
+
+impl<T: Default> Reuse<T> {
+    fn take(&self) -> T {
+        self.0
+            .try_lock()
+            .map(|mut kept| std::mem::take(&mut *kept))
+            .unwrap_or_default()
+    }
+
+    fn put_back(&self, value: T) {
+        if let Ok(mut kept) = self.0.try_lock() {
+            *kept = value;
+        }
+    }
 }
 
 /// Where a new firing alert goes.
@@ -453,6 +476,7 @@ impl Engine {
             repeat_slots: HashMap::new(),
             ci_bits: CiBits::default(),
             names: Names::default(),
+            lists: Reuse::default(),
         }
     }
 
@@ -1031,9 +1055,25 @@ impl Engine {
         policy: &TopologyPolicy,
         now: Millis,
     ) -> Target {
+        let mut lists = self.lists.take();
+        let target = self.topology_decision(alert, ci, rule, policy, now, &mut lists);
+        self.lists.put_back(lists);
+        target
+    }
+
+    /// [`topology_target`](Self::topology_target) with its working lists.
+    fn topology_decision(
+        &self,
+        alert: &Alert,
+        ci: CiIdx,
+        rule: &Rule,
+        policy: &TopologyPolicy,
+        now: Millis,
+        (reach, candidates): &mut (Vec<Reach>, Vec<Candidate>),
+    ) -> Target {
         let topo = &self.state.topology;
+        candidates.clear();
         // Only CIs with open topology incidents matter: a handful out of a rack of siblings.
-        let mut reach = Vec::new();
         topo.neighborhood_where(
             ci,
             policy.relations,
@@ -1041,14 +1081,14 @@ impl Engine {
             policy.max_fan_in,
             MAX_NODES,
             |c| self.ci_bits.get(c),
-            &mut reach,
+            reach,
         );
         // The CIs the decision asks about (candidates' roots) are such CIs too, as a root is
         // one of its incident's CIs; the whole neighbourhood would answer for any other.
         let everything = std::cell::OnceCell::new();
         let downstream = |c: CiIdx| {
             let reach = if self.ci_bits.get(c) {
-                &reach
+                &*reach
             } else {
                 everything.get_or_init(|| {
                     let mut all = Vec::new();
@@ -1068,13 +1108,12 @@ impl Engine {
                 .any(|r| r.ci == c && r.direction == Direction::Downstream)
         };
         // Best relation per incident, in deterministic (reach) order.
-        let mut candidates: Vec<Candidate> = Vec::new();
         let start = Reach {
             ci,
             hops: 0,
             direction: Direction::Upstream,
         };
-        for r in std::iter::once(&start).chain(&reach) {
+        for r in std::iter::once(&start).chain(reach.iter()) {
             if (r.direction == Direction::Sibling && !policy.siblings) || !self.ci_bits.get(r.ci) {
                 continue;
             }
