@@ -3015,6 +3015,103 @@ host-017,connected_to,sw-core-01
         assert_eq!(p("host-1", "host-1", NET, 3).as_deref(), Some("host-1"));
     }
 
+    /// A chain of 300 CIs whose links alternate direction (`c0 -depends_on-> c1
+    /// <-runs_on- c2 -depends_on-> c3 ...`), with a shortcut from c100 to c110: paths,
+    /// upstream tests and walks over many hops find exactly what lies within their bound.
+    #[test]
+    fn long_paths_are_found_and_bounded_hop_by_hop() {
+        const N: usize = 300;
+        let ids: Vec<String> = (0..N).map(|i| format!("c{i}")).collect();
+        let cis: Vec<(&str, &str)> = ids.iter().map(|i| (i.as_str(), "host")).collect();
+        let mut rels: Vec<(&str, Relation, &str)> = (0..N - 1)
+            .map(|i| {
+                if i % 2 == 0 {
+                    (ids[i].as_str(), DependsOn, ids[i + 1].as_str())
+                } else {
+                    (ids[i + 1].as_str(), RunsOn, ids[i].as_str())
+                }
+            })
+            .collect();
+        rels.push(("c100", ConnectedTo, "c110"));
+        let t = Topology::from_spec(&spec(&cis, &rels)).unwrap();
+        let chain = RelationSet::of(&[DependsOn, RunsOn]);
+        let c = |i: usize| idx(&t, &ids[i]);
+        // Rendered step by step, in order, each in its direction.
+        let mut want = "c0".to_string();
+        for (i, id) in ids.iter().enumerate().take(9).skip(1) {
+            want.push_str(if i % 2 == 1 {
+                " -depends_on-> "
+            } else {
+                " <-runs_on- "
+            });
+            want.push_str(id);
+        }
+        assert_eq!(t.path(c(0), c(8), chain, 8).as_deref(), Some(want.as_str()));
+        assert_eq!(t.path(c(0), c(8), chain, 7), None, "one hop short");
+        // The longest bound a caller can give, on the longest chain it can reach.
+        for (to, hops, found) in [(255, 255, true), (256, 255, false), (299, 255, false)] {
+            let path = t.path(c(0), c(to), chain, hops);
+            assert_eq!(path.is_some(), found, "c0 to c{to} within {hops}");
+            if let Some(path) = path {
+                assert_eq!(path.matches("depends_on").count(), 128);
+                assert_eq!(path.matches("runs_on").count(), 127);
+                assert!(path.starts_with("c0 -depends_on-> c1 <-runs_on- c2"));
+                assert!(path.ends_with("c253 <-runs_on- c254 -depends_on-> c255"));
+            }
+        }
+        // Written after what the caller's string already holds.
+        let mut text = "why: ".to_string();
+        assert!(t.write_path(c(3), c(5), chain, 8, &mut text));
+        assert_eq!(text, "why: c3 <-runs_on- c4 -depends_on-> c5");
+        assert!(!t.write_path(c(3), c(50), chain, 8, &mut text));
+        assert_eq!(
+            text, "why: c3 <-runs_on- c4 -depends_on-> c5",
+            "nothing appended"
+        );
+        // The shortest route wins once the shortcut's relation is allowed.
+        let with_shortcut = RelationSet::of(&[DependsOn, RunsOn, ConnectedTo]);
+        assert_eq!(t.path(c(100), c(111), chain, 8), None);
+        assert_eq!(
+            t.path(c(100), c(111), with_shortcut, 8).as_deref(),
+            Some("c100 -connected_to-> c110 -depends_on-> c111")
+        );
+        // Dependencies alternate, so nothing is upstream or downstream past one hop, however
+        // long the bound: paths explain across directions, walks decide along one.
+        assert!(t.is_upstream(c(1), c(0), chain, 8));
+        assert!(!t.is_upstream(c(3), c(0), chain, 8));
+        let mut out = Vec::new();
+        assert!(!t.neighborhood(c(0), chain, 8, 50, 1_000, &mut out));
+        assert_eq!(
+            out.iter().map(|r| (r.ci, r.hops)).collect::<Vec<_>>(),
+            [(c(1), 1), (c(2), 2)],
+            "c1 upstream, c2 a sibling through it"
+        );
+        // Along one direction the walk and the upstream test go exactly as far as the bound.
+        let ids: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
+        let cis: Vec<(&str, &str)> = ids.iter().map(|i| (i.as_str(), "host")).collect();
+        let rels: Vec<(&str, Relation, &str)> = (0..19)
+            .map(|i| (ids[i].as_str(), DependsOn, ids[i + 1].as_str()))
+            .collect();
+        let t = Topology::from_spec(&spec(&cis, &rels)).unwrap();
+        let d = |i: usize| idx(&t, &ids[i]);
+        let deps = RelationSet::of(&[DependsOn]);
+        assert!(!t.neighborhood(d(0), deps, 8, 50, 1_000, &mut out));
+        let want: Vec<(CiIdx, u8, Direction)> = (1..=8).map(|i| (d(i), i as u8, U)).collect();
+        let got: Vec<(CiIdx, u8, Direction)> =
+            out.iter().map(|r| (r.ci, r.hops, r.direction)).collect();
+        assert_eq!(got, want);
+        assert!(t.neighborhood(d(0), deps, 8, 50, 5, &mut out), "limited");
+        assert_eq!(out.len(), 5);
+        assert!(t.is_upstream(d(8), d(0), deps, 8));
+        assert!(!t.is_upstream(d(9), d(0), deps, 8));
+        assert_eq!(
+            t.path(d(19), d(11), deps, 8).as_deref(),
+            Some(
+                "d19 <-depends_on- d18 <-depends_on- d17 <-depends_on- d16 <-depends_on- d15 <-depends_on- d14 <-depends_on- d13 <-depends_on- d12 <-depends_on- d11"
+            )
+        );
+    }
+
     #[test]
     fn is_upstream_follows_dependencies_only() {
         let t = Topology::from_spec(&rack()).unwrap();
