@@ -4,6 +4,12 @@
 //! The CMDB: 1,000 racks (ToR switch under 10 aggregation switches), 40 hosts per rack,
 //! 50k VMs, 8k applications, 600 business services — 100k CIs. Open incidents: `InstanceDown`
 //! on 10k VMs, each on a different host, so each is its own incident.
+//!
+//! `TOPOLOGY_PROFILE=N` skips criterion and runs N new alerts (default 1,000) through one
+//! loaded engine inside `profile_new_alerts`, for instruction counts that machine load does
+//! not blur: `valgrind --tool=callgrind --collect-atstart=no
+//! --toggle-collect='*profile_new_alerts*' target/release/deps/topology-* --bench`, then
+//! divide the total by N.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -147,7 +153,41 @@ fn loaded_engine(spec: &CmdbSpec) -> Engine {
     engine
 }
 
+/// The measured part of a profile run: `handle` for each new alert, batches as in the
+/// benchmarks. Not inlined, so a profiler can collect exactly this function.
+#[inline(never)]
+fn profile_new_alerts(
+    engine: &mut Engine,
+    fresh: &[Alert],
+    out: &mut Vec<incidentd::engine::Fact>,
+) {
+    for a in fresh {
+        if out.len() > 4096 {
+            out.clear();
+            engine.begin_batch();
+        }
+        let _ = engine.handle(Input::Alert(a), out);
+    }
+}
+
+/// `TOPOLOGY_PROFILE=N`: N new alerts through one engine, no criterion.
+fn profile(n: usize) {
+    let spec = cmdb();
+    let mut engine = loaded_engine(&spec);
+    let fresh: Vec<Alert> = (0..n).map(fresh_alert).collect();
+    let mut out = Vec::with_capacity(8192);
+    profile_new_alerts(&mut engine, black_box(&fresh), &mut out);
+    eprintln!(
+        "profile: {n} new alerts, {} incidents",
+        engine.state().incidents.len()
+    );
+}
+
 fn topology(c: &mut Criterion) {
+    if let Ok(n) = std::env::var("TOPOLOGY_PROFILE") {
+        profile(n.parse().unwrap_or(1_000));
+        return;
+    }
     let spec = cmdb();
     let started = Instant::now();
     let engine = loaded_engine(&spec);

@@ -1283,6 +1283,26 @@ impl Topology {
         max_nodes: usize,
         out: &mut Vec<Reach>,
     ) -> bool {
+        self.neighborhood_where(start, rels, max_hops, max_fan_in, max_nodes, |_| true, out)
+    }
+
+    /// [`neighborhood`](Self::neighborhood) keeping only the CIs for which `keep` holds:
+    /// exactly its result filtered by `keep`, in the same order, with the same truncation
+    /// (every reached CI counts towards `max_nodes`, kept or not). Correlation wants only the
+    /// few CIs that have open incidents out of a rack's worth of siblings; filtering during
+    /// the walk saves collecting the rest only to drop them. `keep` must be a pure test: it
+    /// may be asked about a CI more than once.
+    #[allow(clippy::too_many_arguments)] // the walk's bounds, each a rule's setting
+    pub fn neighborhood_where(
+        &self,
+        start: CiIdx,
+        rels: RelationSet,
+        max_hops: u8,
+        max_fan_in: usize,
+        max_nodes: usize,
+        keep: impl Fn(CiIdx) -> bool,
+        out: &mut Vec<Reach>,
+    ) -> bool {
         out.clear();
         if !self.is_live(start) || rels.is_empty() {
             return false;
@@ -1294,17 +1314,25 @@ impl Topology {
             max_fan_in,
             max_nodes,
         };
-        self.scratch.with(|s| self.walk(s, walk, out))
+        self.scratch.with(|s| self.walk(s, walk, keep, out))
     }
 
     fn is_hub(&self, v: CiIdx, rels: RelationSet, max_fan_in: usize) -> bool {
         self.fan_in(v, rels) > max_fan_in
     }
 
-    fn walk(&self, s: &mut Scratch, w: Walk, out: &mut Vec<Reach>) -> bool {
+    fn walk(
+        &self,
+        s: &mut Scratch,
+        w: Walk,
+        keep: impl Fn(CiIdx) -> bool,
+        out: &mut Vec<Reach>,
+    ) -> bool {
         s.prepare(self.cis.len());
         let reported = s.next_epoch();
         s.mark[w.start as usize] = reported;
+        // CIs reported so far, kept or not: the `max_nodes` valve counts them all.
+        let mut count = 0;
         for dir in [Direction::Upstream, Direction::Downstream] {
             let seen = s.next_epoch();
             s.seen[w.start as usize] = seen;
@@ -1327,39 +1355,56 @@ impl Topology {
                     }
                     s.seen[o] = seen;
                     if s.mark[o] != reported {
-                        if out.len() >= w.max_nodes {
+                        if count >= w.max_nodes {
                             return true;
                         }
+                        count += 1;
                         s.mark[o] = reported;
-                        out.push(Reach {
-                            ci: e.other,
-                            hops: h + 1,
-                            direction: dir,
-                        });
+                        if keep(e.other) {
+                            out.push(Reach {
+                                ci: e.other,
+                                hops: h + 1,
+                                direction: dir,
+                            });
+                        }
                     }
                     s.queue.push((e.other, h + 1));
                 }
             }
         }
         if w.max_hops >= 2 {
-            for up in &self.out[w.start as usize] {
-                if !w.rels.contains(up.rel) || self.is_hub(up.other, w.rels, w.max_fan_in) {
-                    continue;
-                }
+            let parents = || {
+                self.out[w.start as usize].iter().filter(|up| {
+                    w.rels.contains(up.rel) && !self.is_hub(up.other, w.rels, w.max_fan_in)
+                })
+            };
+            // When even reporting every sibling could not trip the valve, a sibling that is
+            // not kept needs no mark and no count: nothing about it can reach `out`. A rack's
+            // worth of siblings then costs a bit test each.
+            let bound: usize = parents().map(|up| self.inc[up.other as usize].len()).sum();
+            let room = count + bound <= w.max_nodes;
+            for up in parents() {
                 for down in &self.inc[up.other as usize] {
-                    let x = down.other as usize;
-                    if !w.rels.contains(down.rel) || s.mark[x] == reported {
+                    if !w.rels.contains(down.rel) {
                         continue;
                     }
-                    if out.len() >= w.max_nodes {
+                    let kept = keep(down.other);
+                    let x = down.other as usize;
+                    if (room && !kept) || s.mark[x] == reported {
+                        continue;
+                    }
+                    if count >= w.max_nodes {
                         return true;
                     }
+                    count += 1;
                     s.mark[x] = reported;
-                    out.push(Reach {
-                        ci: down.other,
-                        hops: 2,
-                        direction: Direction::Sibling,
-                    });
+                    if kept {
+                        out.push(Reach {
+                            ci: down.other,
+                            hops: 2,
+                            direction: Direction::Sibling,
+                        });
+                    }
                 }
             }
         }
@@ -1373,11 +1418,27 @@ impl Topology {
     ///
     /// Hubs are not avoided (this explains, it does not decide); `from == to` gives the bare id.
     pub fn path(&self, from: CiIdx, to: CiIdx, rels: RelationSet, max_hops: u8) -> Option<String> {
+        let mut text = String::new();
+        self.write_path(from, to, rels, max_hops, &mut text)
+            .then_some(text)
+    }
+
+    /// [`path`](Self::path) appended to `out`; false (and nothing appended) if unreachable.
+    /// The engine writes paths straight into its reasons, without a string of their own.
+    pub fn write_path(
+        &self,
+        from: CiIdx,
+        to: CiIdx,
+        rels: RelationSet,
+        max_hops: u8,
+        out: &mut String,
+    ) -> bool {
         if !self.is_live(from) || !self.is_live(to) {
-            return None;
+            return false;
         }
         if from == to {
-            return Some(self.id_of(from).to_string());
+            out.push_str(self.id_of(from));
+            return true;
         }
         self.scratch.with(|s| {
             s.prepare(self.cis.len());
@@ -1407,43 +1468,41 @@ impl Topology {
                             forward,
                         };
                         if e.other == to {
-                            return Some(self.render_path(s, from, to, max_hops));
+                            self.render_path(s, from, to, max_hops, out);
+                            return true;
                         }
                         s.queue.push((e.other, h + 1));
                     }
                 }
             }
-            None
+            false
         })
     }
 
-    fn render_path(&self, s: &Scratch, from: CiIdx, to: CiIdx, max_hops: u8) -> String {
-        let mut steps = Vec::new();
-        let mut cur = to;
-        for _ in 0..max_hops {
-            if cur == from {
-                break;
-            }
+    /// Writes the path the search left in `s.parent`, from `from` to `to`, into `out`:
+    /// sized in one pass back along the parents, then each step found by walking back
+    /// again (paths are a few hops, so that beats collecting the steps in a vector).
+    fn render_path(&self, s: &Scratch, from: CiIdx, to: CiIdx, max_hops: u8, out: &mut String) {
+        let (mut steps, mut len, mut cur) = (0, self.id_of(from).len(), to);
+        while cur != from && steps < max_hops {
             let step = s.parent[cur as usize];
-            steps.push((step, cur));
+            len += step.rel.as_str().len() + self.id_of(cur).len() + 5;
+            steps += 1;
             cur = step.prev;
         }
-        // Sized exactly and written without the formatter: a path goes into every topology
-        // reason.
-        let len = self.id_of(from).len()
-            + steps
-                .iter()
-                .map(|(step, node)| step.rel.as_str().len() + self.id_of(*node).len() + 5)
-                .sum::<usize>();
-        let mut text = String::with_capacity(len);
-        text.push_str(self.id_of(from));
-        for (step, node) in steps.into_iter().rev() {
-            text.push_str(if step.forward { " -" } else { " <-" });
-            text.push_str(step.rel.as_str());
-            text.push_str(if step.forward { "-> " } else { "- " });
-            text.push_str(self.id_of(node));
+        out.reserve(len);
+        out.push_str(self.id_of(from));
+        for back in (0..steps).rev() {
+            let mut node = to;
+            for _ in 0..back {
+                node = s.parent[node as usize].prev;
+            }
+            let step = s.parent[node as usize];
+            out.push_str(if step.forward { " -" } else { " <-" });
+            out.push_str(step.rel.as_str());
+            out.push_str(if step.forward { "-> " } else { "- " });
+            out.push_str(self.id_of(node));
         }
-        text
     }
 
     /// True if `up` is upstream of `down` (down depends on up transitively) within max_hops along
@@ -2869,6 +2928,61 @@ host-017,connected_to,sw-core-01
         assert_eq!(hood(&t, "host-1", NET, 3, 50, 7).0, all);
     }
 
+    /// The filtered walk is the plain walk filtered, order and truncation included, on random
+    /// graphs with hubs, `connected_to` loops and every kind of bound.
+    #[test]
+    fn neighborhood_where_is_neighborhood_filtered() {
+        const N: usize = 60;
+        let mut rng = Rng(0x5eed_0fca_1100);
+        let (mut truncated, mut kept_some) = (0, 0);
+        for _ in 0..40 {
+            let cis: Vec<(String, &str)> = (0..N).map(|i| (format!("n{i}"), "host")).collect();
+            let mut rels = BTreeSet::new();
+            for i in 0..N {
+                for _ in 0..3 {
+                    let j = i + 1 + rng.below(8) as usize;
+                    if j >= N {
+                        continue;
+                    }
+                    let kind = Relation::ALL[rng.below(7) as usize];
+                    let (f, t) = if kind == ConnectedTo && rng.chance(50) {
+                        (j, i)
+                    } else {
+                        (i, j)
+                    };
+                    rels.insert((format!("n{f}"), kind, format!("n{t}")));
+                }
+            }
+            let cis: Vec<(&str, &str)> = cis.iter().map(|(i, k)| (i.as_str(), *k)).collect();
+            let rels: Vec<(&str, Relation, &str)> = rels
+                .iter()
+                .map(|(f, k, t)| (f.as_str(), *k, t.as_str()))
+                .collect();
+            let t = Topology::from_spec(&spec(&cis, &rels)).unwrap();
+            for _ in 0..50 {
+                let start = rng.below(N as u64) as CiIdx;
+                let rel_set = RelationSet(rng.below(128) as u8 | 1 << rng.below(7));
+                let hops = 1 + rng.below(4) as u8;
+                let fan_in = 1 + rng.below(6) as usize;
+                let max_nodes = rng.below(40) as usize;
+                let kept: Vec<bool> = (0..N).map(|_| rng.chance(30)).collect();
+                let keep = |c: CiIdx| kept[c as usize];
+                let (mut all, mut some) = (Vec::new(), Vec::new());
+                let t_all = t.neighborhood(start, rel_set, hops, fan_in, max_nodes, &mut all);
+                let t_some =
+                    t.neighborhood_where(start, rel_set, hops, fan_in, max_nodes, keep, &mut some);
+                all.retain(|r| keep(r.ci));
+                truncated += usize::from(t_all);
+                kept_some += usize::from(!all.is_empty());
+                assert_eq!((some, t_some), (all, t_all));
+            }
+        }
+        assert!(
+            truncated > 100 && kept_some > 100,
+            "{truncated} {kept_some}"
+        );
+    }
+
     #[test]
     fn path_prints_each_step_with_its_direction() {
         let t = Topology::from_spec(&rack()).unwrap();
@@ -2899,6 +3013,103 @@ host-017,connected_to,sw-core-01
             None
         );
         assert_eq!(p("host-1", "host-1", NET, 3).as_deref(), Some("host-1"));
+    }
+
+    /// A chain of 300 CIs whose links alternate direction (`c0 -depends_on-> c1
+    /// <-runs_on- c2 -depends_on-> c3 ...`), with a shortcut from c100 to c110: paths,
+    /// upstream tests and walks over many hops find exactly what lies within their bound.
+    #[test]
+    fn long_paths_are_found_and_bounded_hop_by_hop() {
+        const N: usize = 300;
+        let ids: Vec<String> = (0..N).map(|i| format!("c{i}")).collect();
+        let cis: Vec<(&str, &str)> = ids.iter().map(|i| (i.as_str(), "host")).collect();
+        let mut rels: Vec<(&str, Relation, &str)> = (0..N - 1)
+            .map(|i| {
+                if i % 2 == 0 {
+                    (ids[i].as_str(), DependsOn, ids[i + 1].as_str())
+                } else {
+                    (ids[i + 1].as_str(), RunsOn, ids[i].as_str())
+                }
+            })
+            .collect();
+        rels.push(("c100", ConnectedTo, "c110"));
+        let t = Topology::from_spec(&spec(&cis, &rels)).unwrap();
+        let chain = RelationSet::of(&[DependsOn, RunsOn]);
+        let c = |i: usize| idx(&t, &ids[i]);
+        // Rendered step by step, in order, each in its direction.
+        let mut want = "c0".to_string();
+        for (i, id) in ids.iter().enumerate().take(9).skip(1) {
+            want.push_str(if i % 2 == 1 {
+                " -depends_on-> "
+            } else {
+                " <-runs_on- "
+            });
+            want.push_str(id);
+        }
+        assert_eq!(t.path(c(0), c(8), chain, 8).as_deref(), Some(want.as_str()));
+        assert_eq!(t.path(c(0), c(8), chain, 7), None, "one hop short");
+        // The longest bound a caller can give, on the longest chain it can reach.
+        for (to, hops, found) in [(255, 255, true), (256, 255, false), (299, 255, false)] {
+            let path = t.path(c(0), c(to), chain, hops);
+            assert_eq!(path.is_some(), found, "c0 to c{to} within {hops}");
+            if let Some(path) = path {
+                assert_eq!(path.matches("depends_on").count(), 128);
+                assert_eq!(path.matches("runs_on").count(), 127);
+                assert!(path.starts_with("c0 -depends_on-> c1 <-runs_on- c2"));
+                assert!(path.ends_with("c253 <-runs_on- c254 -depends_on-> c255"));
+            }
+        }
+        // Written after what the caller's string already holds.
+        let mut text = "why: ".to_string();
+        assert!(t.write_path(c(3), c(5), chain, 8, &mut text));
+        assert_eq!(text, "why: c3 <-runs_on- c4 -depends_on-> c5");
+        assert!(!t.write_path(c(3), c(50), chain, 8, &mut text));
+        assert_eq!(
+            text, "why: c3 <-runs_on- c4 -depends_on-> c5",
+            "nothing appended"
+        );
+        // The shortest route wins once the shortcut's relation is allowed.
+        let with_shortcut = RelationSet::of(&[DependsOn, RunsOn, ConnectedTo]);
+        assert_eq!(t.path(c(100), c(111), chain, 8), None);
+        assert_eq!(
+            t.path(c(100), c(111), with_shortcut, 8).as_deref(),
+            Some("c100 -connected_to-> c110 -depends_on-> c111")
+        );
+        // Dependencies alternate, so nothing is upstream or downstream past one hop, however
+        // long the bound: paths explain across directions, walks decide along one.
+        assert!(t.is_upstream(c(1), c(0), chain, 8));
+        assert!(!t.is_upstream(c(3), c(0), chain, 8));
+        let mut out = Vec::new();
+        assert!(!t.neighborhood(c(0), chain, 8, 50, 1_000, &mut out));
+        assert_eq!(
+            out.iter().map(|r| (r.ci, r.hops)).collect::<Vec<_>>(),
+            [(c(1), 1), (c(2), 2)],
+            "c1 upstream, c2 a sibling through it"
+        );
+        // Along one direction the walk and the upstream test go exactly as far as the bound.
+        let ids: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
+        let cis: Vec<(&str, &str)> = ids.iter().map(|i| (i.as_str(), "host")).collect();
+        let rels: Vec<(&str, Relation, &str)> = (0..19)
+            .map(|i| (ids[i].as_str(), DependsOn, ids[i + 1].as_str()))
+            .collect();
+        let t = Topology::from_spec(&spec(&cis, &rels)).unwrap();
+        let d = |i: usize| idx(&t, &ids[i]);
+        let deps = RelationSet::of(&[DependsOn]);
+        assert!(!t.neighborhood(d(0), deps, 8, 50, 1_000, &mut out));
+        let want: Vec<(CiIdx, u8, Direction)> = (1..=8).map(|i| (d(i), i as u8, U)).collect();
+        let got: Vec<(CiIdx, u8, Direction)> =
+            out.iter().map(|r| (r.ci, r.hops, r.direction)).collect();
+        assert_eq!(got, want);
+        assert!(t.neighborhood(d(0), deps, 8, 50, 5, &mut out), "limited");
+        assert_eq!(out.len(), 5);
+        assert!(t.is_upstream(d(8), d(0), deps, 8));
+        assert!(!t.is_upstream(d(9), d(0), deps, 8));
+        assert_eq!(
+            t.path(d(19), d(11), deps, 8).as_deref(),
+            Some(
+                "d19 <-depends_on- d18 <-depends_on- d17 <-depends_on- d16 <-depends_on- d15 <-depends_on- d14 <-depends_on- d13 <-depends_on- d12 <-depends_on- d11"
+            )
+        );
     }
 
     #[test]

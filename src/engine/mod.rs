@@ -18,7 +18,9 @@
 
 pub mod facts;
 pub mod record;
+mod shared;
 pub mod snapshot_codec;
+mod table;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +28,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use foldhash::{HashMap, HashMapExt};
 
 pub use facts::{Fact, IncidentId, IncidentState, Priority};
+pub use shared::SharedStr;
+use shared::{IncidentSet, Names};
+pub use table::Incidents;
 
 use serde::{Deserialize, Serialize};
 
@@ -124,7 +129,7 @@ pub struct AlertState {
     pub first_seen: Millis,
     pub last_seen: Millis,
     pub ends_at: Option<Millis>,
-    pub name: String,
+    pub name: SharedStr,
     pub suppressed: bool,
     pub flapping: bool,
     /// Times of the latest state changes (at most `FLAP_MEMORY`).
@@ -136,8 +141,8 @@ pub struct AlertState {
 pub struct Incident {
     pub id: IncidentId,
     pub state: IncidentState,
-    pub rule: String,
-    pub group_key: String,
+    pub rule: SharedStr,
+    pub group_key: SharedStr,
     pub opened_at: Millis,
     pub last_activity: Millis,
     pub resolved_at: Option<Millis>,
@@ -165,11 +170,11 @@ pub struct State {
     pub now: Millis,
     pub topology: Topology,
     pub alerts: FingerprintMap<AlertState>,
-    pub incidents: BTreeMap<IncidentId, Incident>,
+    pub incidents: Incidents,
     /// Newest incident per group key.
-    groups: HashMap<String, IncidentId>,
+    groups: HashMap<SharedStr, IncidentId>,
     /// Unresolved incidents with a member on each CI: topology search never scans incidents.
-    by_ci: HashMap<CiIdx, Vec<IncidentId>>,
+    by_ci: HashMap<CiIdx, IncidentSet>,
     last_incident: u64,
     /// Unresolved incidents with no firing member, by the time they went quiet.
     quiet: BTreeSet<(Millis, IncidentId)>,
@@ -228,6 +233,31 @@ pub struct Engine {
     repeat_slots: HashMap<Fingerprint, usize>,
     /// Which CIs have open topology incidents (`State::by_ci`'s keys).
     ci_bits: CiBits,
+    /// Rule and alert names, shared by the incidents and alerts that carry them.
+    names: Names,
+    /// The neighbourhood and candidate lists of topology decisions, kept between alerts.
+    lists: Reuse<(Vec<Reach>, Vec<Candidate>)>,
+}
+
+/// Working space a decision reuses instead of allocating and freeing it for every alert.
+/// `decide` takes `&self`, so it sits behind a mutex that is only `try_lock`ed (the engine
+/// stays `Sync`, as the topology's walk scratch does); a concurrent caller just allocates.
+#[derive(Default)]
+struct Reuse<T>(std::sync::Mutex<T>);
+
+impl<T: Default> Reuse<T> {
+    fn take(&self) -> T {
+        self.0
+            .try_lock()
+            .map(|mut kept| std::mem::take(&mut *kept))
+            .unwrap_or_default()
+    }
+
+    fn put_back(&self, value: T) {
+        if let Ok(mut kept) = self.0.try_lock() {
+            *kept = value;
+        }
+    }
 }
 
 /// Where a new firing alert goes.
@@ -341,10 +371,19 @@ fn text(parts: &[Part<'_>]) -> String {
         })
         .sum();
     let mut out = String::with_capacity(len);
-    for &part in parts {
-        push_part(&mut out, part);
-    }
+    write_parts(&mut out, parts);
     out
+}
+
+/// Appends a reason's pieces; text pieces, nearly all of them, without a call.
+#[inline]
+fn write_parts(out: &mut String, parts: &[Part<'_>]) {
+    for &part in parts {
+        match part {
+            Part::S(s) => out.push_str(s),
+            _ => push_part(out, part),
+        }
+    }
 }
 
 /// A priority and what it was computed from; [`Assessment::reason`] puts it in words.
@@ -357,6 +396,7 @@ struct Assessment {
 }
 
 /// Where an assessment's impact came from.
+#[derive(Clone, Copy)]
 enum ImpactFrom {
     Rule,
     Service(Criticality),
@@ -365,14 +405,53 @@ enum ImpactFrom {
 
 impl Assessment {
     /// E.g. `impact high (a critical business service is hit) x urgency high (worst
-    /// severity critical)`; built from its pieces, sized exactly (one per priority fact).
+    /// severity critical)`. Written for every incident that opens: a few static pieces into
+    /// one string sized exactly (joining eleven pieces cost three times as much).
     fn reason(&self) -> String {
+        let impact = match self.impact {
+            Level::High => "impact high (",
+            Level::Medium => "impact medium (",
+            Level::Low => "impact low (",
+        };
+        let (from, criticality) = match self.impact_from {
+            ImpactFrom::Rule => ("set by the rule", ""),
+            ImpactFrom::Service(c) => ("a ", c.as_str()),
+            ImpactFrom::Unknown => ("no business service known", ""),
+        };
+        let service = match self.impact_from {
+            ImpactFrom::Service(_) => " business service is hit",
+            _ => "",
+        };
+        let urgency = match self.urgency {
+            Level::High => ") x urgency high (worst severity ",
+            Level::Medium => ") x urgency medium (worst severity ",
+            Level::Low => ") x urgency low (worst severity ",
+        };
+        let parts = [
+            impact,
+            from,
+            criticality,
+            service,
+            urgency,
+            self.severity.as_str(),
+        ];
+        let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 1);
+        for part in parts {
+            out.push_str(part);
+        }
+        out.push(')');
+        out
+    }
+
+    /// The reason as the pieces were first joined, to check the fast one against.
+    #[cfg(test)]
+    fn reason_joined(&self) -> String {
         let from: [&str; 3] = match self.impact_from {
             ImpactFrom::Rule => ["set by the rule", "", ""],
             ImpactFrom::Service(c) => ["a ", c.as_str(), " business service is hit"],
             ImpactFrom::Unknown => ["no business service known", "", ""],
         };
-        let parts = [
+        [
             "impact ",
             self.impact.as_str(),
             " (",
@@ -384,8 +463,8 @@ impl Assessment {
             " (worst severity ",
             self.severity.as_str(),
             ")",
-        ];
-        parts.concat()
+        ]
+        .concat()
     }
 }
 
@@ -396,6 +475,8 @@ impl Engine {
             state: State::default(),
             repeat_slots: HashMap::new(),
             ci_bits: CiBits::default(),
+            names: Names::default(),
+            lists: Reuse::default(),
         }
     }
 
@@ -929,7 +1010,7 @@ impl Engine {
 
     fn group_target(&self, alert: &Alert, rule: &Rule, now: Millis) -> Target {
         let group_key = rule.group_key(alert);
-        if let Some(&id) = self.state.groups.get(&group_key)
+        if let Some(&id) = self.state.groups.get(group_key.as_str())
             && let Some(inc) = self.state.incidents.get(&id)
             && inc.state != IncidentState::Resolved
             && now - inc.last_activity <= rule.window
@@ -974,29 +1055,65 @@ impl Engine {
         policy: &TopologyPolicy,
         now: Millis,
     ) -> Target {
+        let mut lists = self.lists.take();
+        let target = self.topology_decision(alert, ci, rule, policy, now, &mut lists);
+        self.lists.put_back(lists);
+        target
+    }
+
+    /// [`topology_target`](Self::topology_target) with its working lists.
+    fn topology_decision(
+        &self,
+        alert: &Alert,
+        ci: CiIdx,
+        rule: &Rule,
+        policy: &TopologyPolicy,
+        now: Millis,
+        (reach, candidates): &mut (Vec<Reach>, Vec<Candidate>),
+    ) -> Target {
         let topo = &self.state.topology;
-        let mut reach = Vec::with_capacity(64);
-        topo.neighborhood(
+        candidates.clear();
+        // Only CIs with open topology incidents matter: a handful out of a rack of siblings.
+        topo.neighborhood_where(
             ci,
             policy.relations,
             policy.max_hops,
             policy.max_fan_in,
             MAX_NODES,
-            &mut reach,
+            |c| self.ci_bits.get(c),
+            reach,
         );
+        // The CIs the decision asks about (candidates' roots) are such CIs too, as a root is
+        // one of its incident's CIs; the whole neighbourhood would answer for any other.
+        let everything = std::cell::OnceCell::new();
         let downstream = |c: CiIdx| {
+            let reach = if self.ci_bits.get(c) {
+                &*reach
+            } else {
+                everything.get_or_init(|| {
+                    let mut all = Vec::new();
+                    topo.neighborhood(
+                        ci,
+                        policy.relations,
+                        policy.max_hops,
+                        policy.max_fan_in,
+                        MAX_NODES,
+                        &mut all,
+                    );
+                    all
+                })
+            };
             reach
                 .iter()
                 .any(|r| r.ci == c && r.direction == Direction::Downstream)
         };
         // Best relation per incident, in deterministic (reach) order.
-        let mut candidates: Vec<Candidate> = Vec::new();
         let start = Reach {
             ci,
             hops: 0,
             direction: Direction::Upstream,
         };
-        for r in std::iter::once(&start).chain(&reach) {
+        for r in std::iter::once(&start).chain(reach.iter()) {
             if (r.direction == Direction::Sibling && !policy.siblings) || !self.ci_bits.get(r.ci) {
                 continue;
             }
@@ -1004,7 +1121,7 @@ impl Engine {
                 .state
                 .by_ci
                 .get(&r.ci)
-                .map(Vec::as_slice)
+                .map(IncidentSet::as_slice)
                 .unwrap_or(&[])
             {
                 let Some(inc) = self.state.incidents.get(&id) else {
@@ -1034,11 +1151,13 @@ impl Engine {
             }
         }
         let name = |c: CiIdx| topo.ci(c).map_or("?", |c| c.id.as_str());
-        let path = |to: CiIdx| {
-            // Every candidate was reached within max_hops (siblings within 2), so this bound
-            // keeps the search as small as the neighbourhood walk.
-            topo.path(ci, to, policy.relations, policy.max_hops.max(2))
-                .unwrap_or_else(|| name(to).to_string())
+        // Paths are written straight into the reasons that quote them. Every candidate was
+        // reached within max_hops (siblings within 2), so this bound keeps the search as
+        // small as the neighbourhood walk.
+        let write_path = |out: &mut String, to: CiIdx| {
+            if !topo.write_path(ci, to, policy.relations, policy.max_hops.max(2), out) {
+                out.push_str(name(to));
+            }
         };
         // Most specific first: fewest hops, then most recent activity, then oldest incident.
         let best = |relation: Link| {
@@ -1048,130 +1167,149 @@ impl Engine {
                 .min_by_key(|c| (c.hops, std::cmp::Reverse(c.last_activity), c.incident))
         };
         let (cause, related) = (best(Link::Cause), best(Link::Related));
-        let effects: Vec<&Candidate> = candidates
-            .iter()
-            .filter(|c| c.relation == Link::Effect)
-            .collect();
-        // In a busy rack every sibling has an incident: one string, not one per incident.
-        let others = |chosen: IncidentId| {
-            let mut rest = candidates
+        let effects = || candidates.iter().filter(|c| c.relation == Link::Effect);
+        // In a busy rack every sibling has an incident: one list, not one reason each.
+        let write_others = |out: &mut String, chosen: IncidentId| {
+            let mut any = false;
+            for c in candidates
                 .iter()
                 .filter(|c| c.incident != chosen && c.relation != Link::Effect)
-                .peekable();
-            if rest.peek().is_none() {
-                return String::new();
+            {
+                out.push_str(if any { ", " } else { "; preferred over " });
+                push_part(out, Part::Id(c.incident));
+                any = true;
             }
-            let mut text = String::with_capacity(40 + 12 * candidates.len());
-            text.push_str("; preferred over ");
-            for (i, c) in rest.enumerate() {
-                if i > 0 {
-                    text.push_str(", ");
-                }
-                push_part(&mut text, Part::Id(c.incident));
+            if any {
+                out.push_str(" (less specific)");
             }
-            text.push_str(" (less specific)");
-            text
         };
         let root_of = |id: IncidentId| self.state.incidents.get(&id).and_then(|i| i.root_ci);
-        // The root this alert displaces, if it is upstream of it, with the path between.
+        // The root this alert displaces, if it is upstream of it: why the alert becomes the
+        // root, ending in the path between, which the join reason quotes from there.
         let displaced = |id: IncidentId| {
-            root_of(id)
-                .filter(|&r| r != ci && downstream(r))
-                .map(|r| (r, path(r)))
-        };
-        let becomes_root = |(r, path): &(CiIdx, String)| {
-            text(&[
-                Part::S(name(ci)),
-                Part::S(" is upstream of the previous root "),
-                Part::S(name(*r)),
-                Part::S(": "),
-                Part::S(path),
-            ])
+            let r = root_of(id).filter(|&r| r != ci && downstream(r))?;
+            let mut why = String::with_capacity(128);
+            write_parts(
+                &mut why,
+                &[
+                    Part::S(name(ci)),
+                    Part::S(" is upstream of the previous root "),
+                    Part::S(name(r)),
+                    Part::S(": "),
+                ],
+            );
+            let path_at = why.len();
+            write_path(&mut why, r);
+            Some((r, why, path_at))
         };
 
-        let chosen = cause.or_else(|| effects.iter().copied().min_by_key(|c| c.incident));
+        let chosen = cause.or_else(|| effects().min_by_key(|c| c.incident));
         if let Some(into) = chosen {
-            let merge: Vec<(IncidentId, String)> = effects
-                .iter()
+            let merge: Vec<(IncidentId, String)> = effects()
                 .filter(|e| e.incident != into.incident)
                 .map(|e| {
-                    let root = root_of(e.incident).map(name).unwrap_or_default();
-                    (
-                        e.incident,
-                        format!(
-                            "rule {}: {} ({}) is upstream of this incident's root {root}: {}",
-                            rule.name,
-                            name(ci),
-                            alert.name,
-                            root_of(e.incident).map(path).unwrap_or_default()
-                        ),
-                    )
+                    let root = root_of(e.incident);
+                    let mut why = String::with_capacity(160);
+                    write_parts(
+                        &mut why,
+                        &[
+                            Part::S("rule "),
+                            Part::S(&rule.name),
+                            Part::S(": "),
+                            Part::S(name(ci)),
+                            Part::S(" ("),
+                            Part::S(&alert.name),
+                            Part::S(") is upstream of this incident's root "),
+                            Part::S(root.map(name).unwrap_or_default()),
+                            Part::S(": "),
+                        ],
+                    );
+                    if let Some(r) = root {
+                        write_path(&mut why, r);
+                    }
+                    (e.incident, why)
                 })
                 .collect();
             let displaced = displaced(into.incident);
-            let reason = match into.relation {
-                Link::Cause if into.via == ci => text(&[
-                    Part::S("rule "),
-                    Part::S(&rule.name),
-                    Part::S(": same CI "),
-                    Part::S(name(ci)),
-                    Part::S(" alerting in "),
-                    Part::Id(into.incident),
-                    Part::S(&others(into.incident)),
-                ]),
-                Link::Cause => text(&[
-                    Part::S("rule "),
-                    Part::S(&rule.name),
-                    Part::S(": "),
-                    Part::S(&path(into.via)),
-                    Part::S(" (alerting in "),
-                    Part::Id(into.incident),
-                    Part::S(", "),
-                    Part::N(into.hops.into()),
-                    Part::S(if into.hops == 1 { " hop)" } else { " hops)" }),
-                    Part::S(&others(into.incident)),
-                ]),
-                _ => {
-                    // An effect's root is the one displaced: its path is already known.
-                    let root_path = match (root_of(into.incident), &displaced) {
-                        (Some(r), Some((d, known))) if r == *d => Cow::Borrowed(known.as_str()),
-                        (root, _) => Cow::Owned(root.map(path).unwrap_or_default()),
-                    };
-                    text(&[
-                        Part::S("rule "),
-                        Part::S(&rule.name),
-                        Part::S(": "),
-                        Part::S(name(ci)),
-                        Part::S(" is upstream of "),
-                        Part::Id(into.incident),
-                        Part::S("'s root: "),
-                        Part::S(&root_path),
-                    ])
+            let mut reason = String::with_capacity(160);
+            write_parts(
+                &mut reason,
+                &[Part::S("rule "), Part::S(&rule.name), Part::S(": ")],
+            );
+            match into.relation {
+                Link::Cause if into.via == ci => {
+                    write_parts(
+                        &mut reason,
+                        &[
+                            Part::S("same CI "),
+                            Part::S(name(ci)),
+                            Part::S(" alerting in "),
+                            Part::Id(into.incident),
+                        ],
+                    );
+                    write_others(&mut reason, into.incident);
                 }
-            };
+                Link::Cause => {
+                    write_path(&mut reason, into.via);
+                    write_parts(
+                        &mut reason,
+                        &[
+                            Part::S(" (alerting in "),
+                            Part::Id(into.incident),
+                            Part::S(", "),
+                            Part::N(into.hops.into()),
+                            Part::S(if into.hops == 1 { " hop)" } else { " hops)" }),
+                        ],
+                    );
+                    write_others(&mut reason, into.incident);
+                }
+                _ => {
+                    write_parts(
+                        &mut reason,
+                        &[
+                            Part::S(name(ci)),
+                            Part::S(" is upstream of "),
+                            Part::Id(into.incident),
+                            Part::S("'s root: "),
+                        ],
+                    );
+                    // An effect's root is the one displaced: its path is already written.
+                    match (root_of(into.incident), &displaced) {
+                        (Some(r), Some((d, why, at))) if r == *d => reason.push_str(&why[*at..]),
+                        (Some(r), _) => write_path(&mut reason, r),
+                        (None, _) => {}
+                    }
+                }
+            }
             return Target::Join {
                 incident: into.incident,
                 reason,
-                new_root: displaced.as_ref().map(becomes_root),
+                new_root: displaced.map(|(_, why, _)| why),
                 merge,
             };
         }
         if let Some(rel) = related {
-            return Target::Join {
-                incident: rel.incident,
-                reason: text(&[
-                    Part::S("rule "),
-                    Part::S(&rule.name),
-                    Part::S(": "),
-                    Part::S(&path(rel.via)),
+            let mut reason = String::with_capacity(160);
+            write_parts(
+                &mut reason,
+                &[Part::S("rule "), Part::S(&rule.name), Part::S(": ")],
+            );
+            write_path(&mut reason, rel.via);
+            write_parts(
+                &mut reason,
+                &[
                     Part::S(" (related: alerting in "),
                     Part::Id(rel.incident),
                     Part::S(", "),
                     Part::N(rel.hops.into()),
                     Part::S(" hops)"),
-                    Part::S(&others(rel.incident)),
-                ]),
-                new_root: displaced(rel.incident).as_ref().map(becomes_root),
+                ],
+            );
+            write_others(&mut reason, rel.incident);
+            return Target::Join {
+                incident: rel.incident,
+                reason,
+                new_root: displaced(rel.incident).map(|(_, why, _)| why),
                 merge: Vec::new(),
             };
         }
@@ -1403,7 +1541,11 @@ impl Engine {
             // Nothing is above P1: no need to look.
             return;
         }
-        let rule = self.rules.rules.iter().find(|r| r.name == inc.rule);
+        let rule = self
+            .rules
+            .rules
+            .iter()
+            .find(|r| r.name == inc.rule.as_str());
         let assessed = self.assess(
             rule,
             inc.services.iter().copied(),
@@ -1457,6 +1599,7 @@ impl Engine {
     pub fn apply(&mut self, fact: &Fact) {
         let s = &mut self.state;
         let bits = &mut self.ci_bits;
+        let names = &mut self.names;
         s.now = s.now.max(fact.at());
         match fact {
             Fact::AlertReceived { at, alert } => {
@@ -1472,7 +1615,7 @@ impl Engine {
                     first_seen: *at,
                     last_seen: *at,
                     ends_at: alert.ends_at,
-                    name: alert.name.clone(),
+                    name: names.get(&alert.name),
                     suppressed: false,
                     flapping: false,
                     transitions: Vec::new(),
@@ -1565,13 +1708,15 @@ impl Engine {
                 group_key,
                 topology,
             } => {
+                let group_key = SharedStr::from(group_key.as_str());
+                s.groups.insert(group_key.clone(), *incident);
                 s.incidents.insert(
                     *incident,
                     Incident {
                         id: *incident,
                         state: IncidentState::Open,
-                        rule: rule.clone(),
-                        group_key: group_key.clone(),
+                        rule: names.get(rule),
+                        group_key,
                         opened_at: *at,
                         last_activity: *at,
                         resolved_at: None,
@@ -1588,7 +1733,6 @@ impl Engine {
                         max_severity: Severity::Info,
                     },
                 );
-                s.groups.insert(group_key.clone(), *incident);
                 s.last_incident = s.last_incident.max(incident.0);
             }
             Fact::AlertAttached {
@@ -1749,31 +1893,25 @@ impl Engine {
     }
 }
 
-fn index_ci(
-    by_ci: &mut HashMap<CiIdx, Vec<IncidentId>>,
-    bits: &mut CiBits,
-    ci: CiIdx,
-    id: IncidentId,
-) {
-    let list = by_ci.entry(ci).or_default();
-    if !list.contains(&id) {
-        list.push(id);
-    }
+fn index_ci(by_ci: &mut HashMap<CiIdx, IncidentSet>, bits: &mut CiBits, ci: CiIdx, id: IncidentId) {
+    by_ci
+        .entry(ci)
+        .and_modify(|set| set.insert(id))
+        .or_insert(IncidentSet::One(id));
     bits.set(ci, true);
 }
 
 fn unindex_ci(
-    by_ci: &mut HashMap<CiIdx, Vec<IncidentId>>,
+    by_ci: &mut HashMap<CiIdx, IncidentSet>,
     bits: &mut CiBits,
     ci: CiIdx,
     id: IncidentId,
 ) {
-    if let Some(list) = by_ci.get_mut(&ci) {
-        list.retain(|&x| x != id);
-        if list.is_empty() {
-            by_ci.remove(&ci);
-            bits.set(ci, false);
-        }
+    if let Some(set) = by_ci.get_mut(&ci)
+        && set.remove(id)
+    {
+        by_ci.remove(&ci);
+        bits.set(ci, false);
     }
 }
 
@@ -1872,5 +2010,45 @@ mod text_tests {
             text(&[Part::S("rule "), Part::S("r"), Part::S(": "), Part::N(3)]),
             "rule r: 3"
         );
+    }
+
+    #[test]
+    fn priority_reasons_read_as_before_for_every_assessment() {
+        let levels = [Level::High, Level::Medium, Level::Low];
+        let crits = [
+            Criticality::Critical,
+            Criticality::High,
+            Criticality::Medium,
+            Criticality::Low,
+        ];
+        let froms = [ImpactFrom::Rule, ImpactFrom::Unknown]
+            .into_iter()
+            .chain(crits.map(ImpactFrom::Service));
+        let mut seen = 0;
+        for impact_from in froms {
+            for impact in levels {
+                for urgency in levels {
+                    for severity in [
+                        Severity::Critical,
+                        Severity::Major,
+                        Severity::Minor,
+                        Severity::Warning,
+                        Severity::Info,
+                    ] {
+                        let a = Assessment {
+                            priority: Priority::P3,
+                            impact,
+                            impact_from,
+                            urgency,
+                            severity,
+                        };
+                        assert_eq!(a.reason(), a.reason_joined());
+                        assert_eq!(a.reason().capacity(), a.reason().len());
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 6 * 3 * 3 * 5);
     }
 }

@@ -545,7 +545,7 @@ mod topology {
             .get(&inc.root.expect("root"))
             .expect("alert")
             .name
-            .clone()
+            .to_string()
     }
 
     fn reason_of(facts: &[Fact], a: &Alert) -> String {
@@ -851,6 +851,112 @@ mod topology {
         ));
         assert!(out.is_empty());
         assert_eq!(s.replayed(), *s.engine.state());
+    }
+
+    /// The engine state's snapshot encodings (binary and JSON), piece by piece in a fixed
+    /// order, equal `fixtures/engine/state.golden`, written before the state's types were
+    /// made cheaper to clone: snapshots written by older builds must stay readable and new
+    /// ones byte-identical. Hash maps are written sorted here (their own order is seeded per
+    /// process); the whole state's encoded length is checked too.
+    /// `INCIDENTD_BLESS=1` rewrites the file; review the diff.
+    #[test]
+    fn state_encodings_match_the_golden_file() {
+        use crate::engine::snapshot_codec::{to_vec, write_state};
+        let mut s = engine("");
+        // Symptoms, then their switch: merges and a root change.
+        for (name, ci, at) in [
+            ("HostUnreachable", "h1", T0),
+            ("HostUnreachable", "h2", T0 + 1_000),
+            ("ErrorRate", "app-pay", T0 + 2_000),
+            ("SwitchDown", "tor-1", T0 + 3_000),
+            ("IOLatency", "vm-2", T0 + 4_000),
+            // Past the window: a second open incident on h1, so one CI indexes two.
+            ("LinkDown", "h1", T0 + 20 * MIN),
+            ("DiskFull", "h3", T0 + 20 * MIN),
+        ] {
+            s.alert(&on(name, ci, at));
+        }
+        s.alert(&alert("Latency", "checkout", T0 + 20 * MIN));
+        s.alert(&resolved(on("DiskFull", "h3", T0), T0 + 21 * MIN));
+        let state = s.engine.state();
+        assert!(
+            state.by_ci.values().any(|ids| ids.as_slice().len() > 1),
+            "a CI with two incidents: {:?}",
+            state.by_ci
+        );
+
+        let mut text = String::new();
+        let mut piece = |name: &str, bin: Vec<u8>, json: String| {
+            text.push_str(name);
+            text.push_str(" bin ");
+            for b in bin {
+                text.push_str(&format!("{b:02x}"));
+            }
+            text.push('\n');
+            text.push_str(name);
+            text.push_str(" json ");
+            text.push_str(&json);
+            text.push('\n');
+        };
+        fn json<T: serde::Serialize>(v: &T) -> String {
+            serde_json::to_string(v).expect("json")
+        }
+        for (id, inc) in &state.incidents {
+            piece(
+                &format!("incident {id}"),
+                to_vec(inc).expect("bin"),
+                json(inc),
+            );
+        }
+        let mut alerts: Vec<_> = state.alerts.iter().collect();
+        alerts.sort_by_key(|(fp, _)| **fp);
+        for (fp, a) in alerts {
+            piece(&format!("alert {fp}"), to_vec(a).expect("bin"), json(a));
+        }
+        let mut groups: Vec<_> = state.groups.iter().collect();
+        groups.sort();
+        for (key, id) in groups {
+            let entry = (key, id);
+            piece(
+                &format!("group {key}"),
+                to_vec(&entry).expect("bin"),
+                json(&entry),
+            );
+        }
+        let mut by_ci: Vec<_> = state.by_ci.iter().collect();
+        by_ci.sort_by_key(|(ci, _)| **ci);
+        for (ci, ids) in by_ci {
+            let entry = (ci, ids);
+            piece(
+                &format!("by_ci {ci}"),
+                to_vec(&entry).expect("bin"),
+                json(&entry),
+            );
+        }
+        let mut whole = Vec::new();
+        write_state(state, &mut whole).expect("state");
+        let whole_json = serde_json::to_string(state).expect("json");
+        text.push_str(&format!(
+            "state bin {} bytes, json {} bytes\n",
+            whole.len(),
+            whole_json.len()
+        ));
+
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/engine/state.golden");
+        if std::env::var_os("INCIDENTD_BLESS").is_some() {
+            std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/engine"))
+                .expect("fixtures dir");
+            std::fs::write(path, &text).expect("write golden");
+        }
+        let golden = std::fs::read_to_string(path).expect("golden file");
+        for (line, (got, want)) in text.lines().zip(golden.lines()).enumerate() {
+            assert_eq!(got, want, "line {}", line + 1);
+        }
+        assert_eq!(text.lines().count(), golden.lines().count());
+        assert_eq!(
+            crate::engine::snapshot_codec::read_state(&whole).expect("decode"),
+            *state
+        );
     }
 }
 

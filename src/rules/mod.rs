@@ -52,6 +52,8 @@ use crate::model::{Alert, Millis, Priority, Severity, parse_duration, parse_time
 
 /// Upper bound on a compiled regex, so a hostile rule cannot eat memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Most strings a pattern may match and still be tested by set membership.
+const LITERAL_SET_LIMIT: usize = 256;
 /// Default fan-in above which a CI is a hub that topology walks do not pass through.
 pub const DEFAULT_MAX_FAN_IN: usize = 50;
 /// Longest walk a topology rule may ask for.
@@ -308,11 +310,111 @@ struct Matcher {
 enum Op {
     Equals(String),
     NotEquals(String),
-    Regex(Regex),
-    NotRegex(Regex),
+    Regex(Pattern),
+    NotRegex(Pattern),
     In(Vec<String>),
     NotIn(Vec<String>),
     Exists(bool),
+}
+
+/// A `regex`/`not_regex` pattern, compiled anchored at both ends (`^(?:p)$`, as Prometheus
+/// does). Alert-name patterns are mostly alternations of plain names, such as
+/// `(Host|Node)(Down|Unreachable)|PingLoss`: their matches are a small finite set of
+/// strings, and looking a value up there costs a fraction of a regex search on every alert.
+#[derive(Clone, Debug)]
+struct Pattern {
+    regex: Regex,
+    /// Exactly the strings `regex` matches, when that is a small finite set. Hashed: a
+    /// lookup hashes the value once and compares one candidate, where a binary search over
+    /// a few dozen names of similar length compares several.
+    literals: Option<foldhash::HashSet<Box<str>>>,
+}
+
+impl Pattern {
+    fn new(pattern: &str, regex: Regex) -> Pattern {
+        let literals =
+            literal_set(pattern).map(|set| set.into_iter().map(String::into_boxed_str).collect());
+        Pattern { regex, literals }
+    }
+
+    fn is_match(&self, v: &str) -> bool {
+        match &self.literals {
+            Some(set) => set.contains(v),
+            None => self.regex.is_match(v),
+        }
+    }
+}
+
+/// Every string that `pattern` matches as a whole, if the pattern is built only from plain
+/// characters, groups (`(..)`, `(?:..)`) and alternation (`|`) and matches at most
+/// [`LITERAL_SET_LIMIT`] strings; else `None` (the regex decides). Anything else — classes,
+/// repetition, escapes, flags, anchors, `.` — is refused rather than interpreted, so the set
+/// is exact: outside a class, the regex syntax gives these characters no other meaning.
+fn literal_set(pattern: &str) -> Option<Vec<String>> {
+    struct Parser<'a> {
+        rest: std::str::Chars<'a>,
+    }
+    impl Parser<'_> {
+        fn peek(&self) -> Option<char> {
+            self.rest.clone().next()
+        }
+        /// alternation := concat ('|' concat)*
+        fn alternation(&mut self) -> Option<Vec<String>> {
+            let mut set = self.concat()?;
+            while self.peek() == Some('|') {
+                self.rest.next();
+                set.extend(self.concat()?);
+                if set.len() > LITERAL_SET_LIMIT {
+                    return None;
+                }
+            }
+            Some(set)
+        }
+        /// concat := (plain character | '(' ['?:'] alternation ')')*
+        fn concat(&mut self) -> Option<Vec<String>> {
+            let mut set = vec![String::new()];
+            loop {
+                let part = match self.peek() {
+                    None | Some('|') | Some(')') => return Some(set),
+                    Some('(') => {
+                        self.rest.next();
+                        if self.peek() == Some('?') {
+                            self.rest.next();
+                            if self.rest.next() != Some(':') {
+                                return None;
+                            }
+                        }
+                        let inner = self.alternation()?;
+                        if self.rest.next() != Some(')') {
+                            return None;
+                        }
+                        inner
+                    }
+                    Some(c) if c.is_ascii_alphanumeric() || "_-:/=@,% ".contains(c) => {
+                        self.rest.next();
+                        for s in &mut set {
+                            s.push(c);
+                        }
+                        continue;
+                    }
+                    Some(_) => return None,
+                };
+                if set.len() * part.len() > LITERAL_SET_LIMIT {
+                    return None;
+                }
+                set = set
+                    .iter()
+                    .flat_map(|head| part.iter().map(move |tail| format!("{head}{tail}")))
+                    .collect();
+            }
+        }
+    }
+    let mut p = Parser {
+        rest: pattern.chars(),
+    };
+    let set = p.alternation()?;
+    // A `)` with no `(` stops the parse early: not a pattern this understands.
+    p.rest.next().is_none().then_some(set)
 }
 
 impl Matcher {
@@ -687,6 +789,7 @@ fn compile_matchers(
             RegexBuilder::new(&format!("^(?:{pattern})$"))
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
+                .map(|regex| Pattern::new(pattern, regex))
                 .map_err(|e| {
                     at(
                         offset,
@@ -999,6 +1102,164 @@ window = "15m"
         let err = parse("[[rule]]\nname = \"a\"\ngroup_by = []\nwindow = \"1m\"\n[[rule]]\nname = \"a\"\ngroup_by = []\nwindow = \"1m\"\n")
             .expect_err("duplicate");
         assert!(err.to_string().contains("duplicate rule name"), "{err}");
+    }
+
+    /// A pattern compiled the way rules compile them.
+    fn pattern(p: &str) -> Pattern {
+        let regex = RegexBuilder::new(&format!("^(?:{p})$"))
+            .build()
+            .expect("valid regex");
+        Pattern::new(p, regex)
+    }
+
+    /// Values near the pattern's own strings: each one, cut short, extended, case-flipped,
+    /// doubled, with a newline (`$` must not match before a trailing newline), and empty.
+    fn probes(p: &Pattern) -> Vec<String> {
+        let mut out = vec![String::new(), "\n".into(), " ".into(), "x".into()];
+        for s in p.literals.iter().flatten() {
+            let s = s.to_string();
+            out.push(s.clone());
+            out.push(format!("{s}\n"));
+            out.push(format!("\n{s}"));
+            out.push(format!("{s}x"));
+            out.push(format!("x{s}"));
+            out.push(format!("{s}{s}"));
+            out.push(s.to_lowercase());
+            out.push(s.to_uppercase());
+            let mut chars = s.chars();
+            chars.next_back();
+            out.push(chars.as_str().to_string());
+            let mut chars = s.chars();
+            chars.next();
+            out.push(chars.as_str().to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn literal_patterns_match_by_set_exactly_as_the_regex_does() {
+        let shipped = Rules::embedded().expect("embedded rules");
+        let mut patterns: Vec<String> = Vec::new();
+        for rule in &shipped.rules {
+            for m in &rule.matchers {
+                if let Op::Regex(p) | Op::NotRegex(p) = &m.op {
+                    assert!(p.literals.is_some(), "{}: {:?}", rule.name, p.regex);
+                    let text = p.regex.as_str();
+                    patterns.push(text["^(?:".len()..text.len() - ")$".len()].to_string());
+                }
+            }
+        }
+        assert!(patterns.len() >= 3, "{patterns:?}");
+        patterns.extend(
+            [
+                "HostDown",
+                "HostDown|NodeDown",
+                "^?",
+                "",
+                "|",
+                "a|",
+                "()",
+                "(?:)",
+                "(a|b)(c|d)|e",
+                "((a|b)c)?",
+                "x-y:z/w=1@h,2% ok",
+                "(Host|Node)(Down|Unreachable)(|Again)",
+            ]
+            .map(String::from),
+        );
+        let mut compared = 0;
+        for text in &patterns {
+            let Ok(regex) = RegexBuilder::new(&format!("^(?:{text})$")).build() else {
+                continue;
+            };
+            let p = Pattern::new(text, regex);
+            let Some(set) = &p.literals else {
+                continue;
+            };
+            for v in probes(&p) {
+                assert_eq!(p.is_match(&v), p.regex.is_match(&v), "{text:?} on {v:?}");
+                compared += 1;
+            }
+            for s in set.iter() {
+                assert!(p.regex.is_match(s), "{text:?}: {s:?} is in the set");
+            }
+        }
+        assert!(compared > 1_000, "{compared}");
+    }
+
+    #[test]
+    fn patterns_with_any_other_syntax_keep_the_regex() {
+        for text in [
+            "Kube.*",
+            "(?i)hostdown",
+            "(?i:a)",
+            "a+",
+            "a?",
+            "a{2}",
+            "[ab]",
+            "a\\|b",
+            "\\d",
+            "^a",
+            "a$",
+            "(?P<x>a)",
+            "(?<x>a)",
+            "a.b",
+            "café",
+            "a#b",
+        ] {
+            assert!(pattern(text).literals.is_none(), "{text:?}");
+        }
+        // Unbalanced groups are not literal sets (and not valid patterns either).
+        for text in ["a)", "(a", "a)|(b"] {
+            assert!(literal_set(text).is_none(), "{text:?}");
+        }
+        // Too many strings: the regex is cheaper than a huge set.
+        let wide = "(a|b|c|d)(a|b|c|d)(a|b|c|d)(a|b|c|d)(a|b)";
+        assert!(literal_set(wide).is_none());
+        assert_eq!(
+            literal_set("(a|b|c|d)(a|b|c|d)(a|b|c|d)(a|b|c|d)").map(|s| s.len()),
+            Some(256)
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        /// Random patterns from plain letters, groups, alternation and a few other pieces of
+        /// syntax: whenever a set is used, it holds exactly the strings the regex matches.
+        #[test]
+        fn literal_sets_equal_the_regex(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    9 => proptest::sample::select(vec!["a", "b", "ab", "|", "(", ")", "(?:"]),
+                    1 => proptest::sample::select(vec!["*", "?", ".", "\\n", "^", "$"]),
+                ],
+                0..12,
+            ),
+        ) {
+            let text: String = pieces.concat();
+            let Ok(regex) = RegexBuilder::new(&format!("^(?:{text})$")).build() else {
+                return Ok(());
+            };
+            let p = Pattern::new(&text, regex);
+            if let Some(set) = &p.literals {
+                for s in set.iter() {
+                    proptest::prop_assert!(p.regex.is_match(s), "{:?}: {:?}", text, s);
+                }
+            }
+            // Every string over {a, b, newline} up to length 6.
+            let mut values = vec![String::new()];
+            let mut last = vec![String::new()];
+            for _ in 0..6 {
+                last = last
+                    .iter()
+                    .flat_map(|s| ["a", "b", "\n"].map(|c| format!("{s}{c}")))
+                    .collect();
+                values.extend(last.iter().cloned());
+            }
+            for v in &values {
+                proptest::prop_assert_eq!(p.is_match(v), p.regex.is_match(v), "{:?} on {:?}", text, v);
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,305 @@
+//! The incident table: incidents by id, read and written several times for every alert.
+
+use std::collections::{BTreeMap, btree_map};
+use std::fmt;
+use std::iter::{Enumerate, Peekable};
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Incident, IncidentId};
+
+/// How far past the end of the vector an id may land and still grow it.
+const SLACK: u64 = 4_096;
+
+/// Incidents by id, in id order. The engine hands ids out from a counter and never deletes
+/// an incident (a merged one stays, resolved), so a vector indexed by id holds them and a
+/// lookup is an index, where a B-tree of 10k incidents took ~100 instructions of search. An
+/// id far past the end, which only a damaged or hand-made log could carry, goes to an
+/// ordered map instead of growing the vector by the distance. Serialized as the map it
+/// replaced (entries in id order), so snapshots do not change.
+#[derive(Clone, Default)]
+pub struct Incidents {
+    /// `dense[id]`: nearly every slot is full.
+    dense: Vec<Option<Incident>>,
+    /// Ids that did not fit `dense` when inserted; each id is in one of the two only.
+    sparse: BTreeMap<IncidentId, Incident>,
+    len: usize,
+}
+
+impl Incidents {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, id: &IncidentId) -> Option<&Incident> {
+        match self.dense.get(id.0 as usize) {
+            Some(Some(inc)) => Some(inc),
+            _ if self.sparse.is_empty() => None,
+            _ => self.sparse.get(id),
+        }
+    }
+
+    pub fn get_mut(&mut self, id: &IncidentId) -> Option<&mut Incident> {
+        match self.dense.get_mut(id.0 as usize) {
+            Some(Some(inc)) => Some(inc),
+            _ if self.sparse.is_empty() => None,
+            _ => self.sparse.get_mut(id),
+        }
+    }
+
+    pub fn contains_key(&self, id: &IncidentId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Stores `inc` under `id`, returning what was there.
+    pub fn insert(&mut self, id: IncidentId, inc: Incident) -> Option<Incident> {
+        let i = id.0 as usize;
+        let old = if let Some(slot) = self.sparse.get_mut(&id) {
+            Some(std::mem::replace(slot, inc))
+        } else if i < self.dense.len() {
+            self.dense[i].replace(inc)
+        } else if id.0 < self.dense.len() as u64 + SLACK {
+            self.dense.resize_with(i + 1, || None);
+            self.dense[i] = Some(inc);
+            None
+        } else {
+            self.sparse.insert(id, inc)
+        };
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn remove(&mut self, id: &IncidentId) -> Option<Incident> {
+        let old = match self.dense.get_mut(id.0 as usize).and_then(Option::take) {
+            Some(inc) => Some(inc),
+            None if self.sparse.is_empty() => None,
+            None => self.sparse.remove(id),
+        };
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    /// Every incident with its id, in id order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            dense: self.dense.iter().enumerate(),
+            sparse: self.sparse.iter().peekable(),
+            pending: None,
+            left: self.len,
+        }
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Incident> {
+        self.iter().map(|(_, inc)| inc)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = IncidentId> + '_ {
+        self.iter().map(|(id, _)| id)
+    }
+}
+
+/// [`Incidents::iter`]: the vector's entries merged with the map's, by id.
+pub struct Iter<'a> {
+    dense: Enumerate<std::slice::Iter<'a, Option<Incident>>>,
+    sparse: Peekable<btree_map::Iter<'a, IncidentId, Incident>>,
+    /// The vector's next entry, taken but not yet handed out.
+    pending: Option<(IncidentId, &'a Incident)>,
+    left: usize,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (IncidentId, &'a Incident);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pending.is_none() {
+            self.pending = self
+                .dense
+                .find_map(|(i, slot)| slot.as_ref().map(|inc| (IncidentId(i as u64), inc)));
+        }
+        let item = match (self.pending, self.sparse.peek()) {
+            (Some((d, _)), Some(&(&s, inc))) if s < d => {
+                self.sparse.next();
+                Some((s, inc))
+            }
+            (Some(_), _) => self.pending.take(),
+            (None, Some(&(&s, inc))) => {
+                self.sparse.next();
+                Some((s, inc))
+            }
+            (None, None) => None,
+        };
+        self.left = self.left.saturating_sub(usize::from(item.is_some()));
+        item
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl<'a> IntoIterator for &'a Incidents {
+    type Item = (IncidentId, &'a Incident);
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl std::ops::Index<&IncidentId> for Incidents {
+    type Output = Incident;
+    fn index(&self, id: &IncidentId) -> &Incident {
+        match self.get(id) {
+            Some(inc) => inc,
+            None => panic!("no incident {id}"),
+        }
+    }
+}
+
+/// Equal when they hold the same incidents under the same ids, however stored.
+impl PartialEq for Incidents {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl fmt::Debug for Incidents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Incidents {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.len))?;
+        for (id, inc) in self {
+            map.serialize_entry(&id, inc)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Incidents {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = Incidents;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of incidents by id")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Incidents, A::Error> {
+                let mut table = Incidents::default();
+                while let Some((id, inc)) = map.next_entry::<IncidentId, Incident>()? {
+                    table.insert(id, inc);
+                }
+                Ok(table)
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::snapshot_codec::{from_slice, to_vec};
+    use crate::engine::{IncidentState, Priority, SharedStr};
+    use crate::model::Severity;
+
+    fn incident(id: u64) -> Incident {
+        Incident {
+            id: IncidentId(id),
+            state: IncidentState::Open,
+            rule: SharedStr::from("r"),
+            group_key: SharedStr::from(format!("g{id}")),
+            opened_at: id as i64,
+            last_activity: id as i64,
+            resolved_at: None,
+            merged_into: None,
+            topology: id.is_multiple_of(2),
+            members: Vec::new(),
+            cis: vec![id as u32],
+            firing: 1,
+            quiet_since: None,
+            root: None,
+            root_ci: None,
+            services: Default::default(),
+            priority: Priority::P3,
+            max_severity: Severity::Major,
+        }
+    }
+
+    /// Inserts, replacements and removals, ids dense and far apart, against a `BTreeMap`
+    /// doing the same: same contents, same order, same encodings.
+    #[test]
+    fn behaves_and_encodes_as_the_map_it_replaced() {
+        let mut table = Incidents::default();
+        let mut map = BTreeMap::new();
+        let far = 1_000_000_000_000;
+        let ops: Vec<(bool, u64)> = (1..300)
+            .map(|i| (true, i))
+            .chain([(true, far), (true, far + 7), (true, 5_000), (true, 0)])
+            .chain((300..700).map(|i| (true, i)))
+            .chain([
+                (false, 17),
+                (false, far),
+                (true, 17),
+                (false, 999),
+                (true, far),
+            ])
+            .chain([(true, 4_600), (true, 4_700), (false, 4_600), (true, 4_650)])
+            .collect();
+        for (insert, id) in ops {
+            let id = IncidentId(id);
+            if insert {
+                let mut inc = incident(id.0);
+                inc.firing = table.len() as u32;
+                assert_eq!(table.insert(id, inc.clone()), map.insert(id, inc));
+            } else {
+                assert_eq!(table.remove(&id), map.remove(&id));
+            }
+            assert_eq!(table.len(), map.len());
+        }
+        assert!(!table.sparse.is_empty(), "far ids went to the map");
+        for id in [
+            0,
+            1,
+            17,
+            299,
+            999,
+            5_000,
+            4_600,
+            4_650,
+            far,
+            far + 7,
+            far + 8,
+        ] {
+            let id = IncidentId(id);
+            assert_eq!(table.get(&id), map.get(&id), "{id}");
+            assert_eq!(table.contains_key(&id), map.contains_key(&id));
+        }
+        let pairs: Vec<(IncidentId, &Incident)> = table.iter().collect();
+        let want: Vec<(IncidentId, &Incident)> = map.iter().map(|(k, v)| (*k, v)).collect();
+        assert_eq!(pairs, want);
+        assert_eq!(table.iter().len(), map.len());
+        assert_eq!(to_vec(&table).expect("bin"), to_vec(&map).expect("bin"));
+        let json = serde_json::to_string(&table).expect("json");
+        assert_eq!(json, serde_json::to_string(&map).expect("json"));
+        let back: Incidents = from_slice(&to_vec(&map).expect("bin")).expect("decode");
+        assert_eq!(back, table);
+        let back: Incidents = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, table);
+        assert_eq!(format!("{table:?}"), format!("{:?}", map));
+    }
+}
