@@ -145,7 +145,29 @@ enum RulesCommand {
     Check { dir: PathBuf },
 }
 
+/// Turns transparent huge pages off for this process. mimalloc asks for them, and the
+/// kernel then zeroes 2 MB at each first touch: while the state grows, the engine thread
+/// stalled 13–60 ms at a time in those faults (perf: `clear_page_erms` under
+/// `do_huge_pmd_anonymous_page`), setting p99 at 50k alerts/s to 61–99 ms. With 4 KB pages
+/// p99 there is 4.3–4.4 ms at the same CPU per alert, and RSS is 20 % lower.
+#[cfg(target_os = "linux")]
+fn no_huge_pages() -> std::io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this process's flag.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_huge_pages() -> std::io::Result<()> {
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    let huge_pages = no_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -154,6 +176,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Err(e) = huge_pages {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off; expect latency spikes while memory grows");
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -136,6 +136,12 @@ async fn a_broken_rules_file_keeps_the_old_rules() {
         r.status().is_success().then_some(())
     })
     .await;
+    // The served process runs without transparent huge pages (latency spikes, main.rs).
+    if cfg!(target_os = "linux") {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).expect("proc status");
+        assert!(status.contains("THP_enabled:\t0"), "{status}");
+    }
 
     std::fs::write(
         rules.join("zz-broken.toml"),
