@@ -2944,12 +2944,7 @@ host-017,connected_to,sw-core-01
                     if j >= N {
                         continue;
                     }
-                    let kind = Relation::ALL[rng.below(7) as usize];
-                    let (f, t) = if kind == ConnectedTo && rng.chance(50) {
-                        (j, i)
-                    } else {
-                        (i, j)
-                    };
+                    let (f, kind, t) = rng.relation(i, j);
                     rels.insert((format!("n{f}"), kind, format!("n{t}")));
                 }
             }
@@ -3455,6 +3450,17 @@ host-017,connected_to,sw-core-01
         fn chance(&mut self, percent: u64) -> bool {
             self.below(100) < percent
         }
+
+        /// A random relation between CIs `i < j`: dependencies point from the lower to the
+        /// higher (acyclic), `connected_to` either way.
+        fn relation(&mut self, i: usize, j: usize) -> (usize, Relation, usize) {
+            let kind = Relation::ALL[self.below(7) as usize];
+            if kind == ConnectedTo && self.chance(50) {
+                (j, kind, i)
+            } else {
+                (i, kind, j)
+            }
+        }
     }
 
     /// A random valid spec over ids u0..u7: dependency edges only go from lower to higher id
@@ -3492,12 +3498,7 @@ host-017,connected_to,sw-core-01
                     if !rng.chance(25) {
                         continue;
                     }
-                    let kind = Relation::ALL[rng.below(7) as usize];
-                    let (f, t) = if kind == ConnectedTo && rng.chance(50) {
-                        (j, i)
-                    } else {
-                        (i, j)
-                    };
+                    let (f, kind, t) = rng.relation(i, j);
                     let r = rel(&format!("u{f}"), kind, &format!("u{t}"));
                     if seen.insert(r.clone()) {
                         relations.push(r);

@@ -380,6 +380,22 @@ fn text(parts: &[Part<'_>]) -> String {
 
 /// Appends a reason's pieces; text pieces, nearly all of them, without a call.
 #[inline]
+/// "` (alerting in INC-…, n hops)`"-style tails of topology reasons.
+fn alerting_in(
+    label: &'static str,
+    incident: IncidentId,
+    hops: u8,
+    unit: &'static str,
+) -> [Part<'static>; 5] {
+    [
+        Part::S(label),
+        Part::Id(incident),
+        Part::S(", "),
+        Part::N(hops.into()),
+        Part::S(unit),
+    ]
+}
+
 fn write_parts(out: &mut String, parts: &[Part<'_>]) {
     for &part in parts {
         match part {
@@ -1254,15 +1270,10 @@ impl Engine {
                 }
                 Link::Cause => {
                     write_path(&mut reason, into.via);
+                    let unit = if into.hops == 1 { " hop)" } else { " hops)" };
                     write_parts(
                         &mut reason,
-                        &[
-                            Part::S(" (alerting in "),
-                            Part::Id(into.incident),
-                            Part::S(", "),
-                            Part::N(into.hops.into()),
-                            Part::S(if into.hops == 1 { " hop)" } else { " hops)" }),
-                        ],
+                        &alerting_in(" (alerting in ", into.incident, into.hops, unit),
                     );
                     write_others(&mut reason, into.incident);
                 }
@@ -1298,15 +1309,10 @@ impl Engine {
                 &[Part::S("rule "), Part::S(&rule.name), Part::S(": ")],
             );
             write_path(&mut reason, rel.via);
+            // "hops" even for one, as it has always read: reasons are recorded history.
             write_parts(
                 &mut reason,
-                &[
-                    Part::S(" (related: alerting in "),
-                    Part::Id(rel.incident),
-                    Part::S(", "),
-                    Part::N(rel.hops.into()),
-                    Part::S(" hops)"),
-                ],
+                &alerting_in(" (related: alerting in ", rel.incident, rel.hops, " hops)"),
             );
             write_others(&mut reason, rel.incident);
             return Target::Join {
