@@ -6,10 +6,15 @@
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use incidentd::ingest::{Format, Limits, Stamp, decode};
 use incidentd::model::{Alert, Fingerprint, Severity, Status};
 use incidentd::rules::Rules;
+use incidentd::view::{PreparedAlert, Sym};
+
+/// As in the service, so allocation costs match what it pays.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NOW: i64 = 1_795_000_000_000;
 
@@ -117,6 +122,76 @@ fn decoders(c: &mut Criterion) {
     group.finish();
 }
 
+/// Storm-like alerts, 100 per call, never seen before: label keys and most values repeat
+/// (as they do across real alerts), each alert's `check` value and summary are its own.
+fn fresh_alerts() -> impl FnMut() -> Vec<Alert> {
+    let limits = Limits::default();
+    let body = batch(native, 100);
+    let mut round = 0usize;
+    move || {
+        round += 1;
+        let mut alerts = decode(Format::Native, body.as_bytes(), Stamp::Live(NOW), &limits)
+            .expect("decodes")
+            .alerts;
+        for (k, a) in alerts.iter_mut().enumerate() {
+            a.labels.insert("check".into(), format!("c{round}-{k}"));
+            a.summary = Some(format!("Host {k} does not answer ping, round {round}"));
+        }
+        alerts
+    }
+}
+
+/// An interner already holding a million texts, as a long-running service's does.
+fn fill_interner() {
+    for i in 0..1_000_000 {
+        black_box(Sym::from_string(format!("prefill-{i}")));
+    }
+}
+
+#[inline(never)]
+fn profile_prepare(batches: &[Vec<Alert>]) -> usize {
+    let mut n = 0;
+    for alert in batches.iter().flatten() {
+        black_box(PreparedAlert::new(alert, NOW));
+        n += 1;
+    }
+    n
+}
+
+/// `PREPARE_PROFILE=N`: N batches of 100 through `profile_prepare`, no criterion, for
+/// `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profile_prepare*'`.
+fn profile(n: usize) {
+    fill_interner();
+    let mut next = fresh_alerts();
+    let batches: Vec<Vec<Alert>> = (0..n).map(|_| next()).collect();
+    eprintln!("profile: {} alerts prepared", profile_prepare(&batches));
+}
+
+/// Building a received alert's read-model view (interning its strings), as the pipeline does
+/// for every new alert.
+fn prepare(c: &mut Criterion) {
+    if let Ok(n) = std::env::var("PREPARE_PROFILE") {
+        profile(n.parse().unwrap_or(100));
+        return;
+    }
+    fill_interner();
+    let mut group = c.benchmark_group("prepare");
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("storm_alert/batch100", |b| {
+        b.iter_batched(
+            fresh_alerts(),
+            |alerts| {
+                alerts
+                    .iter()
+                    .map(|a| PreparedAlert::new(a, NOW))
+                    .collect::<Vec<_>>()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 fn labels() -> BTreeMap<String, String> {
     [
         ("check", "c42"),
@@ -217,5 +292,5 @@ fn rule_matching(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decoders, fingerprints, rule_matching);
+criterion_group!(benches, decoders, prepare, fingerprints, rule_matching);
 criterion_main!(benches);

@@ -14,6 +14,7 @@
 //! cargo bench --bench storm -- memory --alerts 1000000
 //! cargo bench --bench storm -- restart --facts 10000000 --restart-snapshot false
 //! STORM_LOG=info STORM_KEEP=1 cargo bench --bench storm -- nats ...   # keep incidentd's log
+//! STORM_INCIDENTD=/tmp/old-incidentd cargo bench --bench storm -- nats ...   # another build
 //! ```
 //!
 //! Latency: over HTTP, a 2xx answer is sent only after the alerts' facts are durable and the
@@ -218,8 +219,13 @@ struct Incidentd {
     base: Http,
 }
 
+/// The crate's release binary, or `STORM_INCIDENTD` (a saved build, to compare two versions
+/// back to back without rebuilding).
 fn incidentd_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_incidentd"))
+    std::env::var_os("STORM_INCIDENTD").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_incidentd")),
+        PathBuf::from,
+    )
 }
 
 /// Writes the config and starts `incidentd serve`; returns once `/readyz` answers 200.

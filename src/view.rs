@@ -32,11 +32,14 @@ pub use sym::Sym;
 ///
 /// Reading a symbol's text takes no lock: texts sit in fixed-size chunks that never move
 /// once allocated, so rendering a 10k-alert incident does not take 100k lock round trips and
-/// the table never stops the writer to copy itself. Lookup by text is split into shards by
+/// the table never stops the writer to copy itself. Most of an alert's texts repeat, so each
+/// thread first looks in a small cache of the texts it interned recently (a hit takes no lock
+/// and no probe into the big table). Lookup by text is split into shards by
 /// hash, each behind its own mutex: a shard that doubles rehashes 1/64 of the strings (one
 /// table of two million strings stalled the writer for a measurable fraction of a second
 /// when it doubled).
 mod sym {
+    use std::cell::Cell;
     use std::fmt;
     use std::hash::BuildHasher;
     use std::num::NonZeroU32;
@@ -92,10 +95,38 @@ mod sym {
         chunk.get(i & (CHUNK - 1))?.get().copied()
     }
 
+    /// Slots in each thread's cache of recently interned texts.
+    const RECENT: usize = 4096;
+
+    thread_local! {
+        /// Direct-mapped by hash: (hash, raw symbol, 0 for none). Alerts repeat most of their
+        /// texts (label keys, sources, names, team and environment values), and a hit here
+        /// costs one compare against a text that is likely in cache, where the shared table
+        /// costs a lock and a probe into millions of entries.
+        static RECENTLY: [Cell<(u64, u32)>; RECENT] = const { [const { Cell::new((0, 0)) }; RECENT] };
+    }
+
     /// Finds `text`, or makes it a new symbol, keeping the buffer of an owned `text`.
     fn intern<S: AsRef<str> + Into<Box<str>>>(text_in: S) -> Sym {
         let s = text_in.as_ref();
         let h = hash(s);
+        let slot = h as usize % RECENT;
+        let (seen, raw) = RECENTLY.try_with(|r| r[slot].get()).unwrap_or((0, 0));
+        if let Some(sym) = NonZeroU32::new(raw).map(Sym)
+            && seen == h
+            && text(sym) == Some(s)
+        {
+            return sym;
+        }
+        let sym = intern_shared(text_in, h);
+        // Fails only while the thread exits: the next call then takes the shared path.
+        let _ = RECENTLY.try_with(|r| r[slot].set((h, sym.0.get())));
+        sym
+    }
+
+    /// [`intern`] past the thread's cache: the table all threads share.
+    fn intern_shared<S: AsRef<str> + Into<Box<str>>>(text_in: S, h: u64) -> Sym {
+        let s = text_in.as_ref();
         // Bits hashbrown uses for neither the bucket (low) nor the tag (top 7).
         let shard = &TABLE.shards[(h >> 32) as usize % SHARDS];
         let mut ids = shard.lock().unwrap_or_else(|e| e.into_inner());
