@@ -18,6 +18,10 @@ use incidentd::rules::Rules;
 use incidentd::snapshot;
 use incidentd::view::ReadModel;
 
+/// As in the service, so allocation costs match what it pays.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_795_000_000_000;
 const FACTS_PER_BATCH: usize = 64;
 
@@ -166,8 +170,39 @@ fn records(c: &mut Criterion) {
     group.finish();
 }
 
+#[inline(never)]
+fn profile_replay(records: &[Vec<u8>]) -> (Engine, ReadModel) {
+    let (engine, view) = fresh();
+    replay_serial(engine, view, records)
+}
+
+/// `REPLAY_PROFILE=N`: the facts of N storm alerts replayed once on one thread inside
+/// `profile_replay`, no criterion, for instruction counts that machine load does not blur:
+/// `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profile_replay*'
+/// target/release/deps/eventlog-* --bench replay_large`, then divide by the facts printed.
+fn profile(n: usize) {
+    let mut buf = Vec::new();
+    let records: Vec<Vec<u8>> = storm_facts(n)
+        .iter()
+        .map(|f| {
+            encode_record(f, &mut buf).expect("encode");
+            buf.clone()
+        })
+        .collect();
+    let (engine, _view) = profile_replay(&records);
+    eprintln!(
+        "profile: {} facts replayed, {} alerts",
+        records.len(),
+        engine.state().alerts.len()
+    );
+}
+
 /// Replay at a scale where the pipeline's batches matter: 200,000 alerts (~800k facts).
 fn replay_large(c: &mut Criterion) {
+    if let Ok(n) = std::env::var("REPLAY_PROFILE") {
+        profile(n.parse().unwrap_or(200_000));
+        return;
+    }
     let facts = storm_facts(200_000);
     let mut buf = Vec::new();
     let encoded: Vec<Vec<u8>> = facts

@@ -566,10 +566,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u8(&mut self, field: &'static str) -> R<u8> {
-        let b = *self.bytes.get(self.pos).ok_or(RecordError::Truncated {
-            field,
-            offset: self.pos,
-        })?;
+        // `ok_or_else`: an eagerly built error would be dropped (drop glue, as the enum holds
+        // a `serde_json::Error`) for every byte read.
+        let b = *self
+            .bytes
+            .get(self.pos)
+            .ok_or_else(|| RecordError::Truncated {
+                field,
+                offset: self.pos,
+            })?;
         self.pos += 1;
         Ok(b)
     }
@@ -667,7 +672,7 @@ impl<'a> Reader<'a> {
         let raw = self
             .bytes
             .get(offset..offset + 8)
-            .ok_or(RecordError::Truncated { field, offset })?;
+            .ok_or_else(|| RecordError::Truncated { field, offset })?;
         let mut b = [0u8; 8];
         b.copy_from_slice(raw);
         self.pos += 8;
