@@ -566,15 +566,14 @@ impl<'a> Reader<'a> {
     }
 
     fn u8(&mut self, field: &'static str) -> R<u8> {
-        // `ok_or_else`: an eagerly built error would be dropped (drop glue, as the enum holds
-        // a `serde_json::Error`) for every byte read.
-        let b = *self
-            .bytes
-            .get(self.pos)
-            .ok_or_else(|| RecordError::Truncated {
+        // Not `ok_or`: an eagerly built error is dropped again (drop glue: the enum holds a
+        // `serde_json::Error`) for every byte read.
+        let Some(&b) = self.bytes.get(self.pos) else {
+            return Err(RecordError::Truncated {
                 field,
                 offset: self.pos,
-            })?;
+            });
+        };
         self.pos += 1;
         Ok(b)
     }
@@ -669,10 +668,9 @@ impl<'a> Reader<'a> {
 
     fn fp(&mut self, field: &'static str) -> R<Fingerprint> {
         let offset = self.pos;
-        let raw = self
-            .bytes
-            .get(offset..offset + 8)
-            .ok_or_else(|| RecordError::Truncated { field, offset })?;
+        let Some(raw) = self.bytes.get(offset..offset + 8) else {
+            return Err(RecordError::Truncated { field, offset });
+        };
         let mut b = [0u8; 8];
         b.copy_from_slice(raw);
         self.pos += 8;

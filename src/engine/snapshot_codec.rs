@@ -344,21 +344,18 @@ struct Decoder<'de> {
 
 impl<'de> Decoder<'de> {
     fn u8(&mut self) -> Result<u8, CodecError> {
-        let b = *self
-            .bytes
-            .get(self.pos)
-            .ok_or_else(|| CodecError::Eof(self.pos))?;
+        // Not `ok_or`: that builds (and drops) an error for every byte read.
+        let Some(&b) = self.bytes.get(self.pos) else {
+            return Err(CodecError::Eof(self.pos));
+        };
         self.pos += 1;
         Ok(b)
     }
 
     fn take(&mut self, n: usize) -> Result<&'de [u8], CodecError> {
         let start = self.pos;
-        let end = start.checked_add(n).ok_or_else(|| CodecError::Eof(start))?;
-        let s = self
-            .bytes
-            .get(start..end)
-            .ok_or_else(|| CodecError::Eof(start))?;
+        let end = start.checked_add(n).ok_or(CodecError::Eof(start))?;
+        let s = self.bytes.get(start..end).ok_or(CodecError::Eof(start))?;
         self.pos = end;
         Ok(s)
     }
