@@ -104,6 +104,12 @@ impl<'a> Map<'a> {
         Some(self.entries.swap_remove(at).1)
     }
 
+    /// Entries in document order: for a caller that does not need key order, or restores it
+    /// itself, without the sort [`Map::iter`] pays.
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (&str, &Value<'a>)> {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+
     /// Entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value<'a>)> {
         let mut refs: Vec<_> = self.entries.iter().map(|(k, v)| (k.as_ref(), v)).collect();
