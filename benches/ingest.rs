@@ -65,7 +65,47 @@ fn batch(one: fn(usize) -> String, n: usize) -> String {
     format!("[{}]", items.join(","))
 }
 
+#[inline(never)]
+fn profile_decode(bodies: &[(Format, String)], limits: &Limits) -> usize {
+    let mut n = 0;
+    for (format, body) in bodies {
+        let decoded = decode(*format, body.as_bytes(), Stamp::Live(NOW), limits).expect("decodes");
+        n += decoded.alerts.len();
+        black_box(decoded);
+    }
+    n
+}
+
+/// `DECODE_PROFILE=N`: N native and N Alertmanager batches of 100 through `profile_decode`,
+/// no criterion, for `valgrind --tool=callgrind --collect-atstart=no
+/// --toggle-collect='*profile_decode*'`. `DECODE_PROFILE_FORMAT=native` (or `alertmanager`)
+/// keeps only that format, for a per-format count.
+fn profile_decoders(n: usize) {
+    let limits = Limits::default();
+    let only = std::env::var("DECODE_PROFILE_FORMAT").ok();
+    let wanted = |f: Format| only.as_deref().is_none_or(|o| o == f.as_str());
+    let mut bodies = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        for (format, one) in [
+            (Format::Native, native as fn(usize) -> String),
+            (Format::Alertmanager, alertmanager),
+        ] {
+            if wanted(format) {
+                bodies.push((format, batch(one, 100)));
+            }
+        }
+    }
+    eprintln!(
+        "profile: {} alerts decoded",
+        profile_decode(&bodies, &limits)
+    );
+}
+
 fn decoders(c: &mut Criterion) {
+    if let Ok(n) = std::env::var("DECODE_PROFILE") {
+        profile_decoders(n.parse().unwrap_or(100));
+        return;
+    }
     let limits = Limits::default();
     let mut group = c.benchmark_group("decode");
     /// (name, format, one sample alert, whether to bench batches of 100 too)

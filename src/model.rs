@@ -201,8 +201,17 @@ impl Fnv1a {
         self.0 = self.0.wrapping_mul(Self::PRIME);
     }
 
+    /// Four bytes a round: the hash is one serial chain either way, but the loop's own
+    /// counting and branching then cost a quarter as often.
     fn field(&mut self, bytes: &[u8]) {
-        for &b in bytes {
+        let mut chunks = bytes.chunks_exact(4);
+        for c in &mut chunks {
+            self.byte(c[0]);
+            self.byte(c[1]);
+            self.byte(c[2]);
+            self.byte(c[3]);
+        }
+        for &b in chunks.remainder() {
             self.byte(b);
         }
         self.byte(0xff);
@@ -444,6 +453,22 @@ pub fn format_duration(ms: Millis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fnv_field_hashes_byte_by_byte() {
+        let text: Vec<u8> = (0u8..=40).map(|i| i.wrapping_mul(37)).collect();
+        for len in 0..text.len() {
+            let mut reference = Fnv1a::OFFSET;
+            for &b in text[..len].iter().chain(&[0xff]) {
+                reference = (reference ^ u64::from(b)).wrapping_mul(Fnv1a::PRIME);
+            }
+            let mut h = Fnv1a::new();
+            h.field(&text[..len]);
+            assert_eq!(h.finish(), reference, "{len} bytes");
+        }
+        // No labels: nothing hashed, the offset basis.
+        assert_eq!(Fingerprint::alertmanager(&BTreeMap::new()).0, Fnv1a::OFFSET);
+    }
 
     #[test]
     fn fingerprint_map_counts_compares_and_round_trips() {

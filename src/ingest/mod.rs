@@ -359,14 +359,19 @@ fn wrong_type(index: usize, field: &str, expected: &str, got: &Value<'_>) -> Ite
 
 fn check_len(index: usize, field: &str, s: &str, limit: usize) -> Result<(), ItemError> {
     if s.len() > limit {
-        return Err(item_error(
-            index,
-            field,
-            "too_large",
-            format!("field `{field}` is {} bytes, limit {limit}", s.len()),
-        ));
+        return Err(too_long(index, field, s, limit));
     }
     Ok(())
+}
+
+/// The error [`check_len`] gives, for callers that build the field name only when it fails.
+fn too_long(index: usize, field: &str, s: &str, limit: usize) -> ItemError {
+    item_error(
+        index,
+        field,
+        "too_large",
+        format!("field `{field}` is {} bytes, limit {limit}", s.len()),
+    )
 }
 
 /// Removes `key` from the item; JSON `null` counts as absent.
@@ -544,59 +549,81 @@ fn string_map(
             ),
         ));
     }
+    // Document order spares sorting the entries: the B-tree sorts them anyway. Only when an
+    // entry is refused is the object walked again in key order, so the error reported is the
+    // first in key order, whatever order the sender wrote.
     let mut out = BTreeMap::new();
-    for (key, value) in obj {
-        if key.is_empty() {
-            return Err(item_error(
-                index,
-                field,
-                "invalid_value",
-                format!("field `{field}` has an empty key"),
-            ));
-        }
-        if key.len() > limits.max_key_bytes {
-            return Err(item_error(
-                index,
-                field,
-                "too_large",
-                format!(
-                    "field `{field}` has a key of {} bytes, limit {}",
-                    key.len(),
-                    limits.max_key_bytes
-                ),
-            ));
-        }
-        let value = match value {
-            Value::String(s) => s,
-            other => {
-                return Err(wrong_type(
-                    index,
-                    &format!("{field}.{key}"),
-                    "a string",
-                    &other,
-                ));
+    for (key, value) in obj.iter_unordered() {
+        match map_entry(index, field, key, value, limits) {
+            Ok(value) if drop_empty && value.is_empty() => {}
+            Ok(value) => {
+                out.insert(key.to_string(), value.to_string());
             }
-        };
-        if value.len() > limits.max_value_bytes {
-            let path = format!("{field}.{key}");
-            let message = format!(
-                "field `{path}` value is {} bytes, limit {}",
-                value.len(),
-                limits.max_value_bytes
-            );
-            return Err(ItemError {
-                index,
-                field: path,
-                code: "too_large",
-                message,
-            });
+            Err(error) => {
+                let first = obj
+                    .iter()
+                    .find_map(|(key, value)| map_entry(index, field, key, value, limits).err());
+                return Err(first.unwrap_or(error));
+            }
         }
-        if drop_empty && value.is_empty() {
-            continue;
-        }
-        out.insert(key.into_owned(), value.into_owned());
     }
     Ok(out)
+}
+
+/// Checks one `labels`/`annotations` entry for [`string_map`], returning its string value.
+fn map_entry<'v>(
+    index: usize,
+    field: &str,
+    key: &str,
+    value: &'v Value<'_>,
+    limits: &Limits,
+) -> Result<&'v str, ItemError> {
+    if key.is_empty() {
+        return Err(item_error(
+            index,
+            field,
+            "invalid_value",
+            format!("field `{field}` has an empty key"),
+        ));
+    }
+    if key.len() > limits.max_key_bytes {
+        return Err(item_error(
+            index,
+            field,
+            "too_large",
+            format!(
+                "field `{field}` has a key of {} bytes, limit {}",
+                key.len(),
+                limits.max_key_bytes
+            ),
+        ));
+    }
+    let value = match value {
+        Value::String(s) => s,
+        other => {
+            return Err(wrong_type(
+                index,
+                &format!("{field}.{key}"),
+                "a string",
+                other,
+            ));
+        }
+    };
+    if value.len() > limits.max_value_bytes {
+        let path = format!("{field}.{key}");
+        let message = format!(
+            "field `{path}` value is {} bytes, limit {}",
+            value.len(),
+            limits.max_value_bytes
+        );
+        return Err(ItemError {
+            index,
+            field: path,
+            code: "too_large",
+            message,
+        });
+    }
+    Ok(value)
 }
 
 /// When the alert started if the sender did not say: receipt, or the end if that came first,
@@ -770,6 +797,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!((ok.alerts.len(), ok.errors.len()), (2, 0));
+    }
+
+    #[test]
+    fn map_errors_name_the_first_bad_entry_in_key_order() {
+        let d =
+            native(r#"{"source":"a","name":"n","labels":{"z":1,"ok":"x","b":"","a":[]}}"#).unwrap();
+        assert_eq!(d.errors[0].field, "labels.a");
+        assert_eq!(
+            d.errors[0].message,
+            "field `labels.a` must be a string, got array"
+        );
     }
 
     #[test]
