@@ -1,5 +1,7 @@
 //! Edge costs per alert: decoding each format (one alert per payload, and batches of 100),
-//! fingerprints, and rule matching. Run with `cargo bench --bench ingest`.
+//! building a received alert's read-model view (interning its texts), fingerprints, and rule
+//! matching. Run with `cargo bench --bench ingest`; `DECODE_PROFILE=N` and
+//! `PREPARE_PROFILE=N` run fixed workloads without criterion, for callgrind.
 //!
 //! Payloads are realistic single alerts of about 350 bytes; the throughput is per alert.
 
