@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use super::json::{Map, Value};
 
 use super::{
-    Decoded, ItemError, Limits, PayloadError, Stamp, check_item_count, check_times, default_start,
-    ends_before_starts, item_error, missing, not_an_object, opt_string, quote, show_time,
-    string_map, take, too_long, wrong_shape,
+    Decoded, ItemError, Limits, PayloadError, Stamp, check_item_count, check_len, check_times,
+    default_start, ends_before_starts, item_error, missing, not_an_object, opt_string, quote,
+    show_time, string_map, take, wrong_shape,
 };
 use crate::model::{Alert, Fingerprint, Millis, Severity, Status};
 
@@ -290,9 +290,10 @@ fn label<'a>(
 ) -> Result<Option<&'a str>, ItemError> {
     match labels.get(key) {
         None => Ok(None),
-        // The field name is formatted only for the error, not for every label read.
-        Some(v) if v.len() > limit => Err(too_long(index, &format!("labels.{key}"), v, limit)),
-        Some(v) => Ok(Some(v)),
+        Some(v) => {
+            check_len(index, format_args!("labels.{key}"), v, limit)?;
+            Ok(Some(v))
+        }
     }
 }
 
@@ -305,10 +306,12 @@ fn summary(
 ) -> Result<Option<String>, ItemError> {
     for key in ["summary", "description", "message"] {
         if let Some(text) = annotations.get(key).filter(|s| !s.is_empty()) {
-            if text.len() > limits.max_summary_bytes {
-                let field = format!("annotations.{key}");
-                return Err(too_long(index, &field, text, limits.max_summary_bytes));
-            }
+            check_len(
+                index,
+                format_args!("annotations.{key}"),
+                text,
+                limits.max_summary_bytes,
+            )?;
             return Ok(Some(text.clone()));
         }
     }

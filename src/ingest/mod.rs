@@ -357,21 +357,20 @@ fn wrong_type(index: usize, field: &str, expected: &str, got: &Value<'_>) -> Ite
     )
 }
 
-fn check_len(index: usize, field: &str, s: &str, limit: usize) -> Result<(), ItemError> {
+/// `field` is formatted only when the check fails: callers name nested fields
+/// (`format_args!("labels.{key}")`) without a string built for every value that passes.
+fn check_len(
+    index: usize,
+    field: impl std::fmt::Display,
+    s: &str,
+    limit: usize,
+) -> Result<(), ItemError> {
     if s.len() > limit {
-        return Err(too_long(index, field, s, limit));
+        let field = field.to_string();
+        let message = format!("field `{field}` is {} bytes, limit {limit}", s.len());
+        return Err(item_error(index, &field, "too_large", message));
     }
     Ok(())
-}
-
-/// The error [`check_len`] gives, for callers that build the field name only when it fails.
-fn too_long(index: usize, field: &str, s: &str, limit: usize) -> ItemError {
-    item_error(
-        index,
-        field,
-        "too_large",
-        format!("field `{field}` is {} bytes, limit {limit}", s.len()),
-    )
 }
 
 /// Removes `key` from the item; JSON `null` counts as absent.
