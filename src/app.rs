@@ -173,7 +173,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding HTTP listener on {}", cfg.listen))?;
-    tracing::info!(addr = %cfg.listen, "http listening");
+    // The bound address, not the configured one: with port 0 the kernel picks it.
+    let addr = listener.local_addr().unwrap_or(cfg.listen);
+    tracing::info!(%addr, "http listening");
     let router = api::router(AppState {
         pipeline,
         shared: shared.clone(),

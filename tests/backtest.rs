@@ -142,8 +142,7 @@ fn a_rule_change_that_stops_following_network_and_power_splits_the_incident() {
 async fn exported_history_replays_to_the_incidents_the_service_showed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let nowhere = format!("nats://127.0.0.1:{}", free_port());
-    let mut d = Incidentd::start(&data, &nowhere);
+    let mut d = Incidentd::start(&data, NOWHERE);
     let c = client();
     // The ToR failure scenario's alerts, posted live, plus a live CMDB change.
     let lines = std::fs::read_to_string(repo_path(

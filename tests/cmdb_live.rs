@@ -116,20 +116,24 @@ async fn a_broken_rules_file_keeps_the_old_rules() {
     let rules = dir.path().join("rules");
     std::fs::create_dir(&rules).expect("rules dir");
     std::fs::copy(repo_path("rules/default.toml"), rules.join("default.toml")).expect("copy");
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("log")).expect("log");
+    let log_path = dir.path().join("log");
+    let log = std::fs::File::create(&log_path).expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_incidentd"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--rules")
         .arg(&rules)
-        .args(["--nats-url", &format!("nats://127.0.0.1:{}", free_port())])
+        .args(["--nats-url", NOWHERE])
         .stderr(log)
         .spawn()
         .expect("start");
     let child = KillOnDrop(child);
     let c = client();
+    let port = eventually(20, "the listening line", || async {
+        listening_port(&log_path)
+    })
+    .await;
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     eventually(20, "up", || async {
         let r = c.get(url("/healthz")).send().await.ok()?;

@@ -100,11 +100,7 @@ fn start(dir: &tempfile::TempDir, stream_buffer: usize) -> Incidentd {
         format!("[http]\nstream_buffer = {stream_buffer}\n"),
     )
     .expect("config");
-    Incidentd::start_with(
-        &dir.path().join("data"),
-        &format!("nats://127.0.0.1:{}", free_port()),
-        Some(&config),
-    )
+    Incidentd::start_with(&dir.path().join("data"), NOWHERE, Some(&config))
 }
 
 fn alert(name: &str, ci: &str, severity: &str) -> Value {

@@ -11,8 +11,7 @@ async fn acknowledged_alerts_survive_kill_9_and_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     // No NATS server on this port: HTTP must keep working, /readyz says degraded.
-    let nowhere = format!("nats://127.0.0.1:{}", free_port());
-    let mut d = Incidentd::start(&data, &nowhere);
+    let mut d = Incidentd::start(&data, NOWHERE);
     let c = client();
     let (status, ready) = get_json(&c, &d.url("/readyz")).await;
     assert_eq!(status, 503, "{ready}");
@@ -70,7 +69,7 @@ async fn acknowledged_alerts_survive_kill_9_and_sigterm() {
         .1;
 
     d.kill9();
-    let mut d = Incidentd::start(&data, &nowhere);
+    let mut d = Incidentd::start(&data, NOWHERE);
     let after = incidents(&c, &d).await;
     assert_eq!(
         after, before,
@@ -92,6 +91,6 @@ async fn acknowledged_alerts_survive_kill_9_and_sigterm() {
     assert_eq!(status, 200);
     let before = incidents(&c, &d).await;
     assert!(d.terminate().success(), "clean exit on SIGTERM");
-    let d = Incidentd::start(&data, &nowhere);
+    let d = Incidentd::start(&data, NOWHERE);
     assert_eq!(incidents(&c, &d).await, before);
 }

@@ -19,8 +19,7 @@ const BATCHES_PER_SENDER: usize = 125; // 8 x 125 x 100 = 100,000 alerts offered
 async fn kill_9_during_an_ingest_burst_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let nowhere = format!("nats://127.0.0.1:{}", free_port());
-    let mut d = Incidentd::start(&data, &nowhere);
+    let mut d = Incidentd::start(&data, NOWHERE);
     let base = d.base.clone();
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -72,7 +71,7 @@ async fn kill_9_during_an_ingest_burst_loses_nothing_acknowledged() {
         "killed mid-burst"
     );
 
-    let d = Incidentd::start(&data, &nowhere);
+    let d = Incidentd::start(&data, NOWHERE);
     let shown = all_incidents(&c, &d).await;
     let mut present: BTreeMap<String, u64> = BTreeMap::new();
     for inc in &shown {

@@ -55,11 +55,7 @@ async fn pagerduty_alerta_grafana_and_inspection_are_ingested() {
         .expect("publish");
     nc.flush().await.expect("flush");
 
-    let all = eventually(20, "four incidents", || async {
-        let all = incidents(&c, &d).await;
-        (all.len() == 4).then_some(all)
-    })
-    .await;
+    let all = wait_incidents(&c, &d, 4).await;
     let by_name = |n: &str| {
         all.iter()
             .flat_map(|i| i["alerts"].as_array().cloned().unwrap_or_default())
@@ -179,11 +175,7 @@ async fn cloudevents_over_http_and_nats() {
         .expect("publish");
     nc.flush().await.expect("flush");
 
-    let all = eventually(20, "six incidents", || async {
-        let all = incidents(&c, &d).await;
-        (all.len() == 6).then_some(all)
-    })
-    .await;
+    let all = wait_incidents(&c, &d, 6).await;
     let mut seen: Vec<(String, String, String)> = all
         .iter()
         .flat_map(|i| i["alerts"].as_array().cloned().unwrap_or_default())

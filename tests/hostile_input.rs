@@ -9,10 +9,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_payloads_are_refused_precisely() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let d = Incidentd::start(
-        &dir.path().join("data"),
-        &format!("nats://127.0.0.1:{}", free_port()),
-    );
+    let d = Incidentd::start(&dir.path().join("data"), NOWHERE);
     let c = client();
     let url = d.url("/api/v1/alerts");
 
@@ -162,11 +159,7 @@ async fn slow_clients_are_timed_out() {
         "[http]\nrequest_timeout = \"1s\"\nheader_timeout = \"1s\"\n",
     )
     .expect("config");
-    let d = Incidentd::start_with(
-        &dir.path().join("data"),
-        &format!("nats://127.0.0.1:{}", free_port()),
-        Some(&config),
-    );
+    let d = Incidentd::start_with(&dir.path().join("data"), NOWHERE, Some(&config));
     let addr = d.url("").trim_start_matches("http://").to_string();
     let c = client();
 

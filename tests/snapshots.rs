@@ -48,10 +48,9 @@ async fn snapshot_plus_tail_equals_full_replay_even_after_pruning() {
         "[log]\nsegment_bytes = 4096\nsnapshot_every = 100\nprune_after_snapshot = true\n",
     )
     .expect("config");
-    let nowhere = format!("nats://127.0.0.1:{}", free_port());
     let c = client();
 
-    let mut d = Incidentd::start_with(&data, &nowhere, Some(&config));
+    let mut d = Incidentd::start_with(&data, NOWHERE, Some(&config));
     post_some(&c, &d, 0).await;
     let (status, _) = post_json(
         &c,
@@ -74,7 +73,7 @@ async fn snapshot_plus_tail_equals_full_replay_even_after_pruning() {
     assert!(segments(&data) >= 1);
 
     // Restart from snapshot + tail (segments before the snapshot are gone).
-    let mut d = Incidentd::start_with(&data, &nowhere, Some(&config));
+    let mut d = Incidentd::start_with(&data, NOWHERE, Some(&config));
     assert_eq!(
         incidents(&c, &d).await,
         before,
@@ -83,7 +82,7 @@ async fn snapshot_plus_tail_equals_full_replay_even_after_pruning() {
 
     // A clean stop writes a final snapshot; restart replays nothing and shows the same.
     assert!(d.terminate().success());
-    let d = Incidentd::start_with(&data, &nowhere, Some(&config));
+    let d = Incidentd::start_with(&data, NOWHERE, Some(&config));
     assert_eq!(
         incidents(&c, &d).await,
         before,
@@ -95,7 +94,7 @@ async fn snapshot_plus_tail_equals_full_replay_even_after_pruning() {
     let names = snapshots(&data);
     let newest = data.join("snapshots").join(names.last().expect("snapshot"));
     std::fs::write(&newest, b"{\"v\":1,\"seq\":").expect("damage");
-    let d = Incidentd::start_with(&data, &nowhere, Some(&config));
+    let d = Incidentd::start_with(&data, NOWHERE, Some(&config));
     assert_eq!(incidents(&c, &d).await, before, "older snapshot + log");
 }
 
@@ -105,9 +104,8 @@ async fn snapshot_plus_tail_equals_a_full_replay_of_the_same_log() {
     let data = dir.path().join("data");
     let config = dir.path().join("incidentd.toml");
     std::fs::write(&config, "[log]\nsnapshot_every = 150\n").expect("config");
-    let nowhere = format!("nats://127.0.0.1:{}", free_port());
     let c = client();
-    let mut d = Incidentd::start_with(&data, &nowhere, Some(&config));
+    let mut d = Incidentd::start_with(&data, NOWHERE, Some(&config));
     for round in 0..3 {
         post_some(&c, &d, round).await;
     }
@@ -118,13 +116,13 @@ async fn snapshot_plus_tail_equals_a_full_replay_of_the_same_log() {
     post_some(&c, &d, 9).await;
     d.kill9();
     let from_snapshot = {
-        let d = Incidentd::start_with(&data, &nowhere, Some(&config));
+        let d = Incidentd::start_with(&data, NOWHERE, Some(&config));
         incidents(&c, &d).await
     };
     // The same log without snapshots: a full replay.
     std::fs::remove_dir_all(data.join("snapshots")).expect("remove snapshots");
     let full = {
-        let d = Incidentd::start_with(&data, &nowhere, None);
+        let d = Incidentd::start_with(&data, NOWHERE, None);
         incidents(&c, &d).await
     };
     assert_eq!(from_snapshot, full);

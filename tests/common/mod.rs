@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A port free right now. Another process may take it before the caller binds it, so use it
+/// only where the port must be known in advance (restarting a server on the same port).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -17,10 +19,29 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A NATS address nothing listens on: port 1 is privileged and never handed out by the
+/// kernel, so unlike a "free" port no other test's server can appear there.
+pub const NOWHERE: &str = "nats://127.0.0.1:1";
+
 fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `read` until it yields a port, failing early if `child` exits (it could not bind).
+fn wait_for_own_port(child: &mut Child, what: &str, mut read: impl FnMut() -> Option<u16>) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(port) = read() {
+            return port;
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("{what} exited before listening: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not report its port");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -44,30 +65,49 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
+    /// On a port the kernel picks as the server binds, so no two tests can share a server.
     pub fn start() -> NatsServer {
-        NatsServer::start_on(free_port())
+        NatsServer::spawn(None, &[])
     }
 
+    /// On `port`, for tests that stop the server and start it again where clients expect it.
     pub fn start_on(port: u16) -> NatsServer {
-        NatsServer::spawn(port, &[])
+        NatsServer::spawn(Some(port), &[])
     }
 
     /// With JetStream, storing in `store` (reuse it to restart with the same streams).
     pub fn start_js(port: u16, store: &Path) -> NatsServer {
         let store = store.to_string_lossy().to_string();
-        NatsServer::spawn(port, &["-js", "-sd", &store])
+        NatsServer::spawn(Some(port), &["-js", "-sd", &store])
     }
 
-    fn spawn(port: u16, extra: &[&str]) -> NatsServer {
-        let child = Command::new(nats_server_binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+    /// The server reports the port it bound in a ports file; waiting for that file (rather
+    /// than for something to answer on the port) proves this very process is listening.
+    fn spawn(port: Option<u16>, extra: &[&str]) -> NatsServer {
+        let ports_dir = tempfile::tempdir().expect("ports dir");
+        let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
+        let mut child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &port_arg])
+            .arg("--ports_file_dir")
+            .arg(ports_dir.path())
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server must be installed (.ci/run installs it)");
-        wait_for_port(port, "nats-server");
-        NatsServer { child, port }
+        let ports_file = ports_dir
+            .path()
+            .join(format!("nats-server_{}.ports", child.id()));
+        let bound = wait_for_own_port(&mut child, "nats-server", || {
+            let text = std::fs::read_to_string(&ports_file).ok()?;
+            let ports: Value = serde_json::from_str(&text).ok()?;
+            ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
+        });
+        if let Some(port) = port {
+            assert_eq!(bound, port, "nats-server bound another port");
+        }
+        wait_for_port(bound, "nats-server");
+        NatsServer { child, port: bound }
     }
 
     pub fn url(&self) -> String {
@@ -89,6 +129,14 @@ pub struct Incidentd {
     pub data_dir: PathBuf,
 }
 
+/// The port of the last "http listening" line in an incidentd log (a restart appends).
+pub fn listening_port(log: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| l.contains("http listening"))?;
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
@@ -100,11 +148,14 @@ impl Incidentd {
     }
 
     /// Like `start`, with a configuration file (flags still override it).
+    ///
+    /// HTTP listens on port 0 and the test reads the bound address from the log, so a port
+    /// taken by another test between choosing and binding cannot send requests astray.
     pub fn start_with(data_dir: &Path, nats_url: &str, config: Option<&Path>) -> Incidentd {
-        let port = free_port();
-        let log = std::fs::File::create(data_dir.with_extension("log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_incidentd"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        let log_path = data_dir.with_extension("log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_incidentd"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--rules")
@@ -116,7 +167,7 @@ impl Incidentd {
             .stderr(log)
             .spawn()
             .expect("start incidentd");
-        wait_for_port(port, "incidentd");
+        let port = wait_for_own_port(&mut child, "incidentd", || listening_port(&log_path));
         Incidentd {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -239,6 +290,30 @@ pub async fn incidents(c: &reqwest::Client, d: &Incidentd) -> Vec<Value> {
     let (status, page) = get_json(c, &d.url("/api/v1/incidents?state=all&limit=500")).await;
     assert_eq!(status, 200, "{page}");
     page["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits up to 20 s for exactly `n` incidents; on timeout reports the alerts it last saw, so a
+/// missing or an extra one shows in the failure.
+pub async fn wait_incidents(c: &reqwest::Client, d: &Incidentd, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = incidents(c, d).await;
+        if all.len() == n {
+            return all;
+        }
+        if Instant::now() >= deadline {
+            let seen: Vec<String> = all
+                .iter()
+                .flat_map(|i| i["alerts"].as_array().cloned().unwrap_or_default())
+                .map(|a| format!("{} on {}", a["name"], a["ci"]))
+                .collect();
+            panic!(
+                "timed out waiting for {n} incidents; {} hold {seen:?}",
+                all.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs the `incidentd` command line and insists it succeeds; returns its stdout.
