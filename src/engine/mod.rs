@@ -31,7 +31,7 @@ use foldhash::{HashMap, HashMapExt};
 pub use facts::{Fact, IncidentId, IncidentState, Priority};
 pub use shared::SharedStr;
 use shared::{IncidentSet, Names};
-pub use table::Incidents;
+pub use table::{IdTable, Incidents};
 
 use serde::{Deserialize, Serialize};
 

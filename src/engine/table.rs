@@ -1,8 +1,10 @@
-//! The incident table: incidents by id, read and written several times for every alert.
+//! Tables by incident id, read and written several times for every alert: the engine's
+//! incidents and the read model's incident views.
 
 use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 use std::iter::{Enumerate, Peekable};
+use std::marker::PhantomData;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -10,25 +12,38 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Incident, IncidentId};
 
+/// The engine's incidents.
+pub type Incidents = IdTable<Incident>;
+
 /// How far past the end of the vector an id may land and still grow it.
 const SLACK: u64 = 4_096;
 
-/// Incidents by id, in id order. The engine hands ids out from a counter and never deletes
-/// an incident (a merged one stays, resolved), so a vector indexed by id holds them and a
-/// lookup is an index, where a B-tree of 10k incidents took ~100 instructions of search. An
-/// id far past the end, which only a damaged or hand-made log could carry, goes to an
-/// ordered map instead of growing the vector by the distance. Serialized as the map it
+/// Values by incident id, in id order. The engine hands ids out from a counter and never
+/// deletes an incident (a merged one stays, resolved), so a vector indexed by id holds them
+/// and a lookup is an index, where a B-tree of 10k incidents took ~100 instructions of
+/// search. An id far past the end, which only a damaged or hand-made log could carry, goes
+/// to an ordered map instead of growing the vector by the distance. Serialized as the map it
 /// replaced (entries in id order), so snapshots do not change.
-#[derive(Clone, Default)]
-pub struct Incidents {
+#[derive(Clone)]
+pub struct IdTable<T> {
     /// `dense[id]`: nearly every slot is full.
-    dense: Vec<Option<Incident>>,
+    dense: Vec<Option<T>>,
     /// Ids that did not fit `dense` when inserted; each id is in one of the two only.
-    sparse: BTreeMap<IncidentId, Incident>,
+    sparse: BTreeMap<IncidentId, T>,
     len: usize,
 }
 
-impl Incidents {
+impl<T> Default for IdTable<T> {
+    fn default() -> Self {
+        IdTable {
+            dense: Vec::new(),
+            sparse: BTreeMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> IdTable<T> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -37,7 +52,7 @@ impl Incidents {
         self.len == 0
     }
 
-    pub fn get(&self, id: &IncidentId) -> Option<&Incident> {
+    pub fn get(&self, id: &IncidentId) -> Option<&T> {
         match self.dense.get(id.0 as usize) {
             Some(Some(inc)) => Some(inc),
             _ if self.sparse.is_empty() => None,
@@ -45,7 +60,7 @@ impl Incidents {
         }
     }
 
-    pub fn get_mut(&mut self, id: &IncidentId) -> Option<&mut Incident> {
+    pub fn get_mut(&mut self, id: &IncidentId) -> Option<&mut T> {
         match self.dense.get_mut(id.0 as usize) {
             Some(Some(inc)) => Some(inc),
             _ if self.sparse.is_empty() => None,
@@ -58,7 +73,7 @@ impl Incidents {
     }
 
     /// Stores `inc` under `id`, returning what was there.
-    pub fn insert(&mut self, id: IncidentId, inc: Incident) -> Option<Incident> {
+    pub fn insert(&mut self, id: IncidentId, inc: T) -> Option<T> {
         let i = id.0 as usize;
         let old = if let Some(slot) = self.sparse.get_mut(&id) {
             Some(std::mem::replace(slot, inc))
@@ -77,7 +92,7 @@ impl Incidents {
         old
     }
 
-    pub fn remove(&mut self, id: &IncidentId) -> Option<Incident> {
+    pub fn remove(&mut self, id: &IncidentId) -> Option<T> {
         let old = match self.dense.get_mut(id.0 as usize).and_then(Option::take) {
             Some(inc) => Some(inc),
             None if self.sparse.is_empty() => None,
@@ -89,8 +104,8 @@ impl Incidents {
         old
     }
 
-    /// Every incident with its id, in id order.
-    pub fn iter(&self) -> Iter<'_> {
+    /// Every value with its id, in id order.
+    pub fn iter(&self) -> Iter<'_, T> {
         Iter {
             dense: self.dense.iter().enumerate(),
             sparse: self.sparse.iter().peekable(),
@@ -99,7 +114,7 @@ impl Incidents {
         }
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &Incident> {
+    pub fn values(&self) -> impl Iterator<Item = &T> {
         self.iter().map(|(_, inc)| inc)
     }
 
@@ -108,17 +123,17 @@ impl Incidents {
     }
 }
 
-/// [`Incidents::iter`]: the vector's entries merged with the map's, by id.
-pub struct Iter<'a> {
-    dense: Enumerate<std::slice::Iter<'a, Option<Incident>>>,
-    sparse: Peekable<btree_map::Iter<'a, IncidentId, Incident>>,
+/// [`IdTable::iter`]: the vector's entries merged with the map's, by id.
+pub struct Iter<'a, T> {
+    dense: Enumerate<std::slice::Iter<'a, Option<T>>>,
+    sparse: Peekable<btree_map::Iter<'a, IncidentId, T>>,
     /// The vector's next entry, taken but not yet handed out.
-    pending: Option<(IncidentId, &'a Incident)>,
+    pending: Option<(IncidentId, &'a T)>,
     left: usize,
 }
 
-impl<'a> Iterator for Iter<'a> {
-    type Item = (IncidentId, &'a Incident);
+impl<'a, T> Iterator for Iter<'a, T> {
+    type Item = (IncidentId, &'a T);
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.pending.is_none() {
@@ -147,19 +162,19 @@ impl<'a> Iterator for Iter<'a> {
     }
 }
 
-impl ExactSizeIterator for Iter<'_> {}
+impl<T> ExactSizeIterator for Iter<'_, T> {}
 
-impl<'a> IntoIterator for &'a Incidents {
-    type Item = (IncidentId, &'a Incident);
-    type IntoIter = Iter<'a>;
-    fn into_iter(self) -> Iter<'a> {
+impl<'a, T> IntoIterator for &'a IdTable<T> {
+    type Item = (IncidentId, &'a T);
+    type IntoIter = Iter<'a, T>;
+    fn into_iter(self) -> Iter<'a, T> {
         self.iter()
     }
 }
 
-impl std::ops::Index<&IncidentId> for Incidents {
-    type Output = Incident;
-    fn index(&self, id: &IncidentId) -> &Incident {
+impl<T> std::ops::Index<&IncidentId> for IdTable<T> {
+    type Output = T;
+    fn index(&self, id: &IncidentId) -> &T {
         match self.get(id) {
             Some(inc) => inc,
             None => panic!("no incident {id}"),
@@ -167,20 +182,20 @@ impl std::ops::Index<&IncidentId> for Incidents {
     }
 }
 
-/// Equal when they hold the same incidents under the same ids, however stored.
-impl PartialEq for Incidents {
+/// Equal when they hold the same values under the same ids, however stored.
+impl<T: PartialEq> PartialEq for IdTable<T> {
     fn eq(&self, other: &Self) -> bool {
         self.len == other.len && self.iter().eq(other.iter())
     }
 }
 
-impl fmt::Debug for Incidents {
+impl<T: fmt::Debug> fmt::Debug for IdTable<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
     }
 }
 
-impl Serialize for Incidents {
+impl<T: Serialize> Serialize for IdTable<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.len))?;
         for (id, inc) in self {
@@ -190,23 +205,23 @@ impl Serialize for Incidents {
     }
 }
 
-impl<'de> Deserialize<'de> for Incidents {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for IdTable<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Entries;
-        impl<'de> Visitor<'de> for Entries {
-            type Value = Incidents;
+        struct Entries<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Entries<T> {
+            type Value = IdTable<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map of incidents by id")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Incidents, A::Error> {
-                let mut table = Incidents::default();
-                while let Some((id, inc)) = map.next_entry::<IncidentId, Incident>()? {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdTable<T>, A::Error> {
+                let mut table = IdTable::default();
+                while let Some((id, inc)) = map.next_entry::<IncidentId, T>()? {
                     table.insert(id, inc);
                 }
                 Ok(table)
             }
         }
-        d.deserialize_map(Entries)
+        d.deserialize_map(Entries(PhantomData))
     }
 }
 
