@@ -192,7 +192,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let server = tokio::spawn(serve_http(
         listener,
         router,
-        cfg.header_timeout,
+        Connections {
+            header_timeout: cfg.header_timeout,
+            max: cfg.max_connections,
+            open: shared.metrics.http_connections.clone(),
+            refused: shared.metrics.http_connections_refused.clone(),
+        },
         shutdown_rx.clone(),
     ));
 
@@ -542,10 +547,30 @@ async fn tick(pipeline: pipeline::Pipeline, every: Duration, mut shutdown: watch
 /// loop plus hyper's header read timeout, which axum::serve leaves unset: without it a client
 /// that never finishes its headers holds a connection and a task forever (slowloris). The body
 /// is bounded separately by the request timeout layer.
+/// How the HTTP server treats connections.
+struct Connections {
+    header_timeout: Duration,
+    /// Served at once; each holds a task, buffers and a file descriptor.
+    max: usize,
+    open: prometheus::IntGauge,
+    refused: prometheus::IntCounter,
+}
+
+/// What a connection beyond `http.max_connections` gets before it is closed: an explicit,
+/// retryable refusal rather than a silent reset or a wait in the kernel's backlog.
+fn too_many_connections() -> String {
+    let body = r#"{"error":"too many open connections; retry later","details":[]}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 async fn serve_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
-    header_timeout: Duration,
+    connections: Connections,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -555,7 +580,8 @@ async fn serve_http(
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(connections.header_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(connections.max));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -569,17 +595,51 @@ async fn serve_http(
             },
             _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            connections.refused.inc();
+            tokio::spawn(refuse(stream));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        let open = connections.open.clone();
+        open.inc();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
+            open.dec();
+            drop(slot);
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Answers [`too_many_connections`] and closes: after the request head, so a client sees
+/// a response to its request rather than an answer to nothing; then drains what else it sent,
+/// since closing with unread bytes resets the connection and could lose the answer. The
+/// whole exchange is bounded in time, and only the head is held in memory.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX_HEAD: usize = 16 * 1024;
+    let answer = async {
+        let mut head = Vec::with_capacity(1024);
+        let mut buf = [0u8; 4096];
+        while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        stream.write_all(too_many_connections().as_bytes()).await?;
+        stream.shutdown().await?;
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), answer).await;
 }
 
 async fn wait_for_signal() {

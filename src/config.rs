@@ -29,6 +29,7 @@
 //! request_timeout = "30s"       # a whole request, body included; 408 after it
 //! header_timeout = "10s"        # request headers; a client slower than this is dropped
 //! shutdown_grace = "10s"
+//! max_connections = 4096   # beyond it a new connection gets 503 + Retry-After and is closed
 //! stream_buffer = 65536    # incident changes held for console clients that reconnect
 //!
 //! [log]
@@ -208,6 +209,7 @@ pub struct HttpFile {
     pub header_timeout: String,
     pub shutdown_grace: String,
     pub stream_buffer: usize,
+    pub max_connections: usize,
 }
 
 impl Default for HttpFile {
@@ -218,6 +220,7 @@ impl Default for HttpFile {
             header_timeout: "10s".into(),
             shutdown_grace: "10s".into(),
             stream_buffer: crate::stream::DEFAULT_RING,
+            max_connections: 4096,
         }
     }
 }
@@ -294,6 +297,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub header_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Open HTTP connections served at once; each holds buffers, a task and a descriptor.
+    pub max_connections: usize,
     /// Incident changes the live stream holds for reconnecting clients.
     pub stream_buffer: usize,
     pub segment_bytes: u64,
@@ -417,6 +422,7 @@ impl Config {
             request_timeout: duration("http.request_timeout", &file.http.request_timeout)?,
             header_timeout: duration("http.header_timeout", &file.http.header_timeout)?,
             shutdown_grace: duration("http.shutdown_grace", &file.http.shutdown_grace)?,
+            max_connections: file.http.max_connections.max(1),
             stream_buffer: file.http.stream_buffer.max(1),
             segment_bytes: file.log.segment_bytes.max(4096),
             snapshot_every: file.log.snapshot_every,

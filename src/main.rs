@@ -166,8 +166,41 @@ fn no_huge_pages() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard limit, as Go's runtime does: the usual
+/// soft limit of 1024 would refuse connections (and log segments) long before
+/// `http.max_connections` (4096 by default) answers 503. Returns the limit now in force.
+#[cfg(unix)]
+fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() -> std::io::Result<u64> {
+    Ok(u64::MAX)
+}
+
 fn main() -> ExitCode {
     let huge_pages = no_huge_pages();
+    let open_files = raise_open_files_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -178,6 +211,10 @@ fn main() -> ExitCode {
         .init();
     if let Err(e) = huge_pages {
         tracing::warn!(error = %e, "cannot turn transparent huge pages off; expect latency spikes while memory grows");
+    }
+    match open_files {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub nats_messages_shed: IntCounter,
     /// Rule reloads refused because a file was broken (the old rules stayed in force).
     pub rules_reload_failures: IntCounter,
+    /// HTTP connections being served.
+    pub http_connections: IntGauge,
+    /// HTTP connections answered 503 and closed because `http.max_connections` were open.
+    pub http_connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -146,6 +150,14 @@ impl Metrics {
             rules_reload_failures: counter(
                 "incidentd_rules_reload_failures_total",
                 "Rule reloads refused because a rule file was broken.",
+            )?,
+            http_connections: gauge(
+                "incidentd_http_connections",
+                "HTTP connections being served.",
+            )?,
+            http_connections_refused: counter(
+                "incidentd_http_connections_refused_total",
+                "HTTP connections answered 503 with Retry-After and closed because http.max_connections were open.",
             )?,
             registry,
         })

@@ -140,11 +140,20 @@ async fn a_broken_rules_file_keeps_the_old_rules() {
         r.status().is_success().then_some(())
     })
     .await;
-    // The served process runs without transparent huge pages (latency spikes, main.rs).
+    // The served process runs without transparent huge pages (latency spikes, main.rs)...
     if cfg!(target_os = "linux") {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).expect("proc status");
         assert!(status.contains("THP_enabled:\t0"), "{status}");
+        // ... and with its open-files soft limit raised to the hard one (connections).
+        let limits =
+            std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).expect("limits");
+        let files = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("open files line");
+        let numbers: Vec<&str> = files.split_whitespace().skip(3).take(2).collect();
+        assert_eq!(numbers[0], numbers[1], "{files}");
     }
 
     std::fs::write(

@@ -117,3 +117,75 @@ async fn a_flood_gets_2xx_or_429_with_retry_after_and_nothing_2xx_is_missing() {
         "shed counter = alerts answered 429"
     );
 }
+
+/// Connections beyond `http.max_connections` are answered 503 with `Retry-After` and closed,
+/// counted; the ones held keep working, and closing one frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_get_503_with_retry_after() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("incidentd.toml");
+    std::fs::write(&config, "[http]\nmax_connections = 3\n").expect("config");
+    let d = Incidentd::start_with(&dir.path().join("data"), common::NOWHERE, Some(&config));
+    let c = client();
+    let addr = d.base.trim_start_matches("http://").to_string();
+
+    // One round trip on a raw connection, keeping it open.
+    async fn get(conn: &mut TcpStream, path: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; 8192];
+        let n = conn.read(&mut buf).await.expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    // Three held connections, each proven served (so each holds its slot).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(&addr).await.expect("connect");
+        let answer = get(&mut conn, "/healthz").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(conn);
+    }
+
+    let mut extra = TcpStream::connect(&addr).await.expect("connect");
+    let request = "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    extra.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    extra
+        .read_to_string(&mut answer)
+        .await
+        .expect("read to close");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1\r\n"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).expect("body");
+    let body: Value = serde_json::from_str(body).expect("JSON body");
+    assert_eq!(body["error"], "too many open connections; retry later");
+
+    // A held connection still answers; closing one lets a newcomer in.
+    let answer = get(&mut held[0], "/metrics").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held.pop());
+    // Until the server has seen that close, a newcomer may still be refused: count those.
+    let refusals = std::cell::Cell::new(1.0);
+    let text = common::eventually(10, "a freed slot", || async {
+        let r = c.get(d.url("/metrics")).send().await.ok()?;
+        if r.status().as_u16() == 503 {
+            refusals.set(refusals.get() + 1.0);
+            return None;
+        }
+        r.text().await.ok()
+    })
+    .await;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        value("incidentd_http_connections_refused_total"),
+        Some(refusals.get())
+    );
+    // Two held, and the one this request came on.
+    assert_eq!(value("incidentd_http_connections"), Some(3.0));
+}
