@@ -18,8 +18,8 @@ use crate::api::{self, AppState};
 use crate::clock;
 use crate::cmdb::CmdbSpec;
 use crate::config::Config;
-use crate::engine::Engine;
 use crate::engine::record::{DecodePipeline, FactBatch, REPLAY_DEPTH, RecordError};
+use crate::engine::{Engine, Fact};
 use crate::eventlog::{EventLog, LogConfig, OpenError};
 use crate::ingest::jetstream::JetStreamIngest;
 use crate::ingest::nats::NatsIngest;
@@ -27,7 +27,7 @@ use crate::jslog::{FactLog, JetStreamLog, JsLogError};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Outbound, Shared};
 use crate::rules::Rules;
-use crate::view::ReadModel;
+use crate::view::{PreparedAlert, ReadModel};
 
 /// Queued outbound incident facts before new ones are dropped (and counted).
 const OUTBOUND_QUEUE: usize = 65_536;
@@ -321,25 +321,45 @@ async fn reload_on_sighup(reloader: Arc<Reloader>, mut shutdown: watch::Receiver
 /// Replays log records into an engine and a read model on three threads besides the caller's
 /// (which reads the log): one decodes, one applies to the engine and hands each batch on to
 /// one that applies it to the read model (each needs every fact, in order). A restart then
-/// runs at the pace of its slowest stage instead of the sum of all.
+/// runs at the pace of its slowest stage instead of the sum of all. The engine thread also
+/// builds each received alert's view (interning its texts), as the live engine thread does:
+/// that is most of the read model's work, and the engine's own share is the lighter one.
 pub struct Replay {
     decode: DecodePipeline,
     engine: std::thread::JoinHandle<Engine>,
     view: std::thread::JoinHandle<ReadModel>,
 }
 
+/// A replayed fact on its way to the read model.
+// Facts travel inline in their batches, as in `FactBatch`; a box each would cost an
+// allocation per fact.
+#[allow(clippy::large_enum_variant)]
+enum Shown {
+    /// An `AlertReceived` fact, its view already built.
+    Received(u64, crate::model::Millis, PreparedAlert),
+    Fact(u64, Fact),
+}
+
 impl Replay {
     pub fn start(mut engine: Engine, mut view: ReadModel) -> anyhow::Result<Replay> {
         let (engine_tx, engine_rx) = std::sync::mpsc::sync_channel::<FactBatch>(REPLAY_DEPTH);
-        let (view_tx, view_rx) = std::sync::mpsc::sync_channel::<FactBatch>(REPLAY_DEPTH);
+        let (view_tx, view_rx) = std::sync::mpsc::sync_channel::<Vec<Shown>>(REPLAY_DEPTH);
         let engine = std::thread::Builder::new()
             .name("incidentd-replay-engine".into())
             .spawn(move || {
                 for batch in engine_rx {
-                    for (_, fact) in &batch {
-                        engine.apply(fact);
+                    let mut shown = Vec::with_capacity(batch.len());
+                    for (seq, mut fact) in batch {
+                        engine.apply(&fact);
+                        shown.push(match &mut fact {
+                            // The facts are durable and the view is their last use.
+                            Fact::AlertReceived { at, alert } => {
+                                Shown::Received(seq, *at, PreparedAlert::take(alert, *at))
+                            }
+                            _ => Shown::Fact(seq, fact),
+                        });
                     }
-                    if view_tx.send(batch).is_err() {
+                    if view_tx.send(shown).is_err() {
                         break;
                     }
                 }
@@ -349,9 +369,13 @@ impl Replay {
             .name("incidentd-replay-view".into())
             .spawn(move || {
                 for batch in view_rx {
-                    // As the live writer does: the facts are durable and this is their last use.
-                    for (seq, mut fact) in batch {
-                        view.apply_owned(seq, &mut fact);
+                    for shown in batch {
+                        match shown {
+                            Shown::Received(seq, at, alert) => view.apply_received(seq, at, alert),
+                            Shown::Fact(seq, mut fact) => {
+                                view.apply_owned(seq, &mut fact);
+                            }
+                        }
                     }
                 }
                 view

@@ -911,6 +911,12 @@ impl PreparedAlert {
         PreparedAlert(Box::new(AlertView::new(alert, at)))
     }
 
+    /// Like [`new`](Self::new), taking the strings out of `alert` (left empty), for a caller
+    /// done with it: a string seen for the first time is kept without a copy.
+    pub fn take(alert: &mut Alert, at: Millis) -> PreparedAlert {
+        PreparedAlert(Box::new(AlertView::from_alert(alert, at)))
+    }
+
     pub fn fingerprint(&self) -> Fingerprint {
         self.0.fingerprint
     }
@@ -1036,8 +1042,7 @@ impl ReadModel {
             return self.apply(seq, fact);
         };
         let at = *at;
-        let view = PreparedAlert(Box::new(AlertView::from_alert(alert, at)));
-        self.apply_received(seq, at, view);
+        self.apply_received(seq, at, PreparedAlert::take(alert, at));
         None
     }
 
