@@ -567,10 +567,6 @@ async fn tick(pipeline: pipeline::Pipeline, every: Duration, mut shutdown: watch
     }
 }
 
-/// Serves HTTP/1.1 until `shutdown`, then waits for requests in flight. This is axum::serve's
-/// loop plus hyper's header read timeout, which axum::serve leaves unset: without it a client
-/// that never finishes its headers holds a connection and a task forever (slowloris). The body
-/// is bounded separately by the request timeout layer.
 /// How the HTTP server treats connections.
 struct Connections {
     header_timeout: Duration,
@@ -591,6 +587,11 @@ fn too_many_connections() -> String {
     )
 }
 
+/// Serves HTTP/1.1 until `shutdown`, then waits for requests in flight. This is axum::serve's
+/// loop plus hyper's header read timeout, which axum::serve leaves unset: without it a client
+/// that never finishes its headers holds a connection and a task forever (slowloris). The body
+/// is bounded separately by the request timeout layer, and the number of connections by
+/// `http.max_connections`.
 async fn serve_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
