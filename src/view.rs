@@ -1528,11 +1528,9 @@ impl ReadModel {
         offset: usize,
         limit: usize,
     ) -> (usize, Vec<&IncidentView>) {
-        // Newest first. The table iterates forward only; a page request can afford the list.
-        let all: Vec<&IncidentView> = self.incidents.values().collect();
-        let matching = all
-            .into_iter()
-            .rev()
+        let matching = self
+            .incidents
+            .values_rev()
             .filter(|i| filter.matches(i, &self.topology));
         if sort == Sort::Newest {
             let mut total = 0;

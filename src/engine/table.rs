@@ -118,6 +118,18 @@ impl<T> IdTable<T> {
         self.iter().map(|(_, inc)| inc)
     }
 
+    /// Values in descending id order (newest first). Ids in the map are rare, so only when
+    /// there are any is the merged order collected first.
+    pub fn values_rev(&self) -> impl Iterator<Item = &T> {
+        let (dense, merged): (&[Option<T>], Vec<&T>) = if self.sparse.is_empty() {
+            (&self.dense, Vec::new())
+        } else {
+            (&[], self.values().collect())
+        };
+        let dense = dense.iter().rev().filter_map(Option::as_ref);
+        dense.chain(merged.into_iter().rev())
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = IncidentId> + '_ {
         self.iter().map(|(id, _)| id)
     }
@@ -255,6 +267,19 @@ mod tests {
         }
     }
 
+    /// Newest first without far ids (the vector alone) and with them (merged).
+    #[test]
+    fn values_rev_is_descending_id_order() {
+        let mut table = Incidents::default();
+        for id in [3, 1, 2, 7] {
+            table.insert(IncidentId(id), incident(id));
+        }
+        let ids = |t: &Incidents| t.values_rev().map(|i| i.id.0).collect::<Vec<_>>();
+        assert_eq!(ids(&table), [7, 3, 2, 1]);
+        table.insert(IncidentId(1 << 40), incident(1 << 40));
+        assert_eq!(ids(&table), [1 << 40, 7, 3, 2, 1]);
+    }
+
     /// Inserts, replacements and removals, ids dense and far apart, against a `BTreeMap`
     /// doing the same: same contents, same order, same encodings.
     #[test]
@@ -307,6 +332,7 @@ mod tests {
         let pairs: Vec<(IncidentId, &Incident)> = table.iter().collect();
         let want: Vec<(IncidentId, &Incident)> = map.iter().map(|(k, v)| (*k, v)).collect();
         assert_eq!(pairs, want);
+        assert!(table.values_rev().eq(map.values().rev()));
         assert_eq!(table.iter().len(), map.len());
         assert_eq!(to_vec(&table).expect("bin"), to_vec(&map).expect("bin"));
         let json = serde_json::to_string(&table).expect("json");
