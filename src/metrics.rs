@@ -39,6 +39,8 @@ pub struct Metrics {
     pub nats_messages_shed: IntCounter,
     /// Rule reloads refused because a file was broken (the old rules stayed in force).
     pub rules_reload_failures: IntCounter,
+    /// Distinct texts the read model has interned since start (never freed).
+    pub interned_strings: IntGauge,
     /// HTTP connections being served.
     pub http_connections: IntGauge,
     /// HTTP connections answered 503 and closed because `http.max_connections` were open.
@@ -150,6 +152,10 @@ impl Metrics {
             rules_reload_failures: counter(
                 "incidentd_rules_reload_failures_total",
                 "Rule reloads refused because a rule file was broken.",
+            )?,
+            interned_strings: gauge(
+                "incidentd_interned_strings",
+                "Distinct texts (labels, reasons, summaries) interned since start; never freed, at most 2^28.",
             )?,
             http_connections: gauge(
                 "incidentd_http_connections",

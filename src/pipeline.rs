@@ -1036,6 +1036,10 @@ impl Publisher {
                 .metrics
                 .incidents_open
                 .set(view.open_count() as i64);
+            self.shared
+                .metrics
+                .interned_strings
+                .set(i64::from(crate::view::interned_strings()));
         }
         let facts = || group.iter().flat_map(|b| &b.facts).zip(seqs);
         // Rendered under a read lock (this thread is the only writer, so nothing changes in

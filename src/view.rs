@@ -23,6 +23,13 @@ use crate::silence::Silence;
 
 pub use sym::Sym;
 
+/// Distinct texts interned since start. They are never freed (2^28 at most; past that a new
+/// text reads as empty), so this only grows: with the number of distinct label values,
+/// reasons and summaries ever seen, not with the alerts active now.
+pub fn interned_strings() -> u32 {
+    sym::count()
+}
+
 /// Process-wide string interning for the read model.
 ///
 /// Global rather than held by the [`ReadModel`] so that views render (serde, the API, replay)

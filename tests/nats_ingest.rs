@@ -75,6 +75,10 @@ async fn ten_thousand_alerts_over_nats_become_the_expected_incidents() {
         "one incident per service plus the namespace"
     );
     assert_eq!(metric(&c, &d, "incidentd_incidents_open").await, 5.0);
+    // Repeats keep no new text: 8,000 native messages with a new summary each round intern
+    // only the texts of the 18 distinct alerts and their incidents.
+    let interned = metric(&c, &d, "incidentd_interned_strings").await;
+    assert!(interned > 0.0 && interned < 1_000.0, "{interned}");
 
     // group key -> (alert name -> count)
     let mut seen: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
