@@ -372,8 +372,8 @@ impl Replay {
                     for shown in batch {
                         match shown {
                             Shown::Received(seq, at, alert) => view.apply_received(seq, at, alert),
-                            Shown::Fact(seq, mut fact) => {
-                                view.apply_owned(seq, &mut fact);
+                            Shown::Fact(seq, fact) => {
+                                view.apply(seq, &fact);
                             }
                         }
                     }

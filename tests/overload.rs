@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Incidentd, NatsServer, client, metric};
+use common::{Incidentd, NatsServer, client, metric, metric_in};
 use serde_json::{Value, json};
 
 const CONCURRENT: usize = 48;
@@ -178,14 +178,10 @@ async fn connections_beyond_the_cap_get_503_with_retry_after() {
         r.text().await.ok()
     })
     .await;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-    };
     assert_eq!(
-        value("incidentd_http_connections_refused_total"),
-        Some(refusals.get())
+        metric_in(&text, "incidentd_http_connections_refused_total"),
+        refusals.get()
     );
     // Two held, and the one this request came on.
-    assert_eq!(value("incidentd_http_connections"), Some(3.0));
+    assert_eq!(metric_in(&text, "incidentd_http_connections"), 3.0);
 }

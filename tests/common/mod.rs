@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,14 +22,6 @@ pub fn free_port() -> u16 {
 /// A NATS address nothing listens on: port 1 is privileged and never handed out by the
 /// kernel, so unlike a "free" port no other test's server can appear there.
 pub const NOWHERE: &str = "nats://127.0.0.1:1";
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not open port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Polls `read` until it yields a port, failing early if `child` exits (it could not bind).
 fn wait_for_own_port(child: &mut Child, what: &str, mut read: impl FnMut() -> Option<u16>) -> u16 {
@@ -106,7 +98,6 @@ impl NatsServer {
         if let Some(port) = port {
             assert_eq!(bound, port, "nats-server bound another port");
         }
-        wait_for_port(bound, "nats-server");
         NatsServer { child, port: bound }
     }
 
@@ -129,10 +120,10 @@ pub struct Incidentd {
     pub data_dir: PathBuf,
 }
 
-/// The port of the last "http listening" line in an incidentd log (a restart appends).
+/// The port in the "http listening" line of an incidentd log.
 pub fn listening_port(log: &Path) -> Option<u16> {
     let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().rev().find(|l| l.contains("http listening"))?;
+    let line = text.lines().find(|l| l.contains("http listening"))?;
     let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
     addr.rsplit(':').next()?.parse().ok()
 }
@@ -276,6 +267,11 @@ pub async fn metric(c: &reqwest::Client, d: &Incidentd, name: &str) -> f64 {
         .text()
         .await
         .expect("metrics text");
+    metric_in(&text, name)
+}
+
+/// [`metric`] read from a /metrics text already fetched.
+pub fn metric_in(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)
