@@ -1116,8 +1116,16 @@ fn stream_events<'a>(
         let Some(incident) = touched.or_else(|| fact.incident()) else {
             continue;
         };
-        let Some(text) = summary(incident) else {
-            continue;
+        let text = match fact {
+            // The incident is gone from the read model: its last word is that it closed, so
+            // a console drops it without waiting for a refresh.
+            Fact::IncidentClosed { .. } => {
+                Arc::from(format!(r#"{{"id":"{incident}","state":"closed"}}"#))
+            }
+            _ => match summary(incident) {
+                Some(text) => text,
+                None => continue,
+            },
         };
         let merged = match fact {
             Fact::IncidentsMerged { from, .. } => summary(*from),

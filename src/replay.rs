@@ -127,7 +127,7 @@ struct CmdbLine {
 /// Replays `input` through an engine with `rules` and the CMDB `cmdb`, writing incidents to
 /// `out`. With `progress`, a status line on stderr shows how far it got (for terminals).
 pub fn run(
-    rules: Rules,
+    mut rules: Rules,
     cmdb: &CmdbSpec,
     input: impl BufRead,
     mut out: impl Write,
@@ -136,6 +136,9 @@ pub fn run(
     let started = Instant::now();
     let mut shown = started;
     let limits = Limits::default();
+    // Closing only frees the live service's memory (it changes no correlation): the output
+    // lists every incident of the recorded history.
+    rules.lifecycle.close_after = None;
     let mut engine = Engine::new(rules);
     let mut view = ReadModel::default();
     let mut facts = Vec::new();

@@ -1402,6 +1402,20 @@ impl ReadModel {
                 });
                 Some(*into)
             }
+            Fact::IncidentClosed { incident, .. } => {
+                let inc = self.incidents.retire(incident)?;
+                if inc.state != IncidentState::Resolved {
+                    self.open -= 1;
+                }
+                for view in &inc.alerts {
+                    if matches!(self.homes.get(&view.fingerprint), Some(Home::Attached(id, _)) if id == incident)
+                    {
+                        self.homes.remove(&view.fingerprint);
+                    }
+                }
+                // Nothing left to touch: the stream announces the closing by itself.
+                None
+            }
             Fact::CmdbChanged { ops, .. } => {
                 Arc::make_mut(&mut self.topology).apply(ops);
                 None
@@ -2341,6 +2355,43 @@ mod tests {
         assert_eq!(doc["timeline"][0]["event"], "incident_opened");
         let list_doc = serde_json::to_value(inc.doc(&model.topology, false)).expect("json");
         assert!(list_doc.get("timeline").is_none());
+    }
+
+    /// A closed incident leaves the read model with its alerts; the rest stays as it was.
+    #[test]
+    fn a_closed_incident_leaves_with_its_alerts() {
+        let mut rules = Rules::embedded().expect("rules");
+        rules.lifecycle.close_after = Some(rules.lifecycle.reopen_window);
+        let mut engine = Engine::new(rules);
+        let mut facts = Vec::new();
+        let t = 1_795_000_000_000;
+        let down = alert("LinkDown", "sw-1", t);
+        let mut up = down.clone();
+        up.status = Status::Resolved;
+        up.ends_at = Some(t + 60_000);
+        up.received_at = t + 60_000;
+        for a in [&down, &alert("DiskFull", "host-9", t), &up] {
+            engine.handle(Input::Alert(a), &mut facts).expect("alert");
+        }
+        for now in [t + 10 * 60_000, t + 60 * 60_000] {
+            engine
+                .handle(Input::Tick { now }, &mut facts)
+                .expect("tick");
+        }
+        assert_eq!(facts.last().map(Fact::kind), Some("incident_closed"));
+        let mut model = ReadModel::default();
+        for (seq, f) in facts.iter().enumerate() {
+            model.apply(seq as u64 + 1, f);
+        }
+        assert!(model.get(IncidentId(1)).is_none());
+        assert_eq!(model.list(None, 0, 10).0, 1);
+        assert_eq!(model.open_count(), 1);
+        let alerts: Vec<_> = model.current_alerts().iter().map(|(a, _)| a.name).collect();
+        assert_eq!(
+            alerts,
+            [Sym::new("DiskFull")],
+            "the closed incident's alert left"
+        );
     }
 
     /// Each incident's running tally equals a count over its members.

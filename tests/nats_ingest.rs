@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 const SERVICES: [&str; 4] = ["payments", "search", "checkout", "ledger"];
@@ -144,4 +145,110 @@ async fn ten_thousand_alerts_over_nats_become_the_expected_incidents() {
         detail["timeline"].as_array().is_some_and(|t| t.len() >= 5),
         "timeline: {detail}"
     );
+}
+
+/// Rules as shipped, but with a lifecycle measured in seconds, so closing happens in a test.
+fn fast_lifecycle_rules(dir: &std::path::Path) -> std::path::PathBuf {
+    let shipped = std::fs::read_to_string(repo_path("rules/default.toml")).expect("rules");
+    let fast = shipped
+        .replace(r#"hold_down = "5m""#, r#"hold_down = "1s""#)
+        .replace(r#"reopen_window = "30m""#, r#"reopen_window = "1s""#)
+        .replace(r#"close_after = "7d""#, r#"close_after = "2s""#);
+    assert_eq!(fast.matches(r#"= "1s""#).count(), 2, "lifecycle rewritten");
+    assert!(fast.contains(r#"close_after = "2s""#));
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).expect("rules dir");
+    std::fs::write(rules.join("default.toml"), fast).expect("write rules");
+    rules
+}
+
+/// A resolved incident closes after `close_after`: it leaves the API (404 that says why) and
+/// memory with its alerts, NATS carries the closing, and a restart replaying the log agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_incident_closes_and_leaves_memory_and_a_restart_agrees() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = fast_lifecycle_rules(dir.path());
+    let data = dir.path().join("data");
+    let mut d = Incidentd::start_full(&data, &nats.url(), None, &rules);
+    let c = client();
+    d.wait_ready(&c, 20).await;
+    let nc = async_nats::connect(nats.url()).await.expect("connect");
+    let mut closed = nc
+        .subscribe("incidents.incident_closed.>")
+        .await
+        .expect("subscribe");
+    nc.flush().await.expect("flush");
+
+    let alert = |name: &str, status: &str| json!({"source": "synthetic", "name": name, "status": status, "labels": {"service": name}});
+    let (status, _) = post_json(
+        &c,
+        &d.url("/api/v1/alerts"),
+        &json!([alert("DiskFull", "firing"), alert("HighLatency", "firing")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_incidents(&c, &d, 2).await;
+    let (status, _) = post_json(
+        &c,
+        &d.url("/api/v1/alerts"),
+        &json!([alert("DiskFull", "resolved")]),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(20), closed.next())
+        .await
+        .expect("incident_closed published within 20 s")
+        .expect("subscription open");
+    let fact: Value = serde_json::from_slice(&msg.payload).expect("fact json");
+    let id = fact["incident"].as_str().expect("incident id").to_string();
+    assert_eq!(
+        msg.subject.as_str(),
+        format!("incidents.incident_closed.{id}")
+    );
+    assert_eq!(fact["fact"]["type"], "incident_closed");
+    assert!(
+        fact["fact"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("close_after 2s")),
+        "{fact}"
+    );
+
+    let check = |d: &Incidentd| {
+        let (c, url, list) = (
+            c.clone(),
+            d.url(&format!("/api/v1/incidents/{id}")),
+            d.url("/api/v1/incidents"),
+        );
+        async move {
+            let (status, body) = get_json(&c, &url).await;
+            assert_eq!(status, 404, "{body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("close_after")),
+                "{body}"
+            );
+            let (_, page) = get_json(&c, &list).await;
+            assert_eq!(page["total"], 1, "{page}");
+            let names: Vec<&str> = page["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter_map(|i| i["alerts"][0]["name"].as_str())
+                .collect();
+            assert_eq!(
+                names,
+                ["HighLatency"],
+                "only the open incident is left: {page}"
+            );
+        }
+    };
+    check(&d).await;
+
+    assert!(d.terminate().success());
+    let d = Incidentd::start_full(&data, &nats.url(), None, &rules);
+    d.wait_ready(&c, 20).await;
+    check(&d).await;
 }

@@ -107,12 +107,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// An incident id the read model does not hold: never opened, or closed after
+/// `lifecycle.close_after` resolved and quiet (its history is in the event log).
+fn not_found(id: IncidentId) -> ApiError {
+    ApiError::NotFound(format!(
+        "incident {id} not found (resolved incidents are closed and leave memory after the rules' lifecycle.close_after; the event log keeps their history, see `incidentd export`)"
+    ))
+}
+
 impl From<PipelineError> for ApiError {
     fn from(e: PipelineError) -> Self {
         match e {
-            PipelineError::Command(CommandError::NotFound(id)) => {
-                ApiError::NotFound(format!("incident {id} not found"))
-            }
+            PipelineError::Command(CommandError::NotFound(id)) => not_found(id),
             PipelineError::Command(e @ CommandError::AlreadyResolved(_)) => {
                 ApiError::Conflict(e.to_string())
             }
@@ -494,9 +500,7 @@ async fn get_incident_query(
         Some("summary") => {
             let id = parse_id(&id)?;
             let view = state.shared.view();
-            let incident = view
-                .get(id)
-                .ok_or_else(|| ApiError::NotFound(format!("incident {id} not found")))?;
+            let incident = view.get(id).ok_or_else(|| not_found(id))?;
             Ok(Json(incident.summary(&view.topology)).into_response())
         }
         Some(v) => Err(bad_request(format!(
@@ -511,9 +515,7 @@ async fn get_incident(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let view = state.shared.view();
-    let incident = view
-        .get(id)
-        .ok_or_else(|| ApiError::NotFound(format!("incident {id} not found")))?;
+    let incident = view.get(id).ok_or_else(|| not_found(id))?;
     Ok(Json(incident.doc(&view.topology, true)).into_response())
 }
 

@@ -138,6 +138,13 @@ pub enum Fact {
         incident: IncidentId,
         reason: String,
     },
+    /// A resolved incident quiet for `lifecycle.close_after` leaves the engine and the read
+    /// model with its member alerts; its history stays in the log.
+    IncidentClosed {
+        at: Millis,
+        incident: IncidentId,
+        reason: String,
+    },
     /// An operator's note on an incident (any state): part of its history, no state change.
     IncidentCommented {
         at: Millis,
@@ -206,6 +213,7 @@ impl Fact {
             | Fact::IncidentAcknowledged { at, .. }
             | Fact::IncidentResolved { at, .. }
             | Fact::IncidentReopened { at, .. }
+            | Fact::IncidentClosed { at, .. }
             | Fact::IncidentCommented { at, .. }
             | Fact::RulesLoaded { at, .. }
             | Fact::CmdbChanged { at, .. }
@@ -229,6 +237,7 @@ impl Fact {
             | Fact::IncidentAcknowledged { incident, .. }
             | Fact::IncidentResolved { incident, .. }
             | Fact::IncidentReopened { incident, .. }
+            | Fact::IncidentClosed { incident, .. }
             | Fact::IncidentCommented { incident, .. }
             | Fact::ImpactChanged { incident, .. }
             | Fact::IncidentsMerged { into: incident, .. } => Some(*incident),
@@ -265,6 +274,7 @@ impl Fact {
             Fact::IncidentAcknowledged { .. } => "incident_acknowledged",
             Fact::IncidentResolved { .. } => "incident_resolved",
             Fact::IncidentReopened { .. } => "incident_reopened",
+            Fact::IncidentClosed { .. } => "incident_closed",
             Fact::IncidentCommented { .. } => "incident_commented",
             Fact::RulesLoaded { .. } => "rules_loaded",
             Fact::CmdbChanged { .. } => "cmdb_changed",

@@ -49,6 +49,9 @@ const MAX_NODES: usize = 20_000;
 /// CMDB operations per `CmdbChanged` fact, so a large initial load stays under the log's
 /// record size limit.
 const CMDB_OPS_PER_FACT: usize = 2_000;
+/// Most incidents one tick closes: after a long stop a backlog closes over a few ticks, not
+/// in one batch that holds up ingest.
+const CLOSE_PER_TICK: usize = 10_000;
 
 /// Something the engine is asked to do.
 #[derive(Clone, Copy, Debug)]
@@ -183,6 +186,10 @@ pub struct State {
     quiet: BTreeSet<(Millis, IncidentId)>,
     /// Firing alerts that time out unless re-sent, by `ends_at`.
     expiries: BTreeSet<(Millis, Fingerprint)>,
+    /// Resolved incidents by `resolved_at`: the candidates for closing. Derived from
+    /// `incidents`, so not in snapshots (rebuilt by [`Engine::restore`]).
+    #[serde(skip)]
+    resolved: BTreeSet<(Millis, IncidentId)>,
     pub rules_version: u64,
     pub rules_hash: String,
     consumed: Consumed,
@@ -220,6 +227,16 @@ impl State {
     /// Entries held (alerts and incidents): what copying or writing the state costs.
     pub fn size(&self) -> u64 {
         (self.alerts.len() + self.incidents.len()) as u64
+    }
+
+    /// Rebuilds what snapshots leave out because the incidents imply it.
+    pub(crate) fn index_resolved(&mut self) {
+        self.resolved = self
+            .incidents
+            .values()
+            .filter(|inc| inc.state == IncidentState::Resolved)
+            .filter_map(|inc| Some((inc.resolved_at?, inc.id)))
+            .collect();
     }
 
     /// Whether the alerts of this JetStream message are already in the log.
@@ -504,7 +521,8 @@ impl Engine {
     }
 
     /// An engine resuming from a snapshot's state.
-    pub fn restore(rules: Rules, state: State) -> Engine {
+    pub fn restore(rules: Rules, mut state: State) -> Engine {
+        state.index_resolved();
         Engine {
             ci_bits: CiBits::from_state(&state),
             state,
@@ -520,7 +538,8 @@ impl Engine {
     }
 
     /// The earliest engine time at which a `Tick` would decide something (an alert timing
-    /// out, an incident's hold-down ending). Replay ticks exactly there.
+    /// out, an incident's hold-down ending). Replay ticks exactly there. Closing is left
+    /// out: it changes no correlation, and `incidentd replay` keeps every incident.
     pub fn next_deadline(&self) -> Option<Millis> {
         let expiry = self.state.expiries.first().map(|&(t, _)| t);
         let quiet = self
@@ -1602,6 +1621,29 @@ impl Engine {
                 )),
             });
         }
+        let Some(after) = self.rules.lifecycle.close_after else {
+            return;
+        };
+        let due = self
+            .state
+            .resolved
+            .range(..=(now - after, IncidentId(u64::MAX)))
+            .filter_map(|(_, id)| self.state.incidents.get(id))
+            // An operator may resolve an incident whose alerts still fire or repeat: it
+            // closes only once quiet, so a repeat never turns into a new incident.
+            .filter(|inc| inc.firing == 0 && now - inc.last_activity >= after)
+            .take(CLOSE_PER_TICK);
+        for inc in due {
+            out.push(Fact::IncidentClosed {
+                at: now,
+                incident: inc.id,
+                reason: format!(
+                    "resolved and quiet for {} (close_after {}): removed from memory, kept in the event log",
+                    format_duration(now - inc.last_activity.max(inc.resolved_at.unwrap_or(0))),
+                    format_duration(after)
+                ),
+            });
+        }
     }
 
     /// No logic: mutates state exactly as the fact says. Replay calls only this.
@@ -1810,10 +1852,14 @@ impl Engine {
                         s.quiet.remove(&(since, target.id));
                     }
                 }
+                if let Some(t) = gone.resolved_at {
+                    s.resolved.remove(&(t, gone.id));
+                }
                 gone.state = IncidentState::Resolved;
                 gone.resolved_at = Some(*at);
                 gone.merged_into = Some(*into);
                 gone.firing = 0;
+                s.resolved.insert((*at, gone.id));
                 s.incidents.insert(gone.id, gone);
             }
             Fact::RootCauseChanged {
@@ -1844,13 +1890,16 @@ impl Engine {
             }
             Fact::IncidentAcknowledged { incident, .. } => {
                 if let Some(inc) = s.incidents.get_mut(incident) {
+                    unresolve(&mut s.resolved, inc);
                     inc.state = IncidentState::Acknowledged;
                 }
             }
             Fact::IncidentResolved { at, incident, .. } => {
                 if let Some(inc) = s.incidents.get_mut(incident) {
+                    unresolve(&mut s.resolved, inc);
                     inc.state = IncidentState::Resolved;
                     inc.resolved_at = Some(*at);
+                    s.resolved.insert((*at, inc.id));
                     if let Some(since) = inc.quiet_since.take() {
                         s.quiet.remove(&(since, inc.id));
                     }
@@ -1861,6 +1910,7 @@ impl Engine {
             }
             Fact::IncidentReopened { at, incident, .. } => {
                 if let Some(inc) = s.incidents.get_mut(incident) {
+                    unresolve(&mut s.resolved, inc);
                     inc.state = IncidentState::Open;
                     inc.resolved_at = None;
                     inc.last_activity = inc.last_activity.max(*at);
@@ -1872,6 +1922,30 @@ impl Engine {
                         for ci in &inc.cis {
                             index_ci(&mut s.by_ci, bits, *ci, inc.id);
                         }
+                    }
+                }
+            }
+            Fact::IncidentClosed { incident, .. } => {
+                let Some(inc) = s.incidents.retire(incident) else {
+                    return;
+                };
+                if let Some(t) = inc.resolved_at {
+                    s.resolved.remove(&(t, inc.id));
+                }
+                if let Some(since) = inc.quiet_since {
+                    s.quiet.remove(&(since, inc.id));
+                }
+                for ci in &inc.cis {
+                    unindex_ci(&mut s.by_ci, bits, *ci, inc.id);
+                }
+                if s.groups.get(&inc.group_key) == Some(&inc.id) {
+                    s.groups.remove(&inc.group_key);
+                }
+                for fp in &inc.members {
+                    if s.alerts.get(fp).is_some_and(|a| a.incident == Some(inc.id))
+                        && let Some(a) = s.alerts.remove(fp)
+                    {
+                        forget_expiry(&mut s.expiries, &a, *fp);
                     }
                 }
             }
@@ -1899,6 +1973,16 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// Takes a resolved incident out of the closing candidates (it is reopened, acknowledged or
+/// resolved again).
+fn unresolve(resolved: &mut BTreeSet<(Millis, IncidentId)>, inc: &Incident) {
+    if inc.state == IncidentState::Resolved
+        && let Some(t) = inc.resolved_at
+    {
+        resolved.remove(&(t, inc.id));
     }
 }
 

@@ -168,6 +168,7 @@ const T_SILENCE_CREATED: u8 = 17;
 const T_SILENCE_EXPIRED: u8 = 18;
 const T_STREAM_CONSUMED: u8 = 19;
 const T_IMPACT_CHANGED: u8 = 20;
+const T_INCIDENT_CLOSED: u8 = 21;
 
 const OP_UPSERT_CI: u8 = 0;
 const OP_REMOVE_CI: u8 = 1;
@@ -461,6 +462,15 @@ fn put_fact(buf: &mut Vec<u8>, fact: &Fact) {
             reason,
         } => {
             head(buf, T_INCIDENT_REOPENED, *at);
+            put_uvar(buf, incident.0);
+            put_str(buf, reason);
+        }
+        Fact::IncidentClosed {
+            at,
+            incident,
+            reason,
+        } => {
+            head(buf, T_INCIDENT_CLOSED, *at);
             put_uvar(buf, incident.0);
             put_str(buf, reason);
         }
@@ -843,7 +853,7 @@ impl<'a> Reader<'a> {
     fn fact(&mut self) -> R<Fact> {
         let tag_offset = self.pos;
         let tag = self.u8("fact type")?;
-        if tag > T_IMPACT_CHANGED {
+        if tag > T_INCIDENT_CLOSED {
             return Err(RecordError::Tag {
                 field: "fact type",
                 tag: tag.into(),
@@ -913,6 +923,11 @@ impl<'a> Reader<'a> {
                 comment: self.opt_string("comment")?,
             },
             T_INCIDENT_REOPENED => Fact::IncidentReopened {
+                at,
+                incident: self.incident("incident")?,
+                reason: self.string("reason")?,
+            },
+            T_INCIDENT_CLOSED => Fact::IncidentClosed {
                 at,
                 incident: self.incident("incident")?,
                 reason: self.string("reason")?,
@@ -1343,6 +1358,13 @@ mod tests {
             }),
             (at, inc(), text()).prop_map(|(at, incident, reason)| {
                 Fact::IncidentReopened {
+                    at,
+                    incident,
+                    reason,
+                }
+            }),
+            (at, inc(), text()).prop_map(|(at, incident, reason)| {
+                Fact::IncidentClosed {
                     at,
                     incident,
                     reason,

@@ -60,7 +60,8 @@ pub fn write_state(state: &State, out: &mut Vec<u8>) -> Result<(), CodecError> {
 /// Reads what [`write_state`] wrote; the whole of `bytes` must be the state.
 pub fn read_state(bytes: &[u8]) -> Result<State, CodecError> {
     let mut d = Decoder { bytes, pos: 0 };
-    let state = serde::Deserialize::deserialize(&mut d)?;
+    let mut state: State = serde::Deserialize::deserialize(&mut d)?;
+    state.index_resolved();
     match bytes.len() - d.pos {
         0 => Ok(state),
         n => Err(CodecError::Trailing(n)),

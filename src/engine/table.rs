@@ -1,7 +1,7 @@
 //! Tables by incident id, read and written several times for every alert: the engine's
 //! incidents and the read model's incident views.
 
-use std::collections::{BTreeMap, btree_map};
+use std::collections::{BTreeMap, VecDeque, btree_map, vec_deque};
 use std::fmt;
 use std::iter::{Enumerate, Peekable};
 use std::marker::PhantomData;
@@ -18,17 +18,20 @@ pub type Incidents = IdTable<Incident>;
 /// How far past the end of the vector an id may land and still grow it.
 const SLACK: u64 = 4_096;
 
-/// Values by incident id, in id order. The engine hands ids out from a counter and never
-/// deletes an incident (a merged one stays, resolved), so a vector indexed by id holds them
-/// and a lookup is an index, where a B-tree of 10k incidents took ~100 instructions of
-/// search. An id far past the end, which only a damaged or hand-made log could carry, goes
-/// to an ordered map instead of growing the vector by the distance. Serialized as the map it
-/// replaced (entries in id order), so snapshots do not change.
+/// Values by incident id, in id order. The engine hands ids out from a counter and drops an
+/// incident only when it closes, oldest first by and large, so a vector indexed by id (from
+/// a moving base) holds them and a lookup is an index, where a B-tree of 10k incidents took
+/// ~100 instructions of search. An id far past the end, which only a damaged or hand-made
+/// log could carry, or one before the base, goes to an ordered map instead. Serialized as
+/// the map it replaced (entries in id order), so snapshots do not change.
 #[derive(Clone)]
 pub struct IdTable<T> {
-    /// `dense[id]`: nearly every slot is full.
-    dense: Vec<Option<T>>,
-    /// Ids that did not fit `dense` when inserted; each id is in one of the two only.
+    /// `dense[id - base]`: nearly every slot is full.
+    dense: VecDeque<Option<T>>,
+    /// The id of `dense[0]`.
+    base: u64,
+    /// Ids that did not fit `dense` when inserted, or were moved out when closing emptied
+    /// the slots around them; each id is in one of the two only.
     sparse: BTreeMap<IncidentId, T>,
     len: usize,
 }
@@ -36,7 +39,8 @@ pub struct IdTable<T> {
 impl<T> Default for IdTable<T> {
     fn default() -> Self {
         IdTable {
-            dense: Vec::new(),
+            dense: VecDeque::new(),
+            base: 0,
             sparse: BTreeMap::new(),
             len: 0,
         }
@@ -52,8 +56,14 @@ impl<T> IdTable<T> {
         self.len == 0
     }
 
+    /// Where `id` would sit in `dense`, if at or past the base.
+    fn slot(&self, id: &IncidentId) -> usize {
+        id.0.checked_sub(self.base)
+            .map_or(usize::MAX, |i| i as usize)
+    }
+
     pub fn get(&self, id: &IncidentId) -> Option<&T> {
-        match self.dense.get(id.0 as usize) {
+        match self.dense.get(self.slot(id)) {
             Some(Some(inc)) => Some(inc),
             _ if self.sparse.is_empty() => None,
             _ => self.sparse.get(id),
@@ -61,7 +71,8 @@ impl<T> IdTable<T> {
     }
 
     pub fn get_mut(&mut self, id: &IncidentId) -> Option<&mut T> {
-        match self.dense.get_mut(id.0 as usize) {
+        let slot = self.slot(id);
+        match self.dense.get_mut(slot) {
             Some(Some(inc)) => Some(inc),
             _ if self.sparse.is_empty() => None,
             _ => self.sparse.get_mut(id),
@@ -74,12 +85,17 @@ impl<T> IdTable<T> {
 
     /// Stores `inc` under `id`, returning what was there.
     pub fn insert(&mut self, id: IncidentId, inc: T) -> Option<T> {
-        let i = id.0 as usize;
+        if self.dense.is_empty() {
+            // Nothing to keep in place: start at this id (a snapshot whose oldest incidents
+            // closed starts far from 0).
+            self.base = id.0;
+        }
+        let i = self.slot(&id);
         let old = if let Some(slot) = self.sparse.get_mut(&id) {
             Some(std::mem::replace(slot, inc))
         } else if i < self.dense.len() {
             self.dense[i].replace(inc)
-        } else if id.0 < self.dense.len() as u64 + SLACK {
+        } else if id.0 >= self.base && (i as u64) < self.dense.len() as u64 + SLACK {
             self.dense.resize_with(i + 1, || None);
             self.dense[i] = Some(inc);
             None
@@ -93,7 +109,8 @@ impl<T> IdTable<T> {
     }
 
     pub fn remove(&mut self, id: &IncidentId) -> Option<T> {
-        let old = match self.dense.get_mut(id.0 as usize).and_then(Option::take) {
+        let slot = self.slot(id);
+        let old = match self.dense.get_mut(slot).and_then(Option::take) {
             Some(inc) => Some(inc),
             None if self.sparse.is_empty() => None,
             None => self.sparse.remove(id),
@@ -104,9 +121,52 @@ impl<T> IdTable<T> {
         old
     }
 
+    /// Removes `id` for good (an incident closing: its id never comes back), releasing
+    /// the empty slots before the oldest id still held. An old incident that outlives most
+    /// of its successors moves to the map rather than pin every slot after it.
+    pub fn retire(&mut self, id: &IncidentId) -> Option<T> {
+        let old = self.remove(id);
+        loop {
+            let held = self.len - self.sparse.len();
+            let mostly_empty = self.dense.len() - held > held + SLACK as usize;
+            match self.dense.front() {
+                Some(None) => {}
+                Some(Some(_)) if mostly_empty => {}
+                _ => break,
+            }
+            if let Some(Some(inc)) = self.dense.pop_front() {
+                self.sparse.insert(IncidentId(self.base), inc);
+            }
+            self.base += 1;
+        }
+        old
+    }
+
+    /// A table holding `entries`: the vector starts where the ids become dense, so that an
+    /// old incident that outlived its neighbours (a snapshot after closings) does not push
+    /// every later id into the map.
+    fn from_entries(mut entries: Vec<(IncidentId, T)>) -> IdTable<T> {
+        entries.sort_by_key(|(id, _)| *id);
+        let last = entries.last().map_or(0, |(id, _)| id.0);
+        let n = entries.len();
+        let start = (0..n)
+            .find(|&k| last - entries[k].0.0 < 2 * (n - k) as u64 + SLACK)
+            .unwrap_or(n);
+        let mut table = IdTable::default();
+        let mut rest = entries.split_off(start);
+        if let Some((first, _)) = rest.first() {
+            table.base = first.0;
+        }
+        for (id, inc) in rest.drain(..).chain(entries) {
+            table.insert(id, inc);
+        }
+        table
+    }
+
     /// Every value with its id, in id order.
     pub fn iter(&self) -> Iter<'_, T> {
         Iter {
+            base: self.base,
             dense: self.dense.iter().enumerate(),
             sparse: self.sparse.iter().peekable(),
             pending: None,
@@ -121,12 +181,12 @@ impl<T> IdTable<T> {
     /// Values in descending id order (newest first). Ids in the map are rare, so only when
     /// there are any is the merged order collected first.
     pub fn values_rev(&self) -> impl Iterator<Item = &T> {
-        let (dense, merged): (&[Option<T>], Vec<&T>) = if self.sparse.is_empty() {
-            (&self.dense, Vec::new())
+        let (dense, merged) = if self.sparse.is_empty() {
+            (self.dense.range(..), Vec::new())
         } else {
-            (&[], self.values().collect())
+            (self.dense.range(0..0), self.values().collect())
         };
-        let dense = dense.iter().rev().filter_map(Option::as_ref);
+        let dense = dense.rev().filter_map(Option::as_ref);
         dense.chain(merged.into_iter().rev())
     }
 
@@ -137,7 +197,8 @@ impl<T> IdTable<T> {
 
 /// [`IdTable::iter`]: the vector's entries merged with the map's, by id.
 pub struct Iter<'a, T> {
-    dense: Enumerate<std::slice::Iter<'a, Option<T>>>,
+    base: u64,
+    dense: Enumerate<vec_deque::Iter<'a, Option<T>>>,
     sparse: Peekable<btree_map::Iter<'a, IncidentId, T>>,
     /// The vector's next entry, taken but not yet handed out.
     pending: Option<(IncidentId, &'a T)>,
@@ -149,9 +210,10 @@ impl<'a, T> Iterator for Iter<'a, T> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.pending.is_none() {
+            let base = self.base;
             self.pending = self
                 .dense
-                .find_map(|(i, slot)| slot.as_ref().map(|inc| (IncidentId(i as u64), inc)));
+                .find_map(|(i, slot)| slot.as_ref().map(|inc| (IncidentId(base + i as u64), inc)));
         }
         let item = match (self.pending, self.sparse.peek()) {
             (Some((d, _)), Some(&(&s, inc))) if s < d => {
@@ -226,11 +288,11 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for IdTable<T> {
                 f.write_str("a map of incidents by id")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdTable<T>, A::Error> {
-                let mut table = IdTable::default();
-                while let Some((id, inc)) = map.next_entry::<IncidentId, T>()? {
-                    table.insert(id, inc);
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<IncidentId, T>()? {
+                    entries.push(entry);
                 }
-                Ok(table)
+                Ok(IdTable::from_entries(entries))
             }
         }
         d.deserialize_map(Entries(PhantomData))
@@ -278,6 +340,47 @@ mod tests {
         assert_eq!(ids(&table), [7, 3, 2, 1]);
         table.insert(IncidentId(1 << 40), incident(1 << 40));
         assert_eq!(ids(&table), [1 << 40, 7, 3, 2, 1]);
+    }
+
+    /// Closing incidents oldest first releases the vector's front; one that lives on moves
+    /// to the map instead of pinning every slot after it. Contents stay those of a map.
+    #[test]
+    fn retiring_releases_the_front_of_the_vector() {
+        let mut table = Incidents::default();
+        let mut map = BTreeMap::new();
+        for id in 1..=20_000 {
+            table.insert(IncidentId(id), incident(id));
+            map.insert(IncidentId(id), incident(id));
+        }
+        for id in 2..=19_000 {
+            let id = IncidentId(id);
+            assert_eq!(table.retire(&id), map.remove(&id));
+        }
+        assert!(
+            table.dense.len() <= 1_000 + SLACK as usize,
+            "{}",
+            table.dense.len()
+        );
+        assert_eq!(
+            table.sparse.keys().copied().collect::<Vec<_>>(),
+            [IncidentId(1)]
+        );
+        for id in 20_001..=20_100 {
+            table.insert(IncidentId(id), incident(id));
+            map.insert(IncidentId(id), incident(id));
+        }
+        assert_eq!(table.sparse.len(), 1, "new ids still go to the vector");
+        for id in [0, 1, 2, 19_000, 19_001, 20_000, 20_100, 20_101] {
+            let id = IncidentId(id);
+            assert_eq!(table.get(&id), map.get(&id), "{id}");
+        }
+        assert!(table.iter().eq(map.iter().map(|(k, v)| (*k, v))));
+        assert!(table.values_rev().eq(map.values().rev()));
+        assert_eq!(to_vec(&table).expect("bin"), to_vec(&map).expect("bin"));
+        // Decoding a table whose first ids closed starts the vector at its first id.
+        let back: Incidents = from_slice(&to_vec(&table).expect("bin")).expect("decode");
+        assert_eq!(back, table);
+        assert_eq!(back.sparse.len(), 1, "only the old incident in the map");
     }
 
     /// Inserts, replacements and removals, ids dense and far apart, against a `BTreeMap`

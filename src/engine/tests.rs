@@ -126,6 +126,11 @@ impl Scenario {
         }
         assert!(self.engine.ci_bits_consistent() && fresh.ci_bits_consistent());
         assert!(Engine::restore(rules(), fresh.state().clone()).ci_bits_consistent());
+        // A snapshot does not carry the closing candidates: restoring rebuilds them.
+        let mut bytes = Vec::new();
+        crate::engine::snapshot_codec::write_state(fresh.state(), &mut bytes).expect("encode");
+        let decoded = crate::engine::snapshot_codec::read_state(&bytes).expect("decode");
+        assert_eq!(Engine::restore(rules(), decoded).state(), fresh.state());
         fresh.state().clone()
     }
 }
@@ -222,6 +227,93 @@ fn incidents_auto_resolve_after_the_hold_down() {
     assert!(matches!(&facts[0], Fact::IncidentResolved { by, .. } if by == "incidentd"));
     assert_eq!(s.incident(1).state, IncidentState::Resolved);
     assert!(s.tick(T0 + 60 * MIN).is_empty(), "resolves once");
+    assert_eq!(s.replayed(), *s.engine.state());
+}
+
+const DAY: Millis = 24 * 60 * MIN;
+
+#[test]
+fn resolved_incidents_close_after_a_quiet_week_and_take_their_alerts_along() {
+    let mut s = Scenario::given();
+    let a = alert("HighLatency", "payments", T0);
+    let b = alert("ErrorRate", "checkout", T0);
+    s.when(&[Input::Alert(&a), Input::Alert(&b)]);
+    s.alert(&resolved(a.clone(), T0 + MIN));
+    s.tick(T0 + 6 * MIN);
+    assert_eq!(s.incident(1).state, IncidentState::Resolved);
+    assert_eq!(
+        s.engine.next_deadline(),
+        None,
+        "closing is no replay deadline"
+    );
+
+    assert!(
+        s.tick(T0 + 6 * MIN + 7 * DAY - 1).is_empty(),
+        "not a week yet"
+    );
+    let facts = s.tick(T0 + 6 * MIN + 7 * DAY);
+    assert_eq!(kinds(&facts), ["incident_closed"]);
+    assert_eq!(facts[0].incident(), Some(IncidentId(1)));
+    let state = s.engine.state();
+    assert!(state.incidents.get(&IncidentId(1)).is_none());
+    assert!(
+        state.alerts.get(&a.fingerprint).is_none(),
+        "its alert left too"
+    );
+    assert_eq!(state.incidents.len(), 1, "the open incident stays");
+    assert!(state.alerts.get(&b.fingerprint).is_some());
+    assert!(
+        s.tick(T0 + 30 * DAY).is_empty(),
+        "closes once; open ones never"
+    );
+
+    // Long past the reopen window, so closing changed nothing: the alert is new again.
+    let facts = s.alert(&alert("HighLatency", "payments", T0 + 31 * DAY));
+    assert_eq!(
+        kinds(&facts)[..3],
+        ["alert_received", "incident_opened", "alert_attached"]
+    );
+    assert_eq!(facts[1].incident(), Some(IncidentId(3)));
+    assert_eq!(s.replayed(), *s.engine.state());
+}
+
+#[test]
+fn an_incident_resolved_while_its_alert_fires_closes_only_a_week_after_it_went_quiet() {
+    let mut s = Scenario::given();
+    let a = alert("HighLatency", "payments", T0);
+    s.alert(&a);
+    s.when(&[Input::Resolve {
+        now: T0 + MIN,
+        incident: IncidentId(1),
+        by: "alice",
+        comment: None,
+    }]);
+    // The alert keeps repeating for two weeks: its incident must not close under it.
+    for day in 1..=14 {
+        s.alert(&alert("HighLatency", "payments", T0 + day * DAY));
+        assert!(s.tick(T0 + day * DAY + MIN).is_empty(), "day {day}");
+    }
+    s.alert(&resolved(a.clone(), T0 + 15 * DAY));
+    assert!(s.tick(T0 + 22 * DAY - 1).is_empty());
+    assert_eq!(kinds(&s.tick(T0 + 22 * DAY)), ["incident_closed"]);
+    assert!(s.engine.state().alerts.is_empty());
+    assert_eq!(s.replayed(), *s.engine.state());
+}
+
+#[test]
+fn closing_waits_for_a_reopened_incident_to_resolve_again() {
+    let mut s = Scenario::given();
+    let a = alert("HighLatency", "payments", T0);
+    s.alert(&a);
+    s.alert(&resolved(a.clone(), T0 + MIN));
+    s.tick(T0 + 6 * MIN);
+    s.alert(&alert("HighLatency", "payments", T0 + 20 * MIN));
+    assert_eq!(s.incident(1).state, IncidentState::Open);
+    assert!(s.tick(T0 + 10 * DAY).is_empty(), "open again: never closes");
+    s.alert(&resolved(a.clone(), T0 + 10 * DAY));
+    s.tick(T0 + 10 * DAY + 5 * MIN);
+    assert!(s.tick(T0 + 17 * DAY).is_empty());
+    assert_eq!(kinds(&s.tick(T0 + 17 * DAY + 5 * MIN)), ["incident_closed"]);
     assert_eq!(s.replayed(), *s.engine.state());
 }
 
@@ -987,6 +1079,8 @@ mod properties {
             name: usize,
         },
         Tick,
+        /// A quiet spell long enough for resolved incidents to close.
+        Later,
         Ack(u64),
         Close(u64),
         Comment(u64),
@@ -1002,6 +1096,7 @@ mod properties {
                 .prop_map(|(ci, name, severity, timeout)| Step::Fire { ci, name, severity, timeout }),
             3 => (0..CIS.len(), 0..NAMES.len()).prop_map(|(ci, name)| Step::Resolve { ci, name }),
             1 => Just(Step::Tick),
+            1 => Just(Step::Later),
             1 => (1..6u64).prop_map(Step::Ack),
             1 => (1..6u64).prop_map(Step::Close),
             1 => (1..6u64).prop_map(Step::Comment),
@@ -1013,8 +1108,11 @@ mod properties {
         #![proptest_config(ProptestConfig::with_cases(128))]
         #[test]
         fn replay_equals_live(steps in prop::collection::vec((step(), 0..120_000i64, 1..8usize), 1..150), cut in 0.0..1.0f64) {
+            // Incidents close as soon as the rules allow, so closing meets every other fact.
+            let mut rules = super::topology::default_rules();
+            rules.lifecycle.close_after = Some(rules.lifecycle.reopen_window);
             let mut s = Scenario {
-                engine: Engine::new(super::topology::default_rules()),
+                engine: Engine::new(rules),
                 log: Vec::new(),
             };
             let mut out = Vec::new();
@@ -1034,6 +1132,10 @@ mod properties {
                     }
                     Step::Resolve { ci, name } => batch.push(resolved(on_ci(NAMES[name], CIS[ci], now), now)),
                     Step::Tick => { s.tick(now); }
+                    Step::Later => {
+                        now += 40 * MIN;
+                        s.tick(now);
+                    }
                     Step::Ack(id) => {
                         let input = Input::Acknowledge { now, incident: IncidentId(id), by: "p", comment: None };
                         let facts = s.when(&[input]);

@@ -9,6 +9,7 @@
 //! [lifecycle]            # at most one file may set it
 //! hold_down = "5m"       # all alerts resolved this long => incident auto-resolves
 //! reopen_window = "30m"  # a member refiring this soon after resolution reopens it
+//! close_after = "7d"     # resolved and quiet this long => closed: memory freed, log keeps it
 //!
 //! [priority]             # at most one file may set it; these are the defaults
 //! default_impact = "medium"   # impact when no business service is known to be hit
@@ -86,6 +87,10 @@ pub enum RulesError {
 pub struct Lifecycle {
     pub hold_down: Millis,
     pub reopen_window: Millis,
+    /// A resolved incident with no member firing or active for this long is closed: it and
+    /// its alerts leave the engine and the read model (the log keeps them), so memory follows
+    /// what is live rather than all history. `None` keeps everything.
+    pub close_after: Option<Millis>,
 }
 
 impl Default for Lifecycle {
@@ -93,6 +98,7 @@ impl Default for Lifecycle {
         Lifecycle {
             hold_down: 5 * 60_000,
             reopen_window: 30 * 60_000,
+            close_after: Some(7 * 86_400_000),
         }
     }
 }
@@ -648,6 +654,7 @@ fn default_true() -> bool {
 struct LifecycleSpec {
     hold_down: Option<Spanned<String>>,
     reopen_window: Option<Spanned<String>>,
+    close_after: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -706,6 +713,25 @@ fn compile_lifecycle(
     }
     if let Some(d) = &spec.reopen_window {
         l.reopen_window = compile_duration(d, "reopen_window", at)?;
+    }
+    if let Some(d) = &spec.close_after {
+        let after = compile_duration(d, "close_after", at)?;
+        l.close_after = (after > 0).then_some(after);
+    }
+    // Closing forgets the alerts' history, so it must wait until a refire could no longer
+    // reopen the incident: closing then changes no correlation, only memory.
+    if let Some(after) = l.close_after
+        && after < l.reopen_window
+    {
+        let span = spec.close_after.as_ref().map_or(0, |d| d.span().start);
+        return Err(at(
+            span,
+            format!(
+                "close_after ({}) must be at least reopen_window ({}), or \"0s\" to never close",
+                crate::model::format_duration(after),
+                crate::model::format_duration(l.reopen_window)
+            ),
+        ));
     }
     Ok(l)
 }
@@ -1027,6 +1053,26 @@ mod tests {
 
     fn parse(text: &str) -> Result<Rules, RulesError> {
         Rules::parse_files(&[("r.toml".into(), text.into())])
+    }
+
+    #[test]
+    fn close_after_is_at_least_the_reopen_window_or_off() {
+        let lifecycle = |body: &str| {
+            Rules::parse_files(&[("l.toml".to_string(), format!("[lifecycle]\n{body}\n"))])
+                .map(|r| r.lifecycle.close_after)
+        };
+        assert_eq!(lifecycle("").expect("default"), Some(7 * 86_400_000));
+        assert_eq!(
+            lifecycle(r#"close_after = "2d""#).expect("2d"),
+            Some(2 * 86_400_000)
+        );
+        assert_eq!(lifecycle(r#"close_after = "0s""#).expect("off"), None);
+        let e = lifecycle(r#"close_after = "10m""#).expect_err("below the reopen window");
+        assert!(
+            e.to_string()
+                .contains("close_after (10m) must be at least reopen_window (30m)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -143,6 +143,16 @@ impl Incidentd {
     /// HTTP listens on port 0 and the test reads the bound address from the log, so a port
     /// taken by another test between choosing and binding cannot send requests astray.
     pub fn start_with(data_dir: &Path, nats_url: &str, config: Option<&Path>) -> Incidentd {
+        Incidentd::start_full(data_dir, nats_url, config, &repo_path("rules"))
+    }
+
+    /// Like `start_with`, with the rules in `rules` instead of the shipped ones.
+    pub fn start_full(
+        data_dir: &Path,
+        nats_url: &str,
+        config: Option<&Path>,
+        rules: &Path,
+    ) -> Incidentd {
         let log_path = data_dir.with_extension("log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_incidentd"))
@@ -150,7 +160,7 @@ impl Incidentd {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--rules")
-            .arg(repo_path("rules"))
+            .arg(rules)
             .args(["--nats-url", nats_url])
             .args(config.map(|c| format!("--config={}", c.display())))
             .env("RUST_LOG", "info")
