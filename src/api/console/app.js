@@ -263,7 +263,8 @@ function flush() {
   let unseen = false;
   for (const ev of events) {
     for (const s of [ev.summary, ev.merged]) {
-      if (!s) continue;
+      // A closed incident has left the server's memory: the refetch below drops its row.
+      if (!s || s.state === 'closed') continue;
       latest.set(s.id, s);
       if (!state.known.has(s.id)) {
         state.known.add(s.id);
