@@ -15,6 +15,8 @@ pub struct Metrics {
     /// Alerts (or whole payloads) rejected at decode, by reason code and format.
     pub alerts_rejected: IntCounterVec,
     pub incidents_open: IntGauge,
+    /// Incidents the read model holds (any state): closing keeps it to what is live.
+    pub incidents_held: IntGauge,
     pub facts_appended: IntCounter,
     /// Time to write and fsync one group-commit batch.
     pub log_append_seconds: Histogram,
@@ -91,6 +93,10 @@ impl Metrics {
             incidents_open: gauge(
                 "incidentd_incidents_open",
                 "Incidents open or acknowledged.",
+            )?,
+            incidents_held: gauge(
+                "incidentd_incidents_held",
+                "Incidents in memory, in any state; resolved ones leave when closed (lifecycle.close_after).",
             )?,
             facts_appended: counter(
                 "incidentd_facts_appended_total",

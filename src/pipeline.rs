@@ -191,6 +191,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(view: ReadModel, metrics: Metrics) -> Shared {
         metrics.incidents_open.set(view.open_count() as i64);
+        metrics.incidents_held.set(view.held_count() as i64);
         metrics.log_writable.set(1);
         Shared {
             view: RwLock::new(view),
@@ -1036,6 +1037,10 @@ impl Publisher {
                 .metrics
                 .incidents_open
                 .set(view.open_count() as i64);
+            self.shared
+                .metrics
+                .incidents_held
+                .set(view.held_count() as i64);
             self.shared
                 .metrics
                 .interned_strings

@@ -1012,6 +1012,11 @@ impl ReadModel {
         self.open
     }
 
+    /// Incidents held, in any state (closed ones are gone).
+    pub fn held_count(&self) -> usize {
+        self.incidents.len()
+    }
+
     fn view(&self, fp: &Fingerprint) -> Option<&AlertView> {
         match self.homes.get(fp)? {
             Home::Loose(view) => Some(view),

@@ -216,6 +216,7 @@ async fn a_resolved_incident_closes_and_leaves_memory_and_a_restart_agrees() {
     );
 
     let check = |d: &Incidentd| {
+        let metrics_url = d.url("/metrics");
         let (c, url, list) = (
             c.clone(),
             d.url(&format!("/api/v1/incidents/{id}")),
@@ -243,6 +244,9 @@ async fn a_resolved_incident_closes_and_leaves_memory_and_a_restart_agrees() {
                 ["HighLatency"],
                 "only the open incident is left: {page}"
             );
+            let metrics = c.get(&metrics_url).send().await.expect("metrics");
+            let text = metrics.text().await.expect("metrics text");
+            assert_eq!(metric_in(&text, "incidentd_incidents_held"), 1.0);
         }
     };
     check(&d).await;
