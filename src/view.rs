@@ -1421,6 +1421,12 @@ impl ReadModel {
                 // Nothing left to touch: the stream announces the closing by itself.
                 None
             }
+            Fact::AlertForgotten { fingerprint, .. } => {
+                if matches!(self.homes.get(fingerprint), Some(Home::Loose(_))) {
+                    self.homes.remove(fingerprint);
+                }
+                None
+            }
             Fact::CmdbChanged { ops, .. } => {
                 Arc::make_mut(&mut self.topology).apply(ops);
                 None
@@ -2362,7 +2368,8 @@ mod tests {
         assert!(list_doc.get("timeline").is_none());
     }
 
-    /// A closed incident leaves the read model with its alerts; the rest stays as it was.
+    /// A closed incident leaves the read model with its alerts, a forgotten alert leaves on
+    /// its own; the rest stays as it was.
     #[test]
     fn a_closed_incident_leaves_with_its_alerts() {
         let mut rules = Rules::embedded().expect("rules");
@@ -2375,7 +2382,11 @@ mod tests {
         up.status = Status::Resolved;
         up.ends_at = Some(t + 60_000);
         up.received_at = t + 60_000;
-        for a in [&down, &alert("DiskFull", "host-9", t), &up] {
+        // Resolved without ever firing: an alert in no incident, forgotten on its own.
+        let mut stray = alert("FanFailure", "host-3", t);
+        stray.status = Status::Resolved;
+        stray.ends_at = Some(t);
+        for a in [&down, &alert("DiskFull", "host-9", t), &up, &stray] {
             engine.handle(Input::Alert(a), &mut facts).expect("alert");
         }
         for now in [t + 10 * 60_000, t + 60 * 60_000] {
@@ -2383,7 +2394,8 @@ mod tests {
                 .handle(Input::Tick { now }, &mut facts)
                 .expect("tick");
         }
-        assert_eq!(facts.last().map(Fact::kind), Some("incident_closed"));
+        let kinds: Vec<&str> = facts.iter().rev().take(2).map(Fact::kind).collect();
+        assert_eq!(kinds, ["alert_forgotten", "incident_closed"]);
         let mut model = ReadModel::default();
         for (seq, f) in facts.iter().enumerate() {
             model.apply(seq as u64 + 1, f);

@@ -145,6 +145,13 @@ pub enum Fact {
         incident: IncidentId,
         reason: String,
     },
+    /// A resolved alert outside any incident (suppressed, or resolved before it was ever
+    /// seen firing) that stayed so for `lifecycle.close_after` leaves memory.
+    AlertForgotten {
+        at: Millis,
+        fingerprint: Fingerprint,
+        reason: String,
+    },
     /// An operator's note on an incident (any state): part of its history, no state change.
     IncidentCommented {
         at: Millis,
@@ -214,6 +221,7 @@ impl Fact {
             | Fact::IncidentResolved { at, .. }
             | Fact::IncidentReopened { at, .. }
             | Fact::IncidentClosed { at, .. }
+            | Fact::AlertForgotten { at, .. }
             | Fact::IncidentCommented { at, .. }
             | Fact::RulesLoaded { at, .. }
             | Fact::CmdbChanged { at, .. }
@@ -255,7 +263,8 @@ impl Fact {
             | Fact::AlertAttached { fingerprint, .. }
             | Fact::RootCauseChanged { fingerprint, .. }
             | Fact::AlertSuppressed { fingerprint, .. }
-            | Fact::AlertFlapping { fingerprint, .. } => Some(*fingerprint),
+            | Fact::AlertFlapping { fingerprint, .. }
+            | Fact::AlertForgotten { fingerprint, .. } => Some(*fingerprint),
             _ => None,
         }
     }
@@ -275,6 +284,7 @@ impl Fact {
             Fact::IncidentResolved { .. } => "incident_resolved",
             Fact::IncidentReopened { .. } => "incident_reopened",
             Fact::IncidentClosed { .. } => "incident_closed",
+            Fact::AlertForgotten { .. } => "alert_forgotten",
             Fact::IncidentCommented { .. } => "incident_commented",
             Fact::RulesLoaded { .. } => "rules_loaded",
             Fact::CmdbChanged { .. } => "cmdb_changed",

@@ -190,6 +190,10 @@ pub struct State {
     /// `incidents`, so not in snapshots (rebuilt by [`Engine::restore`]).
     #[serde(skip)]
     resolved: BTreeSet<(Millis, IncidentId)>,
+    /// Resolved alerts in no incident, by when they resolved ([`loose_since`]): the
+    /// candidates for forgetting. Derived from `alerts`, so not in snapshots either.
+    #[serde(skip)]
+    loose: BTreeSet<(Millis, Fingerprint)>,
     pub rules_version: u64,
     pub rules_hash: String,
     consumed: Consumed,
@@ -229,13 +233,18 @@ impl State {
         (self.alerts.len() + self.incidents.len()) as u64
     }
 
-    /// Rebuilds what snapshots leave out because the incidents imply it.
+    /// Rebuilds what snapshots leave out because the incidents and alerts imply it.
     pub(crate) fn index_resolved(&mut self) {
         self.resolved = self
             .incidents
             .values()
             .filter(|inc| inc.state == IncidentState::Resolved)
             .filter_map(|inc| Some((inc.resolved_at?, inc.id)))
+            .collect();
+        self.loose = self
+            .alerts
+            .iter()
+            .filter_map(|(fp, a)| Some((loose_since(a)?, *fp)))
             .collect();
     }
 
@@ -1633,6 +1642,7 @@ impl Engine {
             // closes only once quiet, so a repeat never turns into a new incident.
             .filter(|inc| inc.firing == 0 && now - inc.last_activity >= after)
             .take(CLOSE_PER_TICK);
+        let start = out.len();
         for inc in due {
             out.push(Fact::IncidentClosed {
                 at: now,
@@ -1640,6 +1650,23 @@ impl Engine {
                 reason: format!(
                     "resolved and quiet for {} (close_after {}): removed from memory, kept in the event log",
                     format_duration(now - inc.last_activity.max(inc.resolved_at.unwrap_or(0))),
+                    format_duration(after)
+                ),
+            });
+        }
+        let room = CLOSE_PER_TICK - (out.len() - start);
+        for &(since, fingerprint) in self
+            .state
+            .loose
+            .range(..=(now - after, Fingerprint(u64::MAX)))
+            .take(room)
+        {
+            out.push(Fact::AlertForgotten {
+                at: now,
+                fingerprint,
+                reason: format!(
+                    "resolved outside any incident for {} (close_after {}): removed from memory, kept in the event log",
+                    format_duration(now - since),
                     format_duration(after)
                 ),
             });
@@ -1656,6 +1683,7 @@ impl Engine {
             Fact::AlertReceived { at, alert } => {
                 if let Some(old) = s.alerts.remove(&alert.fingerprint) {
                     forget_expiry(&mut s.expiries, &old, alert.fingerprint);
+                    unloose(&mut s.loose, &old, alert.fingerprint);
                 }
                 let state = AlertState {
                     incident: None,
@@ -1672,6 +1700,9 @@ impl Engine {
                     transitions: Vec::new(),
                 };
                 track_expiry(&mut s.expiries, &state, alert.fingerprint);
+                if let Some(since) = loose_since(&state) {
+                    s.loose.insert((since, alert.fingerprint));
+                }
                 s.alerts.insert(alert.fingerprint, state);
             }
             Fact::AlertRepeated {
@@ -1705,9 +1736,13 @@ impl Engine {
                     return;
                 };
                 forget_expiry(&mut s.expiries, a, *fingerprint);
+                unloose(&mut s.loose, a, *fingerprint);
                 a.status = Status::Resolved;
                 a.ends_at = Some(*ends_at);
                 remember_transition(a, *at);
+                if let Some(since) = loose_since(a) {
+                    s.loose.insert((since, *fingerprint));
+                }
                 if let Some(inc) = a.incident.and_then(|id| s.incidents.get_mut(&id)) {
                     inc.firing = inc.firing.saturating_sub(1);
                     inc.last_activity = inc.last_activity.max(*at);
@@ -1726,6 +1761,7 @@ impl Engine {
                 let Some(a) = s.alerts.get_mut(fingerprint) else {
                     return;
                 };
+                unloose(&mut s.loose, a, *fingerprint);
                 a.status = Status::Firing;
                 a.count += 1;
                 a.last_seen = a.last_seen.max(*at);
@@ -1797,6 +1833,7 @@ impl Engine {
                 else {
                     return;
                 };
+                unloose(&mut s.loose, a, *fingerprint);
                 a.incident = Some(*incident);
                 a.suppressed = false;
                 inc.members.push(*fingerprint);
@@ -1949,6 +1986,12 @@ impl Engine {
                     }
                 }
             }
+            Fact::AlertForgotten { fingerprint, .. } => {
+                if let Some(a) = s.alerts.remove(fingerprint) {
+                    forget_expiry(&mut s.expiries, &a, *fingerprint);
+                    unloose(&mut s.loose, &a, *fingerprint);
+                }
+            }
             // History only: the read model shows it; the engine's state does not change.
             Fact::IncidentCommented { .. } => {}
             Fact::RulesLoaded { version, hash, .. } => {
@@ -1973,6 +2016,19 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// Since when a resolved alert has been outside any incident, if it is: the time of its
+/// latest state change (its resolution), else of its arrival (received resolved).
+fn loose_since(a: &AlertState) -> Option<Millis> {
+    (a.incident.is_none() && a.status == Status::Resolved)
+        .then(|| a.transitions.last().copied().unwrap_or(a.first_seen))
+}
+
+fn unloose(loose: &mut BTreeSet<(Millis, Fingerprint)>, a: &AlertState, fp: Fingerprint) {
+    if let Some(since) = loose_since(a) {
+        loose.remove(&(since, fp));
     }
 }
 

@@ -169,6 +169,7 @@ const T_SILENCE_EXPIRED: u8 = 18;
 const T_STREAM_CONSUMED: u8 = 19;
 const T_IMPACT_CHANGED: u8 = 20;
 const T_INCIDENT_CLOSED: u8 = 21;
+const T_ALERT_FORGOTTEN: u8 = 22;
 
 const OP_UPSERT_CI: u8 = 0;
 const OP_REMOVE_CI: u8 = 1;
@@ -472,6 +473,15 @@ fn put_fact(buf: &mut Vec<u8>, fact: &Fact) {
         } => {
             head(buf, T_INCIDENT_CLOSED, *at);
             put_uvar(buf, incident.0);
+            put_str(buf, reason);
+        }
+        Fact::AlertForgotten {
+            at,
+            fingerprint,
+            reason,
+        } => {
+            head(buf, T_ALERT_FORGOTTEN, *at);
+            put_fp(buf, *fingerprint);
             put_str(buf, reason);
         }
         Fact::IncidentCommented {
@@ -853,7 +863,7 @@ impl<'a> Reader<'a> {
     fn fact(&mut self) -> R<Fact> {
         let tag_offset = self.pos;
         let tag = self.u8("fact type")?;
-        if tag > T_INCIDENT_CLOSED {
+        if tag > T_ALERT_FORGOTTEN {
             return Err(RecordError::Tag {
                 field: "fact type",
                 tag: tag.into(),
@@ -930,6 +940,11 @@ impl<'a> Reader<'a> {
             T_INCIDENT_CLOSED => Fact::IncidentClosed {
                 at,
                 incident: self.incident("incident")?,
+                reason: self.string("reason")?,
+            },
+            T_ALERT_FORGOTTEN => Fact::AlertForgotten {
+                at,
+                fingerprint: self.fp("fingerprint")?,
                 reason: self.string("reason")?,
             },
             T_INCIDENT_COMMENTED => Fact::IncidentCommented {
@@ -1367,6 +1382,13 @@ mod tests {
                 Fact::IncidentClosed {
                     at,
                     incident,
+                    reason,
+                }
+            }),
+            (at, fp(), text()).prop_map(|(at, fingerprint, reason)| {
+                Fact::AlertForgotten {
+                    at,
+                    fingerprint,
                     reason,
                 }
             }),

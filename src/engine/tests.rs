@@ -847,6 +847,25 @@ mod topology {
         assert_eq!(s.replayed(), *s.engine.state());
     }
 
+    /// A suppressed alert belongs to no incident: once resolved for `close_after` it is
+    /// forgotten on its own, so maintenance windows do not pile up alerts forever.
+    #[test]
+    fn a_resolved_suppressed_alert_is_forgotten_after_close_after() {
+        let mut s = engine(
+            "[[maintenance]]\nname = \"h1 firmware\"\ncis = [\"h1\"]\nstart = \"2026-11-18T00:00:00Z\"\nend = \"2026-11-18T12:00:00Z\"\n",
+        );
+        let h1 = on("HostUnreachable", "h1", T0);
+        assert_eq!(kinds(&s.alert(&h1)), ["alert_received", "alert_suppressed"]);
+        s.alert(&resolved(h1.clone(), T0 + MIN));
+        assert!(s.tick(T0 + MIN + 7 * DAY - 1).is_empty(), "not a week yet");
+        let facts = s.tick(T0 + MIN + 7 * DAY);
+        assert_eq!(kinds(&facts), ["alert_forgotten"]);
+        assert_eq!(facts[0].fingerprint(), Some(h1.fingerprint));
+        assert!(s.engine.state().alerts.is_empty());
+        assert!(s.tick(T0 + 30 * DAY).is_empty(), "forgotten once");
+        assert_eq!(s.replayed(), *s.engine.state());
+    }
+
     #[test]
     fn a_flapping_alert_is_flagged_in_one_incident() {
         let mut s = engine("");
