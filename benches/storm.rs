@@ -12,6 +12,7 @@
 //! cargo bench --bench storm -- http-single --conns 8
 //! cargo bench --bench storm -- raw-nats | alertmanager --batch 100
 //! cargo bench --bench storm -- memory --alerts 1000000
+//! cargo bench --bench storm -- churn --alerts 200000 --rounds 5   # needs close_after
 //! cargo bench --bench storm -- restart --facts 10000000 --restart-snapshot false
 //! STORM_LOG=info STORM_KEEP=1 cargo bench --bench storm -- nats ...   # keep incidentd's log
 //! STORM_INCIDENTD=/tmp/old-incidentd cargo bench --bench storm -- nats ...   # another build
@@ -63,6 +64,9 @@ enum Mode {
     Restart,
     /// Offered load at a multiple of capacity over HTTP: 429s with Retry-After, nothing lost.
     Overload,
+    /// Resident memory under churn: `--rounds` rounds of `--alerts` new alerts that fire,
+    /// resolve and (lifecycle `close_after = "2s"`) close, against a run that never closes.
+    Churn,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,6 +95,9 @@ struct Args {
     /// Concurrent HTTP connections.
     #[arg(long, default_value_t = 8)]
     conns: usize,
+    /// Rounds of `--alerts` new alerts fired, resolved and closed (churn).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// Distinct alert identities; alerts beyond them are duplicates. 0: every alert is new.
     #[arg(long, default_value_t = 0)]
     distinct: usize,
@@ -119,7 +126,7 @@ struct Args {
     /// Overload factor for `overload` (offered = factor × measured capacity).
     #[arg(long, default_value_t = 2.0)]
     factor: f64,
-    /// Run the Alertmanager baseline where a mode has one (memory).
+    /// Run the baseline where a mode has one (memory: Alertmanager; churn: never closing).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     baseline: bool,
     /// `restart`: also restart from a snapshot (written at shutdown; needs about twice the
@@ -228,12 +235,14 @@ fn incidentd_binary() -> PathBuf {
     )
 }
 
-/// Writes the config and starts `incidentd serve`; returns once `/readyz` answers 200.
+/// Writes the config and starts `incidentd serve` (with `--rules DIR` when `rules` is given,
+/// else the repository's `rules/`); returns once `/readyz` answers 200.
 async fn start_incidentd(
     args: &Args,
     tmp: &Path,
     data: &Path,
     nats_port: Option<u16>,
+    rules: Option<&Path>,
 ) -> Res<(Incidentd, Duration)> {
     let port = free_port()?;
     let cmdb = if args.cmdb {
@@ -264,10 +273,12 @@ async fn start_incidentd(
     let path = tmp.join("incidentd.toml");
     std::fs::write(&path, config)?;
     let started = Instant::now();
-    let child = Command::new(incidentd_binary())
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
+    let mut cmd = Command::new(incidentd_binary());
+    cmd.arg("serve").arg("--config").arg(&path);
+    if let Some(rules) = rules {
+        cmd.arg("--rules").arg(rules);
+    }
+    let child = cmd
         .env(
             "RUST_LOG",
             std::env::var("STORM_LOG").unwrap_or_else(|_| "warn".into()),
@@ -600,13 +611,19 @@ impl Gen {
 
     /// Alertmanager `postableAlert` JSON carrying the same information.
     fn alertmanager(&self, key: usize, probe: Option<usize>) -> String {
+        self.alertmanager_until(key, probe, None)
+    }
+
+    /// [`Gen::alertmanager`] with an `endsAt`: one in the past resolves the alert.
+    fn alertmanager_until(&self, key: usize, probe: Option<usize>, ends: Option<&str>) -> String {
         let (ci, name, sev, team) = self.parts(key);
         let probe = probe.map_or(String::new(), |p| format!(",\"probe\":\"{p}\""));
         let head = format!(
             "{{\"labels\":{{\"alertname\":\"{name}\",\"source\":\"storm\",\"ci\":\"{ci}\",\"severity\":\"{sev}\",\"check\":\"c{key}\",\"dc\":\"dc1\",\"team\":\"{team}\",\"env\":\"prod\"{probe}}},\"annotations\":{{\"summary\":\""
         );
+        let ends = ends.map_or(String::new(), |e| format!(",\"endsAt\":\"{e}\""));
         let tail = format!(
-            "\"}},\"startsAt\":\"{}\",\"generatorURL\":\"http://storm.example/graph\"}}",
+            "\"}},\"startsAt\":\"{}\"{ends},\"generatorURL\":\"http://storm.example/graph\"}}",
             self.starts
         );
         let summary = Self::summary(ci, name, 358, head.len() + tail.len());
@@ -787,19 +804,29 @@ struct Counters {
     outbound_dropped: u64,
 }
 
+/// Sum of metric `name` over its series (those whose line contains `filter`) in a /metrics
+/// text.
+fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                && l.contains(filter)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One metric (summed over its labels) from incidentd's /metrics.
+async fn metric(http: &Http, name: &str) -> Res<f64> {
+    let r = http.get("/metrics").await?;
+    Ok(metric_sum(&String::from_utf8_lossy(&r.body), name, ""))
+}
+
 async fn counters(http: &Http) -> Res<Counters> {
     let r = http.get("/metrics").await?;
     let text = String::from_utf8_lossy(&r.body);
-    let sum = |name: &str, filter: &str| -> u64 {
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-                    && l.contains(filter)
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
+    let sum = |name: &str, filter: &str| metric_sum(&text, name, filter) as u64;
     Ok(Counters {
         received: sum("incidentd_alerts_received_total", ""),
         rejected: sum("incidentd_alerts_rejected_total", ""),
@@ -1040,7 +1067,7 @@ async fn run_raw_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcom
 async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
     let (nats, port) = start_nats(tmp).await?;
     let data = tmp.join("data-nats");
-    let (d, _) = start_incidentd(args, tmp, &data, Some(port)).await?;
+    let (d, _) = start_incidentd(args, tmp, &data, Some(port), None).await?;
     let url = format!("nats://127.0.0.1:{port}");
     let probe_client = async_nats::ConnectOptions::new()
         .subscription_capacity(1 << 20)
@@ -1205,22 +1232,29 @@ async fn wait_settled(
 
 /// Request bodies of `batch` alerts each, in the given format.
 fn http_bodies(args: &Args, gen_: &Gen, am: bool, batch: usize) -> Vec<Bytes> {
-    let mut bodies = Vec::with_capacity(args.alerts.div_ceil(batch));
+    json_batches(args.alerts, batch, |i| {
+        let (key, probe) = Gen::key(args, i);
+        if am {
+            gen_.alertmanager(key, probe)
+        } else {
+            gen_.native(key, probe)
+        }
+    })
+}
+
+/// JSON arrays of `batch` items each (the last may be short) of items `alert(0..total)`.
+fn json_batches(total: usize, batch: usize, alert: impl Fn(usize) -> String) -> Vec<Bytes> {
+    let mut bodies = Vec::with_capacity(total.div_ceil(batch));
     let mut i = 0;
-    while i < args.alerts {
-        let n = batch.min(args.alerts - i);
+    while i < total {
+        let n = batch.min(total - i);
         let mut body = String::with_capacity(n * 380 + 2);
         body.push('[');
         for j in 0..n {
             if j > 0 {
                 body.push(',');
             }
-            let (key, probe) = Gen::key(args, i + j);
-            body.push_str(&if am {
-                gen_.alertmanager(key, probe)
-            } else {
-                gen_.native(key, probe)
-            });
+            body.push_str(&alert(i + j));
         }
         body.push(']');
         bodies.push(Bytes::from(body));
@@ -1337,7 +1371,7 @@ async fn run_http_incidentd(
     bodies: Arc<Vec<Bytes>>,
 ) -> Res<Outcome> {
     let data = tmp.join(format!("data-http-{batch}"));
-    let (d, _) = start_incidentd(args, tmp, &data, None).await?;
+    let (d, _) = start_incidentd(args, tmp, &data, None, None).await?;
     let path = match args.api {
         Api::V2 => "/api/v2/alerts",
         Api::V1 => "/api/v1/alerts",
@@ -1474,7 +1508,7 @@ async fn run_memory(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     let bodies = Arc::new(http_bodies(&args, &gen_, true, args.batch));
     let mut out = Vec::new();
     let data = tmp.join("data-mem");
-    let (d, _) = start_incidentd(&args, tmp, &data, None).await?;
+    let (d, _) = start_incidentd(&args, tmp, &data, None, None).await?;
     out.push(memory_growth(&args, "incidentd", d.proc.pid(), &d.base, bodies.clone()).await?);
     drop(d); // measured alone, as Alertmanager is
     if args.baseline
@@ -1534,6 +1568,341 @@ async fn memory_growth(
         per
     ));
     Ok(o)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Churn
+
+/// One round of a churn run, as measured once its incidents resolved (and closed).
+struct ChurnRound {
+    round: usize,
+    /// Distinct alerts posted since start (each fired once and resolved once).
+    posted: u64,
+    /// Incidents in the read model (any state) after the round's alerts fired.
+    incidents: u64,
+    /// Time from the last resolving answer until no incident was active (and, when closing,
+    /// none was left at all).
+    settle: Duration,
+    stat: ProcStat,
+    interned: u64,
+}
+
+/// One churn run: its rounds, RSS before the first, and the totals for its [`Outcome`].
+struct ChurnRun {
+    close_after: &'static str,
+    start: ProcStat,
+    rounds: Vec<ChurnRound>,
+    outcome: Outcome,
+}
+
+impl ChurnRun {
+    fn print_round(&self, r: &ChurnRound) {
+        let grown = r.stat.rss_kb as f64 - self.start.rss_kb as f64;
+        println!(
+            "round {:>2}  alerts posted {:>9}  incidents {:>7}  settled in {:>5.1} s  rss {:>8.1} MB  {:>6.0} B/alert posted (growth since start {:>6.0} B/alert)  interned strings {:>9}",
+            r.round,
+            r.posted,
+            r.incidents,
+            r.settle.as_secs_f64(),
+            r.stat.rss_kb as f64 / 1024.0,
+            r.stat.rss_kb as f64 * 1024.0 / r.posted.max(1) as f64,
+            grown * 1024.0 / r.posted.max(1) as f64,
+            r.interned
+        );
+    }
+
+    /// RSS growth from round 1 to the last, in total and per alert posted after round 1.
+    fn growth(&self) -> String {
+        let (Some(first), Some(last)) = (self.rounds.first(), self.rounds.last()) else {
+            return "no rounds".into();
+        };
+        let grown_kb = last.stat.rss_kb as f64 - first.stat.rss_kb as f64;
+        let after = last.posted - first.posted;
+        let per = if after > 0 {
+            format!("{:.0} B", grown_kb * 1024.0 / after as f64)
+        } else {
+            "n/a".into()
+        };
+        format!(
+            "close_after {}: RSS round 1 → {} {:+.1} MB ({:.1} → {:.1} MB), {per} per alert posted after round 1 ({after} alerts); interned strings {} → {}; peak RSS (VmHWM) {:.1} MB",
+            self.close_after,
+            last.round,
+            grown_kb / 1024.0,
+            first.stat.rss_kb as f64 / 1024.0,
+            last.stat.rss_kb as f64 / 1024.0,
+            first.interned,
+            last.interned,
+            last.stat.hwm_kb as f64 / 1024.0
+        )
+    }
+}
+
+/// A rules directory holding `rules/default.toml` with a churn lifecycle: incidents resolve
+/// 1 s after their alerts and close `close_after` later ("0s": never).
+fn churn_rules(tmp: &Path, close_after: &str) -> Res<PathBuf> {
+    let mut text = std::fs::read_to_string(repo("rules/default.toml"))?;
+    for (key, from, to) in [
+        ("hold_down", "5m", "1s"),
+        ("reopen_window", "30m", "1s"),
+        ("close_after", "7d", close_after),
+    ] {
+        let old = format!("{key} = \"{from}\"");
+        if text.matches(&old).count() != 1 {
+            return Err(format!(
+                "rules/default.toml: expected exactly one `{old}` (in [lifecycle]) to replace with {key} = \"{to}\""
+            )
+            .into());
+        }
+        text = text.replace(&old, &format!("{key} = \"{to}\""));
+    }
+    let dir = tmp.join(format!("rules-churn-close-{close_after}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("default.toml"), text)?;
+    Ok(dir)
+}
+
+/// `total` of `GET /api/v1/incidents?{query}limit=1`.
+async fn incident_total(http: &Http, query: &str) -> Res<u64> {
+    let path = format!("/api/v1/incidents?{query}limit=1");
+    let r = http.get(&path).await?;
+    if r.status != 200 {
+        return Err(format!(
+            "GET {path}: HTTP {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        )
+        .into());
+    }
+    serde_json::from_slice::<Value>(&r.body)?["total"]
+        .as_u64()
+        .ok_or_else(|| format!("GET {path}: no `total` in the answer").into())
+}
+
+/// Polls until every query's total is 0; fails after `timeout`.
+async fn wait_no_incidents(
+    http: &Http,
+    queries: &[&str],
+    timeout: Duration,
+    what: &str,
+) -> Res<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut left = Vec::new();
+        for q in queries {
+            let n = incident_total(http, q).await?;
+            if n > 0 {
+                left.push(format!("{n} for ?{q}"));
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{what}: incidents still listed after {:.0} s: {}",
+                timeout.as_secs_f64(),
+                left.join(", ")
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Posts the bodies (`n` alerts) to `/api/v2/alerts`; fails unless every alert got a 2xx.
+async fn churn_post(
+    args: &Args,
+    http: &Http,
+    bodies: Vec<Bytes>,
+    n: usize,
+    what: &str,
+) -> Res<Duration> {
+    let (tally, _, elapsed) = post_all(
+        http,
+        "/api/v2/alerts",
+        Arc::new(bodies),
+        args.batch,
+        n,
+        args.conns,
+        None,
+    )
+    .await?;
+    let ok = tally.ok_alerts.load(Ordering::Relaxed);
+    if ok != n as u64 {
+        return Err(format!(
+            "churn {what}: {ok} of {n} alerts accepted (rejected {}, shed {}, in failed requests {}){}",
+            tally.rejected_alerts.load(Ordering::Relaxed),
+            tally.shed_alerts.load(Ordering::Relaxed),
+            tally.errors.load(Ordering::Relaxed),
+            tally
+                .error_note()
+                .map_or(String::new(), |n| format!("; {n}"))
+        )
+        .into());
+    }
+    Ok(elapsed)
+}
+
+/// `--rounds` rounds against a fresh incidentd whose lifecycle closes resolved incidents
+/// `close_after` after they resolved ("0s": never). Each round fires `--alerts` new alerts
+/// (Alertmanager postableAlerts, as `memory` posts), resolves them (`endsAt` in the past),
+/// waits until no incident is active (and, when closing, none is left), then reads RSS.
+async fn churn_run(args: &Args, tmp: &Path, close_after: &'static str) -> Res<ChurnRun> {
+    let closes = close_after != "0s";
+    let rules = churn_rules(tmp, close_after)?;
+    let data = tmp.join(format!("data-churn-close-{close_after}"));
+    let (d, _) = start_incidentd(args, tmp, &data, None, Some(&rules)).await?;
+    let pid = d.proc.pid();
+    println!(
+        "\n== churn: close_after {close_after}{} (hold_down 1s, reopen_window 1s), {} rounds × {} new alerts fired then resolved ==",
+        if closes { "" } else { " = never close" },
+        args.rounds,
+        args.alerts
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = counters(&d.base).await?;
+    let start = proc_stat(pid);
+    println!(
+        "before round 1: rss {:.1} MB, interned strings {}",
+        start.rss_kb as f64 / 1024.0,
+        metric(&d.base, "incidentd_interned_strings").await?
+    );
+    let n = args.alerts;
+    // Closing is due 3 s after the last resolve (plus ticks); allow for a slow engine.
+    let timeout = Duration::from_secs(60 + (n / 10_000) as u64);
+    let mut run = ChurnRun {
+        close_after,
+        start,
+        rounds: Vec::new(),
+        outcome: Outcome::default(),
+    };
+    let mut sending = Duration::ZERO;
+    for round in 1..=args.rounds {
+        // A fresh generator per round: startsAt a minute before this round's firing.
+        let gen_ = Gen::new(args.cmdb)?;
+        let first = (round - 1) * n;
+        let firing = json_batches(n, args.batch, |i| gen_.alertmanager(first + i, None));
+        sending += churn_post(args, &d.base, firing, n, &format!("round {round} firing")).await?;
+        let incidents = incident_total(&d.base, "").await?;
+        // In the past (so resolved) and after startsAt.
+        let ends = incidentd::model::format_time(incidentd::clock::now() - 1_000);
+        let resolved = json_batches(n, args.batch, |i| {
+            gen_.alertmanager_until(first + i, None, Some(&ends))
+        });
+        sending += churn_post(
+            args,
+            &d.base,
+            resolved,
+            n,
+            &format!("round {round} resolved"),
+        )
+        .await?;
+        let settling = Instant::now();
+        let what = format!("churn close_after {close_after} round {round}");
+        wait_no_incidents(&d.base, &["state=active&"], timeout, &what).await?;
+        if closes {
+            wait_no_incidents(&d.base, &["state=resolved&", ""], timeout, &what).await?;
+        }
+        let settle = settling.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = ChurnRound {
+            round,
+            posted: (round * n) as u64,
+            incidents,
+            settle,
+            stat: proc_stat(pid),
+            interned: metric(&d.base, "incidentd_interned_strings").await? as u64,
+        };
+        run.print_round(&r);
+        run.rounds.push(r);
+    }
+    let end = proc_stat(pid);
+    let c = counters(&d.base).await?;
+    let posted = 2 * (args.rounds * n) as u64;
+    let mut notes = vec![
+        run.growth(),
+        format!(
+            "Alertmanager postableAlerts on /api/v2/alerts, batch {}, {} connections; each alert posted twice (firing, then resolved with endsAt in the past); server counted {} received, {} rejected, {} shed",
+            args.batch,
+            args.conns,
+            c.received - base.received,
+            c.rejected - base.rejected,
+            c.shed_alerts - base.shed_alerts
+        ),
+    ];
+    if c.received - base.received != posted {
+        notes.push(format!(
+            "MISMATCH: 2xx answers acknowledged {posted} alerts but /metrics counts {}",
+            c.received - base.received
+        ));
+    }
+    run.outcome = Outcome {
+        label: format!(
+            "incidentd churn, close_after {close_after}: {} rounds × {n} alerts fired + resolved",
+            args.rounds
+        ),
+        offered: posted,
+        accepted: posted,
+        elapsed: sending,
+        offered_rate: posted as f64 / sending.as_secs_f64().max(1e-9),
+        procs: vec![("incidentd".into(), delta(start, end))],
+        notes,
+        ..Outcome::default()
+    };
+    Ok(run)
+}
+
+/// Churn with closing (`close_after = "2s"`), then the same rounds never closing, then the
+/// two side by side: RSS should stay flat with closing and grow without it.
+async fn run_churn(args: &Args, tmp: &Path) -> Res<()> {
+    let mut runs = vec![churn_run(args, tmp, "2s").await?];
+    if args.baseline {
+        runs.push(churn_run(args, tmp, "0s").await?);
+    }
+    for r in &runs {
+        r.outcome.print();
+    }
+    println!("\n== churn: RSS after each round (MB), closing vs never closing ==");
+    println!(
+        "{:>5} {:>13} {}",
+        "round",
+        "alerts posted",
+        runs.iter()
+            .map(|r| format!(
+                "{:>16} {:>18}",
+                format!("rss close {}", r.close_after),
+                format!("interned close {}", r.close_after)
+            ))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for i in 0..args.rounds {
+        let Some(first) = runs[0].rounds.get(i) else {
+            break;
+        };
+        println!(
+            "{:>5} {:>13} {}",
+            first.round,
+            first.posted,
+            runs.iter()
+                .filter_map(|r| r.rounds.get(i))
+                .map(|r| format!("{:>16.1} {:>18}", r.stat.rss_kb as f64 / 1024.0, r.interned))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    for r in &runs {
+        println!("{}", r.growth());
+    }
+    if args.json {
+        let all: Vec<Value> = runs.iter().map(|r| r.outcome.to_json()).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    let _ = std::io::stdout().flush();
+    for r in &runs {
+        r.outcome.check()?;
+    }
+    Ok(())
 }
 
 /// The `"fingerprint":"…"` of an outbound fact, found without parsing the JSON.
@@ -1616,7 +1985,7 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     let mut out = Vec::new();
     let mut a = args.clone();
     a.snapshot_every = 0; // replay everything: no snapshot written at shutdown either
-    let (d, ready) = start_incidentd(&a, tmp, &data, None).await?;
+    let (d, ready) = start_incidentd(&a, tmp, &data, None, None).await?;
     let stat = proc_stat(d.proc.pid());
     drop(d);
     let mut o = Outcome {
@@ -1642,7 +2011,7 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     let mut a = args.clone();
     a.snapshot_every = 1_000_000_000;
     {
-        let (mut d, _) = start_incidentd(&a, tmp, &data, None).await?;
+        let (mut d, _) = start_incidentd(&a, tmp, &data, None, None).await?;
         // One new fact, so the engine has something to snapshot; SIGTERM then writes the
         // last snapshot before exit.
         let one = format!("[{}]", gen_.native(usize::MAX / 2, None));
@@ -1671,7 +2040,7 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
                 .unwrap_or(0)
         })
         .unwrap_or(0);
-    let (d, ready) = start_incidentd(&a, tmp, &data, None).await?;
+    let (d, ready) = start_incidentd(&a, tmp, &data, None, None).await?;
     let stat = proc_stat(d.proc.pid());
     drop(d);
     let mut o = Outcome {
@@ -1847,6 +2216,7 @@ async fn run(args: Args, mode: Mode) -> Res<()> {
             return Ok(());
         }
         Mode::Memory => results = run_memory(&args, tmp).await?,
+        Mode::Churn => return run_churn(&args, tmp).await,
         Mode::Restart => results = run_restart(&args, tmp).await?,
         Mode::Overload => results = run_overload(&args, tmp, &gen_).await?,
     }
