@@ -161,7 +161,7 @@ impl Metrics {
             )?,
             interned_strings: gauge(
                 "incidentd_interned_strings",
-                "Distinct texts (labels, reasons, summaries) interned since start; never freed, at most 2^28.",
+                "Distinct texts (labels, reasons, summaries) interned since start; freed only by a restart, at most 2^28.",
             )?,
             http_connections: gauge(
                 "incidentd_http_connections",

@@ -5,7 +5,8 @@
 //! keeps what people read: alert details, reasons, the timeline. An alert that starts a new
 //! life in another incident leaves its old copy behind, so history stays as it was shown.
 //!
-//! Memory: it holds every alert ever seen, so it is kept compact. Strings are interned
+//! Memory: it holds every alert until its incident closes (`lifecycle.close_after`), so it is
+//! kept compact. Strings are interned
 //! ([`Sym`]: source, name, CI, label keys and values, reasons repeat across alerts), labels and
 //! annotations are one sorted boxed slice per alert, and timeline entries keep the interned
 //! parts of their text and render it when asked.
@@ -23,9 +24,10 @@ use crate::silence::Silence;
 
 pub use sym::Sym;
 
-/// Distinct texts interned since start. They are never freed (2^28 at most; past that a new
-/// text reads as empty), so this only grows: with the number of distinct label values,
-/// reasons and summaries ever seen, not with the alerts active now.
+/// Distinct texts interned since start. They are not freed while running (2^28 at most; past
+/// that a new text reads as empty), so this only grows: with the number of distinct label
+/// values, reasons and summaries seen, not with the alerts held now. A restart from a
+/// snapshot interns only the texts its views still use.
 pub fn interned_strings() -> u32 {
     sym::count()
 }
@@ -33,9 +35,10 @@ pub fn interned_strings() -> u32 {
 /// Process-wide string interning for the read model.
 ///
 /// Global rather than held by the [`ReadModel`] so that views render (serde, the API, replay)
-/// without a table handed around. Strings are never freed: the read model keeps every alert
-/// for the life of the process anyway. Symbols never reach output or snapshots (snapshots
-/// write the text), so their numbering does not matter.
+/// without a table handed around. Strings are never freed: readers get `&'static str`, which
+/// is what makes reading lock-free; closing incidents frees everything else, and a restart
+/// compacts the texts. Symbols never reach output or snapshots (snapshots write the text),
+/// so their numbering does not matter.
 ///
 /// Reading a symbol's text takes no lock: texts sit in fixed-size chunks that never move
 /// once allocated, so rendering a 10k-alert incident does not take 100k lock round trips and
@@ -1888,7 +1891,9 @@ fn event_code(e: Event) -> u8 {
 struct Dec<'a> {
     buf: &'a [u8],
     pos: usize,
-    syms: Vec<Sym>,
+    /// The snapshot's strings by raw symbol, interned on first use: texts no view refers
+    /// to any more (of closed incidents) are not interned again, so a restart compacts.
+    syms: Vec<(&'a str, Option<Sym>)>,
 }
 
 impl<'a> Dec<'a> {
@@ -1944,8 +1949,9 @@ impl<'a> Dec<'a> {
     fn opt_sym(&mut self) -> Result<Option<Sym>, ViewSnapshotError> {
         match self.u32()? {
             0 => Ok(None),
-            raw => match self.syms.get(raw as usize - 1) {
-                Some(&s) => Ok(Some(s)),
+            raw => match self.syms.get_mut(raw as usize - 1) {
+                Some((_, Some(s))) => Ok(Some(*s)),
+                Some((text, sym @ None)) => Ok(Some(*sym.insert(Sym::new(text)))),
                 None => Err(self.bad("string reference")),
             },
         }
@@ -2262,16 +2268,17 @@ impl ReadModel {
         for _ in 0..n {
             let len = d.u32()? as usize;
             let text = std::str::from_utf8(d.take(len)?).map_err(|_| d.bad("string"))?;
-            d.syms.push(Sym::new(text));
+            d.syms.push((text, None));
         }
         let len = d.u32()? as usize;
         let small: SmallIn = serde_json::from_slice(d.take(len)?)?;
         let n = d.count(8)?;
-        let mut incidents = IdTable::default();
+        let mut incidents = Vec::with_capacity(n);
         for _ in 0..n {
             let inc = d.incident()?;
-            incidents.insert(inc.id, inc);
+            incidents.push((inc.id, inc));
         }
+        let incidents = IdTable::from_entries(incidents);
         let n = d.count(9)?;
         let mut homes = FingerprintMap::new();
         for _ in 0..n {

@@ -250,9 +250,16 @@ async fn a_resolved_incident_closes_and_leaves_memory_and_a_restart_agrees() {
         }
     };
     check(&d).await;
+    let interned = metric(&c, &d, "incidentd_interned_strings").await;
 
+    // Shutdown writes a snapshot; the restart interns only the texts its views still use.
     assert!(d.terminate().success());
     let d = Incidentd::start_full(&data, &nats.url(), None, &rules);
     d.wait_ready(&c, 20).await;
     check(&d).await;
+    let compacted = metric(&c, &d, "incidentd_interned_strings").await;
+    assert!(
+        0.0 < compacted && compacted < interned,
+        "restart compacts the interned texts: {interned} before, {compacted} after"
+    );
 }

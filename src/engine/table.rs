@@ -145,7 +145,7 @@ impl<T> IdTable<T> {
     /// A table holding `entries`: the vector starts where the ids become dense, so that an
     /// old incident that outlived its neighbours (a snapshot after closings) does not push
     /// every later id into the map.
-    fn from_entries(mut entries: Vec<(IncidentId, T)>) -> IdTable<T> {
+    pub fn from_entries(mut entries: Vec<(IncidentId, T)>) -> IdTable<T> {
         entries.sort_by_key(|(id, _)| *id);
         let last = entries.last().map_or(0, |(id, _)| id.0);
         let n = entries.len();
