@@ -6,10 +6,9 @@
 //! life in another incident leaves its old copy behind, so history stays as it was shown.
 //!
 //! Memory: it holds every alert until its incident closes (`lifecycle.close_after`), so it is
-//! kept compact. Strings are interned
-//! ([`Sym`]: source, name, CI, label keys and values, reasons repeat across alerts), labels and
-//! annotations are one sorted boxed slice per alert, and timeline entries keep the interned
-//! parts of their text and render it when asked.
+//! kept compact. Strings are interned ([`Sym`]: source, name, CI, label keys and values,
+//! reasons repeat across alerts), labels and annotations are one sorted boxed slice per alert,
+//! and timeline entries keep the interned parts of their text and render it when asked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

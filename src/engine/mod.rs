@@ -187,7 +187,7 @@ pub struct State {
     /// Firing alerts that time out unless re-sent, by `ends_at`.
     expiries: BTreeSet<(Millis, Fingerprint)>,
     /// Resolved incidents by `resolved_at`: the candidates for closing. Derived from
-    /// `incidents`, so not in snapshots (rebuilt by [`Engine::restore`]).
+    /// `incidents`, so not in snapshots ([`State::index_closable`] rebuilds it).
     #[serde(skip)]
     resolved: BTreeSet<(Millis, IncidentId)>,
     /// Resolved alerts in no incident, by when they resolved ([`loose_since`]): the
@@ -234,7 +234,7 @@ impl State {
     }
 
     /// Rebuilds what snapshots leave out because the incidents and alerts imply it.
-    pub(crate) fn index_resolved(&mut self) {
+    pub(crate) fn index_closable(&mut self) {
         self.resolved = self
             .incidents
             .values()
@@ -531,7 +531,7 @@ impl Engine {
 
     /// An engine resuming from a snapshot's state.
     pub fn restore(rules: Rules, mut state: State) -> Engine {
-        state.index_resolved();
+        state.index_closable();
         Engine {
             ci_bits: CiBits::from_state(&state),
             state,
@@ -673,9 +673,10 @@ impl Engine {
                 }
                 self.repeat_slots.insert(fingerprint, kept);
             }
-            // A merge moves alerts between incidents: a repeat after it must not be folded
-            // into one before it, or replay would credit the wrong incident.
-            Fact::IncidentsMerged { .. } => self.repeat_slots.clear(),
+            // A merge moves alerts between incidents, a closing removes them: a repeat after
+            // it must not be folded into one before it, or replay would credit the wrong
+            // incident.
+            Fact::IncidentsMerged { .. } | Fact::IncidentClosed { .. } => self.repeat_slots.clear(),
             ref fact => {
                 if !self.repeat_slots.is_empty()
                     && let Some(fp) = fact.fingerprint()
@@ -1889,9 +1890,7 @@ impl Engine {
                         s.quiet.remove(&(since, target.id));
                     }
                 }
-                if let Some(t) = gone.resolved_at {
-                    s.resolved.remove(&(t, gone.id));
-                }
+                unresolve(&mut s.resolved, &gone);
                 gone.state = IncidentState::Resolved;
                 gone.resolved_at = Some(*at);
                 gone.merged_into = Some(*into);

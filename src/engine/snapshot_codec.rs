@@ -61,7 +61,7 @@ pub fn write_state(state: &State, out: &mut Vec<u8>) -> Result<(), CodecError> {
 pub fn read_state(bytes: &[u8]) -> Result<State, CodecError> {
     let mut d = Decoder { bytes, pos: 0 };
     let mut state: State = serde::Deserialize::deserialize(&mut d)?;
-    state.index_resolved();
+    state.index_closable();
     match bytes.len() - d.pos {
         0 => Ok(state),
         n => Err(CodecError::Trailing(n)),
