@@ -178,16 +178,27 @@ impl<T> IdTable<T> {
         self.iter().map(|(_, inc)| inc)
     }
 
-    /// Values in descending id order (newest first). Ids in the map are rare, so only when
-    /// there are any is the merged order collected first.
+    /// Values in descending id order (newest first): the vector backwards, merged with the
+    /// map's (rare) entries, with nothing collected, so a page of the newest incidents costs
+    /// a page.
     pub fn values_rev(&self) -> impl Iterator<Item = &T> {
-        let (dense, merged) = if self.sparse.is_empty() {
-            (self.dense.range(..), Vec::new())
-        } else {
-            (self.dense.range(0..0), self.values().collect())
-        };
-        let dense = dense.rev().filter_map(Option::as_ref);
-        dense.chain(merged.into_iter().rev())
+        let base = self.base;
+        let mut dense = self
+            .dense
+            .iter()
+            .enumerate()
+            .rev()
+            .filter_map(move |(i, slot)| Some((base + i as u64, slot.as_ref()?)))
+            .peekable();
+        let mut sparse = self.sparse.iter().rev().map(|(id, v)| (id.0, v)).peekable();
+        std::iter::from_fn(move || {
+            let next = match (dense.peek(), sparse.peek()) {
+                (Some(&(d, _)), Some(&(s, _))) if s > d => sparse.next(),
+                (Some(_), _) => dense.next(),
+                (None, _) => sparse.next(),
+            };
+            next.map(|(_, v)| v)
+        })
     }
 
     pub fn keys(&self) -> impl Iterator<Item = IncidentId> + '_ {
