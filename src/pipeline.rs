@@ -528,8 +528,9 @@ pub fn start(
 #[derive(Default)]
 struct Batch {
     facts: Vec<Fact>,
-    /// The views of the batch's `AlertReceived` facts, in order, built on the engine thread
-    /// (interning their strings is the largest part of showing a new alert).
+    /// The views of the batch's `AlertReceived` facts, in order, built by the writer once
+    /// the facts are durable (interning their strings is the largest part of showing a new
+    /// alert, and neither the engine thread nor the read model's owner should pay it).
     received: Vec<PreparedAlert>,
     alerts: usize,
     replies: Vec<Done>,
@@ -597,14 +598,6 @@ fn engine_loop(
         for cmd in cmds.drain(..) {
             run_command(&mut engine, cmd, &mut batch);
         }
-        batch.received = batch
-            .facts
-            .iter()
-            .filter_map(|fact| match fact {
-                Fact::AlertReceived { at, alert } => Some(PreparedAlert::new(alert, *at)),
-                _ => None,
-            })
-            .collect();
         if batch.facts.is_empty() && batch.replies.is_empty() {
             continue;
         }
@@ -862,6 +855,9 @@ impl Writer {
                     if self.shared.log_full.swap(false, Ordering::SeqCst) {
                         tracing::info!("event log writable again");
                     }
+                    for batch in &mut group {
+                        prepare_received(batch);
+                    }
                     let head = self.log.next_seq().saturating_sub(1);
                     return Some(Committed { group, seqs, head });
                 }
@@ -912,6 +908,21 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Builds the views of a durable batch's new alerts, moving the alerts' strings into them
+/// (the records are written; nothing downstream reads a received alert's texts again).
+/// The writer does it: of the pipeline's three threads it is the least busy, and the
+/// engine thread, which did it before, is the busiest.
+fn prepare_received(batch: &mut Batch) {
+    batch.received = batch
+        .facts
+        .iter_mut()
+        .filter_map(|fact| match fact {
+            Fact::AlertReceived { at, alert } => Some(PreparedAlert::take(alert, *at)),
+            _ => None,
+        })
+        .collect();
 }
 
 /// Shows committed groups in the read model, counts them, streams and publishes their facts,
