@@ -92,6 +92,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let snapshot_dir = cfg.data_dir.join("snapshots");
     let (engine, view, log) = restore(&cfg, &rules, nats.as_ref(), &log_dir, &snapshot_dir).await?;
     shared.metrics.incidents_open.set(view.open_count() as i64);
+    shared.metrics.incidents_held.set(view.held_count() as i64);
     *shared.view.write().unwrap_or_else(|e| e.into_inner()) = view;
     let (outbound, publisher) = match &nats {
         Some(client) => {
