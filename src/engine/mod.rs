@@ -876,10 +876,11 @@ impl Engine {
                 });
                 match incident {
                     Some(inc) => self.escalate(inc, alert, now, out),
-                    // Suppressed until now: once no window covers it, it correlates.
-                    None if current.suppressed
-                        && self.suppression(alert, current.ci, now).is_none() =>
-                    {
+                    // Suppressed until now: once no window covers it, it correlates. So does
+                    // a firing alert the log holds without its decision (a crash tore the
+                    // commit group between its `alert_received` and what followed), which
+                    // would otherwise never join an incident.
+                    None if self.suppression(alert, current.ci, now).is_none() => {
                         self.correlate(alert, current.ci, now, out);
                     }
                     None => {}

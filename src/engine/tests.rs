@@ -232,6 +232,35 @@ fn incidents_auto_resolve_after_the_hold_down() {
 
 const DAY: Millis = 24 * 60 * MIN;
 
+/// A crash can tear a commit group after an alert's `alert_received`: the log then holds the
+/// alert without the incident it joined. Its next repeat correlates it, so it is not left
+/// out of every incident for as long as it fires.
+#[test]
+fn a_firing_alert_left_without_its_incident_by_a_torn_log_joins_on_its_next_repeat() {
+    let mut s = Scenario::given();
+    let a = alert("HighLatency", "payments", T0);
+    let received = Fact::AlertReceived {
+        at: T0,
+        alert: a.clone(),
+    };
+    s.engine.apply(&received);
+    s.log.push(received);
+    let facts = s.alert(&alert("HighLatency", "payments", T0 + MIN));
+    assert_eq!(
+        kinds(&facts)[..3],
+        ["alert_repeated", "incident_opened", "alert_attached"]
+    );
+    assert_eq!(
+        s.engine
+            .state()
+            .alerts
+            .get(&a.fingerprint)
+            .and_then(|x| x.incident),
+        Some(IncidentId(1))
+    );
+    assert_eq!(s.replayed(), *s.engine.state());
+}
+
 #[test]
 fn resolved_incidents_close_after_a_quiet_week_and_take_their_alerts_along() {
     let mut s = Scenario::given();
