@@ -817,6 +817,15 @@ fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
         .sum()
 }
 
+/// A note when the alerts the 2xx answers acknowledged differ from what /metrics counted.
+fn mismatch(acknowledged: u64, counted: u64) -> Option<String> {
+    (acknowledged != counted).then(|| {
+        format!(
+            "MISMATCH: 2xx answers acknowledged {acknowledged} alerts but /metrics counts {counted}"
+        )
+    })
+}
+
 /// One metric (summed over its labels) from incidentd's /metrics.
 async fn metric(http: &Http, name: &str) -> Res<f64> {
     let r = http.get("/metrics").await?;
@@ -1405,12 +1414,7 @@ async fn run_http_incidentd(
         c.rejected - base.rejected,
         c.shed_alerts - base.shed_alerts
     )];
-    if c.received - base.received != ok {
-        notes.push(format!(
-            "MISMATCH: 2xx answers acknowledged {ok} alerts but /metrics counts {}",
-            c.received - base.received
-        ));
-    }
+    notes.extend(mismatch(ok, c.received - base.received));
     notes.extend(stage_note(&stages_before, &stage_buckets(&d.base).await?));
     notes.extend(tally.error_note());
     let without = tally.without_retry_after.load(Ordering::Relaxed);
@@ -1830,12 +1834,7 @@ async fn churn_run(args: &Args, tmp: &Path, close_after: &'static str) -> Res<Ch
             c.shed_alerts - base.shed_alerts
         ),
     ];
-    if c.received - base.received != posted {
-        notes.push(format!(
-            "MISMATCH: 2xx answers acknowledged {posted} alerts but /metrics counts {}",
-            c.received - base.received
-        ));
-    }
+    notes.extend(mismatch(posted, c.received - base.received));
     run.outcome = Outcome {
         label: format!(
             "incidentd churn, close_after {close_after}: {} rounds × {n} alerts fired + resolved",

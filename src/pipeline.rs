@@ -845,11 +845,7 @@ impl Writer {
             let Some(committed) = self.commit_or_retry(group) else {
                 continue;
             };
-            let Some(committed) = publishing.show_inline(committed) else {
-                continue;
-            };
-            publishing.queued.fetch_add(1, Ordering::AcqRel);
-            if publisher.send(committed).is_err() {
+            if publishing.hand_over(committed, &publisher).is_err() {
                 tracing::error!("publisher is gone; writer stops");
                 return;
             }
@@ -979,21 +975,24 @@ impl Publishing {
     }
 
     /// Shows `committed` on the calling thread if it is small, carries no snapshot and the
-    /// publisher thread is idle; otherwise gives it back to be sent.
-    fn show_inline(&self, committed: Committed) -> Option<Committed> {
+    /// publisher thread is idle; otherwise sends it to that thread. Fails only when the
+    /// publisher thread is gone.
+    fn hand_over(
+        &self,
+        committed: Committed,
+        to_thread: &std_mpsc::SyncSender<Committed>,
+    ) -> Result<(), std_mpsc::SendError<Committed>> {
         let small = committed.seqs.len() <= SHOW_INLINE
             && committed.group.iter().all(|b| b.snapshot.is_none());
-        if !small {
-            return Some(committed);
+        if small
+            && let Ok(mut publisher) = self.publisher.try_lock()
+            && self.queued.load(Ordering::Acquire) == 0
+        {
+            publisher.show(committed);
+            return Ok(());
         }
-        let Ok(mut publisher) = self.publisher.try_lock() else {
-            return Some(committed);
-        };
-        if self.queued.load(Ordering::Acquire) > 0 {
-            return Some(committed);
-        }
-        publisher.show(committed);
-        None
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        to_thread.send(committed)
     }
 }
 
@@ -1095,7 +1094,8 @@ impl Publisher {
                         }
                         None
                     }
-                    // Not prepared (cannot happen): the view takes the alert's strings.
+                    // Not prepared (cannot happen: the writer prepares every received alert,
+                    // in order, before the group gets here).
                     _ => view.apply_owned(seq, fact),
                 };
                 touched.push(touched_by);
