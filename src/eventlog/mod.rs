@@ -4,15 +4,24 @@
 //! Records are numbered by a global sequence number (`seq`), starting at 1 and contiguous
 //! across segments. The directory holds segment files named `{first_seq:020}.seg`:
 //!
-//! - header (20 bytes): magic `INCDLOG\0`, format version `u32` LE (= 1), segment id `u64` LE
+//! - header (20 bytes): magic `INCDLOG\0`, format version `u32` LE, segment id `u64` LE
 //!   (= first seq of the segment);
-//! - records: `len: u32 LE`, `crc: u32 LE`, `len` bytes of payload, where `crc` is CRC32C over
-//!   the len bytes and the payload, seeded with the CRC32C of the segment id so that stale
-//!   bytes from another segment never validate.
+//! - records: `word: u32 LE`, `crc: u32 LE`, payload. In version 2 the word's low 31 bits
+//!   are the payload length and its top bit says "more records of this commit group
+//!   follow"; version 1 (written before commit groups were marked) has the length only, so
+//!   every record is a group of its own. `crc` is CRC32C over the word and the payload,
+//!   seeded with the CRC32C of the segment id so that stale bytes from another segment never
+//!   validate.
+//!
+//! A commit group is the records appended between two [`EventLog::sync`] calls. It is the
+//! unit of durability: a group is replayed whole or not at all, so a crash in the middle of
+//! writing one never leaves half of a decision in the log (an alert received but not yet
+//! attached to its incident, say). A group never spans segments: the log rolls only between
+//! groups, so a segment may exceed `segment_bytes` by up to one group.
 //!
 //! Recovery follows Kafka/etcd practice: sealed segments must be perfect (any damage fails
 //! open loudly); only the tail of the last segment, which may hold an unacknowledged torn
-//! write, is truncated.
+//! group, is truncated, back to the end of its last complete group.
 //!
 //! Write failures are handled by what they leave behind:
 //!
@@ -21,18 +30,14 @@
 //!   good fsync can be trusted and a retried fsync could "succeed" without the data on disk.
 //!   The log refuses every later call with [`LogError::Stopped`]; restart recovers it.
 //! - A failed write (ENOSPC, EIO, or a short write that then errors) is retryable: no fsync
-//!   vouched for those bytes, so none was acknowledged. `sync` (or the `append` that rolls)
-//!   returns [`LogError::WriteFailed`] after truncating the segment back to its last durable
-//!   length and fsyncing that, dropping the buffered batch and giving its seqs back
-//!   (`next_seq` returns to the first seq not yet durable). Once space returns, a later
-//!   `append` + `sync` succeeds. If the rollback itself fails, the log stops.
+//!   vouched for those bytes, so none was acknowledged. `sync` returns
+//!   [`LogError::WriteFailed`] after truncating the segment back to its last durable length
+//!   and fsyncing that, dropping the buffered group and giving its seqs back (`next_seq`
+//!   returns to the first seq not yet durable). Once space returns, a later `append` +
+//!   `sync` succeeds. If the rollback itself fails, the log stops.
 //! - A short write alone is no error: writing continues until the whole buffer is written.
 //! - Creating a segment at a roll is fail-stop on any error: it happens once per
 //!   `segment_bytes`, and the next open repairs a half-created segment.
-//!
-//! A roll makes the records buffered before it durable. If the batch then fails, those
-//! records stay and replay after a restart even though the batch was reported failed, as
-//! after a crash between fsync and acknowledgement.
 //!
 //! Every write-path file operation goes through [`Storage`] so tests can inject these faults
 //! ([`FaultyStorage`]). Recovery at open uses `std::fs` directly.
@@ -44,9 +49,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 const MAGIC: &[u8; 8] = b"INCDLOG\0";
-const VERSION: u32 = 1;
+/// Version of the segments this build writes; it reads 1 and 2.
+const VERSION: u32 = 2;
 const HEADER_LEN: u64 = 20;
 const FRAME_LEN: u64 = 8;
+/// Top bit of a version 2 record's length word: more records of its commit group follow.
+const MORE: u32 = 1 << 31;
 
 /// Where and how the log is stored.
 #[derive(Clone, Debug)]
@@ -380,8 +388,11 @@ pub struct EventLog {
     seg_len: u64,
     /// Records in the current segment, buffered ones included.
     seg_records: u64,
-    /// Framed records not yet written.
+    /// Records not yet written. All but the last are framed; see [`EventLog::frame_last`].
     buf: Vec<u8>,
+    /// Offset in `buf` and payload length of the last record, whose frame is written only
+    /// once it is known whether the record ends its commit group.
+    last: Option<(usize, u32)>,
     next_seq: u64,
     /// First seq not yet durable: where `next_seq` returns after a failed write.
     durable_seq: u64,
@@ -425,12 +436,18 @@ impl EventLog {
             scan_all(&segments, true, cfg.max_record_bytes, &mut visit)?;
         let path = segment_path(&cfg.dir, last_id);
         let file = cfg.storage.open_append(&path).map_err(io_err(&path))?;
-        let log = EventLog::new(cfg, file, path, last_id, scan.valid_len, scan.records);
+        let mut log = EventLog::new(cfg, file, path, last_id, scan.valid_len, scan.records);
+        let mut segments = segments.len();
+        if scan.version != VERSION {
+            // A version 1 segment with records, from an older build: append to a new one.
+            log.guarded(Self::roll)?;
+            segments += 1;
+        }
         let recovery = Recovery {
             records,
             next_seq,
             truncated_bytes: scan.truncated,
-            segments: segments.len(),
+            segments,
         };
         tracing::debug!(?recovery, dir = %log.cfg.dir.display(), "event log opened");
         Ok((log, recovery))
@@ -465,47 +482,59 @@ impl EventLog {
             seg_len: len,
             seg_records: records,
             buf: Vec::new(),
+            last: None,
             next_seq: id + records,
             durable_seq: id + records,
             stopped: false,
         }
     }
 
-    /// Buffers one record; returns its seq. Not durable until `sync`. May roll to a new
-    /// segment, which first writes and syncs the buffered records into the old one, so it
-    /// fails like `sync` does; creating the new segment is fail-stop.
+    /// Buffers one record of the open commit group; returns its seq. Not durable until
+    /// `sync`. The first record of a group may roll to a new segment; creating it is
+    /// fail-stop.
     pub fn append(&mut self, payload: &[u8]) -> Result<u64, LogError> {
         if self.stopped {
             return Err(LogError::Stopped);
         }
         let len = u32::try_from(payload.len())
             .ok()
-            .filter(|len| *len <= self.cfg.max_record_bytes)
+            .filter(|len| *len <= self.cfg.max_record_bytes && *len < MORE)
             .ok_or(LogError::RecordTooLarge {
                 len: payload.len(),
-                max: self.cfg.max_record_bytes,
+                max: self.cfg.max_record_bytes.min(MORE - 1),
             })?;
-        let size = self.seg_len + self.buf.len() as u64 + FRAME_LEN + u64::from(len);
-        if self.seg_records > 0 && size > self.cfg.segment_bytes {
+        let size = self.seg_len + FRAME_LEN + u64::from(len);
+        if self.buf.is_empty() && self.seg_records > 0 && size > self.cfg.segment_bytes {
             self.guarded(Self::roll)?;
         }
-        let len = len.to_le_bytes();
-        let crc = crc32c::crc32c_append(crc32c::crc32c_append(self.seed, &len), payload);
-        self.buf.extend_from_slice(&len);
-        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.frame_last(MORE);
+        self.last = Some((self.buf.len(), len));
+        self.buf.extend_from_slice(&[0; FRAME_LEN as usize]);
         self.buf.extend_from_slice(payload);
         self.seg_records += 1;
         self.next_seq += 1;
         Ok(self.next_seq - 1)
     }
 
-    /// Writes buffered records and fdatasyncs (group commit: one sync for many appends).
-    /// A failed fsync stops the log permanently (never retry and then acknowledge); later
-    /// calls return `LogError::Stopped`. A failed write returns the retryable
-    /// `LogError::WriteFailed`: the batch is discarded, its seqs are reused, and the log
-    /// goes on (see the module docs).
+    /// Commits the group appended since the last sync: writes it and fdatasyncs (one sync
+    /// for many appends). A failed fsync stops the log permanently (never retry and then
+    /// acknowledge); later calls return `LogError::Stopped`. A failed write returns the
+    /// retryable `LogError::WriteFailed`: the group is discarded, its seqs are reused, and
+    /// the log goes on (see the module docs).
     pub fn sync(&mut self) -> Result<(), LogError> {
         self.guarded(Self::flush)
+    }
+
+    /// Frames the last buffered record, `more` saying whether its group goes on.
+    fn frame_last(&mut self, more: u32) {
+        let Some((at, len)) = self.last.take() else {
+            return;
+        };
+        let word = (len | more).to_le_bytes();
+        let body = at + FRAME_LEN as usize;
+        let crc = crc32c::crc32c_append(crc32c::crc32c_append(self.seed, &word), &self.buf[body..]);
+        self.buf[at..at + 4].copy_from_slice(&word);
+        self.buf[at + 4..body].copy_from_slice(&crc.to_le_bytes());
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -539,6 +568,7 @@ impl EventLog {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.frame_last(0);
         if let Err(source) = write_all(&mut *self.file, &self.buf) {
             return Err(self.discard_batch(source));
         }
@@ -555,6 +585,7 @@ impl EventLog {
     /// rollback failed, because then the file's tail is unknown.
     fn discard_batch(&mut self, source: io::Error) -> LogError {
         self.buf.clear();
+        self.last = None;
         self.next_seq = self.durable_seq;
         self.seg_records = self.durable_seq - self.seg_id;
         let path = self.path.clone();
@@ -570,10 +601,9 @@ impl EventLog {
             }
         }
     }
-    /// Seals the current segment (its records durable) before the next one exists, so only
-    /// the last segment can ever hold a torn write.
+    /// Starts a new segment. Called between groups only, when every record of the current
+    /// segment is durable, so only the last segment can ever hold a torn write.
     fn roll(&mut self) -> Result<(), LogError> {
-        self.flush()?;
         let (file, path) = create_segment(&*self.cfg.storage, &self.cfg.dir, self.next_seq)?;
         tracing::debug!(path = %path.display(), "event log rolled to new segment");
         *self = EventLog::new(self.cfg.clone(), file, path, self.next_seq, HEADER_LEN, 0);
@@ -618,14 +648,17 @@ fn scan_all<E>(
 /// Result of scanning one segment.
 #[derive(Default)]
 struct Scan {
+    /// Records of complete commit groups.
     records: u64,
-    /// End of the last valid record (the file's length after any truncation).
+    /// End of the last complete group (the file's length after any truncation).
     valid_len: u64,
     truncated: u64,
+    version: u32,
 }
 
-/// Validates one segment and visits its records. In the last segment a torn tail is
-/// truncated; everywhere else any damage is `Corrupt`.
+/// Validates one segment and visits the records of its complete commit groups. In the last
+/// segment a torn tail is truncated back to the end of the last complete group; everywhere
+/// else any damage, or a segment ending inside a group, is `Corrupt`.
 fn scan_segment<E>(
     path: &Path,
     id: u64,
@@ -656,6 +689,7 @@ fn scan_segment<E>(
         if !repair {
             return Ok(Scan {
                 valid_len: file_len,
+                version: VERSION,
                 ..Scan::default()
             });
         }
@@ -673,13 +707,14 @@ fn scan_segment<E>(
             records: 0,
             valid_len: HEADER_LEN,
             truncated: file_len,
+            version: VERSION,
         });
     }
     let version = le_u32(&header[8..12]);
     let header_id = u64::from_le_bytes(header[12..].try_into().unwrap_or_default());
     let bad_header = if &header[..8] != MAGIC {
         Some("bad magic (not an incidentd event log segment)".to_string())
-    } else if version != VERSION {
+    } else if version != 1 && version != VERSION {
         Some(format!("unsupported format version {version}"))
     } else if header_id != id {
         Some(format!("segment id {header_id} does not match file name"))
@@ -693,20 +728,35 @@ fn scan_segment<E>(
     let seed = seed(id);
     let mut scan = Scan {
         valid_len: HEADER_LEN,
+        version,
         ..Scan::default()
     };
-    let mut payload = Vec::new();
+    // The open group's payloads back to back and where each ends: visited once the group's
+    // last record is read, so an incomplete group is never replayed.
+    let (mut group, mut ends) = (Vec::new(), Vec::new());
+    let mut off = HEADER_LEN;
+    // Where the damage starts and what it is.
     let torn = loop {
-        let off = scan.valid_len;
         if off == file_len {
-            break None;
+            if ends.is_empty() {
+                break None;
+            }
+            let reason = format!(
+                "segment ends inside a commit group of {} records",
+                ends.len()
+            );
+            break Some((scan.valid_len, reason));
         }
         if file_len - off < FRAME_LEN {
             break Some((off, "incomplete record header".to_string()));
         }
         let mut frame = [0u8; FRAME_LEN as usize];
         read(&mut r, &mut frame)?;
-        let (len, crc) = (le_u32(&frame[..4]), le_u32(&frame[4..]));
+        let (word, crc) = (le_u32(&frame[..4]), le_u32(&frame[4..]));
+        let (len, more) = match version {
+            1 => (word, false),
+            _ => (word & !MORE, word & MORE != 0),
+        };
         if len > max {
             break Some((
                 off,
@@ -720,9 +770,10 @@ fn scan_segment<E>(
                 format!("record of {len} bytes extends past end of file"),
             ));
         }
-        payload.resize(len as usize, 0);
-        read(&mut r, &mut payload)?;
-        if crc32c::crc32c_append(crc32c::crc32c_append(seed, &frame[..4]), &payload) != crc {
+        let at = group.len();
+        group.resize(at + len as usize, 0);
+        read(&mut r, &mut group[at..])?;
+        if crc32c::crc32c_append(crc32c::crc32c_append(seed, &frame[..4]), &group[at..]) != crc {
             // A torn final write ends at EOF. A zero-filled tail (an extent the filesystem
             // allocated but never wrote) cannot hold a valid record either: its first record
             // is all zeros and failed, so every later all-zero record fails identically.
@@ -732,28 +783,49 @@ fn scan_segment<E>(
             }
             return Err(corrupt(path, off, "checksum mismatch".into()).into());
         }
-        visit(id + scan.records, &payload).map_err(OpenError::Visit)?;
-        scan.records += 1;
+        ends.push(group.len());
+        off = end;
+        if more {
+            continue;
+        }
+        let mut from = 0;
+        for (seq, &to) in (id + scan.records..).zip(&ends) {
+            visit(seq, &group[from..to]).map_err(OpenError::Visit)?;
+            from = to;
+        }
+        scan.records += ends.len() as u64;
         scan.valid_len = end;
+        group.clear();
+        ends.clear();
     };
     if let Some((off, reason)) = torn {
         if !last {
             return Err(corrupt(path, off, reason).into());
         }
-        scan.truncated = file_len - off;
+        scan.truncated = file_len - scan.valid_len;
         if !repair {
             // A reader beside a live writer sees the tail being written: stop before it.
             return Ok(scan);
         }
         tracing::warn!(
             path = %path.display(),
-            offset = off,
+            offset = scan.valid_len,
+            damage_at = off,
             bytes_dropped = scan.truncated,
             %reason,
-            "truncating torn tail of event log"
+            "truncating torn tail of event log to its last complete commit group"
         );
-        file.set_len(off).map_err(io_err(path))?;
+        file.set_len(scan.valid_len).map_err(io_err(path))?;
         file.sync_all().map_err(io_err(path))?;
+    }
+    if last && repair && version == 1 && scan.records == 0 {
+        // This build's records must not go into a version 1 segment, where an older build
+        // would misread their group marks; an empty one simply becomes version 2.
+        let mut file = &file;
+        file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+        file.write_all(&header_bytes(id)).map_err(io_err(path))?;
+        file.sync_all().map_err(io_err(path))?;
+        scan.version = VERSION;
     }
     Ok(scan)
 }
@@ -1011,15 +1083,16 @@ mod tests {
             .collect()
     }
 
-    /// (offset, len) of each record, walking frames the way the format defines them.
-    fn frames(path: &Path) -> Vec<(u64, u32)> {
+    /// (offset, payload length, more of its group follows) of each record of a version 2
+    /// segment, walking frames the way the format defines them.
+    fn frames(path: &Path) -> Vec<(u64, u32, bool)> {
         let bytes = fs::read(path).unwrap();
         let mut off = HEADER_LEN as usize;
         let mut out = Vec::new();
         while off + 8 <= bytes.len() {
-            let len = le_u32(&bytes[off..]);
-            out.push((off as u64, len));
-            off += 8 + len as usize;
+            let word = le_u32(&bytes[off..]);
+            out.push((off as u64, word & !MORE, word & MORE != 0));
+            off += 8 + (word & !MORE) as usize;
         }
         out
     }
@@ -1125,19 +1198,22 @@ mod tests {
         let (_, rec, seen) = open(small(tmp.path(), 200)).unwrap();
         assert_eq!(seen, written);
         let segs = segments(tmp.path());
-        assert!(segs.len() > 20, "{} segments", segs.len());
+        assert!(segs.len() > 10, "{} segments", segs.len());
         assert_eq!(rec.segments, segs.len());
         let mut seq = 1;
         for path in &segs {
             let name = format!("{seq:020}.seg");
             assert_eq!(path.file_name().unwrap().to_str(), Some(name.as_str()));
             let len = fs::metadata(path).unwrap().len();
-            let records = frames(path).len() as u64;
+            let frames = frames(path);
+            let groups = frames.iter().filter(|f| !f.2).count();
+            assert!(!frames.last().unwrap().2, "{name} ends inside a group");
+            // A segment outgrows its size only to keep a group whole.
             assert!(
-                len <= 200 || records == 1,
-                "{name}: {len} bytes, {records} records"
+                len <= 200 || groups == 1,
+                "{name}: {len} bytes, {groups} groups"
             );
-            seq += records;
+            seq += frames.len() as u64;
         }
         assert_eq!(seq, 102);
     }
@@ -1202,7 +1278,7 @@ mod tests {
         write(&mut log, 1..40, 5);
         drop(log);
         let seg = segments(tmp.path()).remove(1);
-        let (offset, _) = frames(&seg)[1];
+        let (offset, _, _) = frames(&seg)[1];
         flip_bit(&seg, offset + 4); // in the stored CRC, so whatever the payload length
         assert_corrupt(open_err(small(tmp.path(), 200)), &seg, offset, "checksum");
     }
@@ -1214,7 +1290,7 @@ mod tests {
         write(&mut log, 1..40, 5);
         drop(log);
         let seg = segments(tmp.path()).remove(0);
-        let (offset, _) = frames(&seg)[1];
+        let (offset, _, _) = frames(&seg)[1];
         patch(&seg, offset, &0xFFFF_FFF0u32.to_le_bytes());
         let start = Instant::now();
         let err = open_err(small(tmp.path(), 200));
@@ -1229,11 +1305,19 @@ mod tests {
         let mut written = write(&mut log, 1..40, 5);
         drop(log);
         let seg = segments(tmp.path()).pop().unwrap();
-        let (offset, len) = *frames(&seg).last().unwrap();
-        patch(&seg, offset, &0xFFFF_FFF0u32.to_le_bytes());
+        let frames = frames(&seg);
+        let len = fs::metadata(&seg).unwrap().len();
+        patch(
+            &seg,
+            frames.last().unwrap().0,
+            &0xFFFF_FFF0u32.to_le_bytes(),
+        );
         let (_, rec, seen) = open(small(tmp.path(), 200)).unwrap();
-        written.pop();
-        assert_eq!((seen, rec.truncated_bytes), (written, 8 + u64::from(len)));
+        // The whole last group goes: records 36..=39.
+        let group_start = frames[frames.len() - 4].0;
+        written.truncate(35);
+        assert_eq!((seen, rec.truncated_bytes), (written, len - group_start));
+        assert_eq!(fs::metadata(&seg).unwrap().len(), group_start);
     }
 
     #[test]
@@ -1241,7 +1325,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("log");
         let (mut log, _, _) = open(cfg(&dir)).unwrap();
-        let mut written = write(&mut log, 1..6, 10);
+        let mut written = write(&mut log, 1..6, 1);
         drop(log);
         let seg = segments(&dir).remove(0);
         let frames = frames(&seg);
@@ -1254,7 +1338,7 @@ mod tests {
         assert_corrupt(open_err(cfg(&copy)), &mid, frames[2].0, "checksum");
 
         // The final record ending exactly at EOF: a torn write, truncated.
-        let (offset, len) = frames[4];
+        let (offset, len, _) = frames[4];
         flip_bit(&seg, offset + 8);
         let (_, rec, seen) = open(cfg(&dir)).unwrap();
         written.pop();
@@ -1265,7 +1349,7 @@ mod tests {
     fn bad_headers_are_corrupt() {
         let cases: [(&[u8], u64, &str); 3] = [
             (b"NOTALOG\0", 0, "bad magic"),
-            (&2u32.to_le_bytes(), 8, "unsupported format version 2"),
+            (&3u32.to_le_bytes(), 8, "unsupported format version 3"),
             (&99u64.to_le_bytes(), 12, "segment id 99 does not match"),
         ];
         for (bytes, at, reason) in cases {
@@ -1285,8 +1369,8 @@ mod tests {
         let (mut log, _, _) = open(small(tmp.path(), 100)).unwrap();
         for i in 0..9u8 {
             log.append(&[i; 30]).unwrap(); // 38 framed bytes: two records per segment
+            log.sync().unwrap();
         }
-        log.sync().unwrap();
         drop(log);
         let segs = list_segments(tmp.path()).unwrap();
         let ((a_id, a), (b_id, b)) = (&segs[0], &segs[1]);
@@ -1500,27 +1584,137 @@ mod tests {
     }
 
     #[test]
-    fn failed_write_while_rolling_is_retryable() {
+    fn a_group_never_spans_segments() {
         let tmp = tempfile::tempdir().unwrap();
-        let (config, faults) = faulty(tmp.path(), 100);
-        let (mut log, _, _) = open(config).unwrap();
-        let mut acked = vec![(1, vec![1; 30])];
-        log.append(&[1; 30]).unwrap();
-        log.sync().unwrap();
-        log.append(&[2; 30]).unwrap(); // buffered; the next append rolls and writes it
-        faults.fail_writes(FaultyStorage::ENOSPC);
-        let err = log.append(&[3; 30]).unwrap_err();
-        assert!(err.is_retryable() && !log.is_stopped(), "{err:?}");
-        assert_eq!(log.next_seq(), 2);
-        faults.clear();
-        for (seq, byte) in [(2, 4), (3, 5), (4, 6)] {
+        let (mut log, _, _) = open(small(tmp.path(), 100)).unwrap();
+        let mut written = Vec::new();
+        // 38 framed bytes each: a 100-byte segment holds two, but a group stays whole.
+        for (seq, byte) in [(1, 1), (2, 2), (3, 3)] {
             assert_eq!(log.append(&[byte; 30]).unwrap(), seq);
-            acked.push((seq, vec![byte; 30]));
+            written.push((seq, vec![byte; 30]));
+        }
+        log.sync().unwrap();
+        assert_eq!(segments(tmp.path()).len(), 1, "no roll inside a group");
+        assert_eq!(log.append(&[4; 30]).unwrap(), 4); // the next group rolls first
+        written.push((4, vec![4; 30]));
+        log.sync().unwrap();
+        drop(log);
+        let segs = segments(tmp.path());
+        let marks = |path| frames(path).iter().map(|f| f.2).collect::<Vec<_>>();
+        assert_eq!(marks(&segs[0]), [true, true, false]);
+        assert_eq!(marks(&segs[1]), [false]);
+        let (_, rec, seen) = open(small(tmp.path(), 100)).unwrap();
+        assert_eq!((seen, rec.segments), (written, 2));
+    }
+
+    #[test]
+    fn torn_group_at_every_offset_replays_none_of_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let (mut log, _, _) = open(cfg(&src)).unwrap();
+        let written = write(&mut log, 1..5, 2);
+        let seg = segments(&src).remove(0);
+        let good_len = fs::metadata(&seg).unwrap().len();
+        for p in [&[0x5A; 40][..], &[], &[0x5C; 17]] {
+            log.append(p).unwrap();
         }
         log.sync().unwrap();
         drop(log);
-        let (_, _, seen) = open(small(tmp.path(), 100)).unwrap();
-        assert_eq!(seen, acked);
+        let full_len = fs::metadata(&seg).unwrap().len();
+        // Every cut, record boundaries inside the group included, drops the whole group.
+        for cut in good_len..full_len {
+            let dir = tmp.path().join(format!("cut{cut}"));
+            copy_dir(&src, &dir);
+            let seg = segments(&dir).remove(0);
+            OpenOptions::new()
+                .write(true)
+                .open(&seg)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            let read = EventLog::read(&cfg(&dir), |_, _| Ok::<(), ()>(())).unwrap();
+            assert_eq!(read, 4, "a reader stops before the group, cut at {cut}");
+            let (mut log, rec, seen) = open(cfg(&dir)).unwrap();
+            assert_eq!(seen, written, "cut at {cut}");
+            assert_eq!((rec.truncated_bytes, rec.next_seq), (cut - good_len, 5));
+            assert_eq!(fs::metadata(&seg).unwrap().len(), good_len);
+            assert_eq!(log.append(b"after").unwrap(), 5);
+        }
+    }
+
+    #[test]
+    fn sealed_segment_ending_inside_a_group_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = open(small(tmp.path(), 100)).unwrap();
+        for byte in 1..4 {
+            log.append(&[byte; 30]).unwrap();
+        }
+        log.sync().unwrap();
+        log.append(b"next segment").unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let seg = segments(tmp.path()).remove(0);
+        let frames = frames(&seg);
+        fs::write(&seg, &fs::read(&seg).unwrap()[..frames[2].0 as usize]).unwrap();
+        let err = open_err(small(tmp.path(), 100));
+        assert_corrupt(
+            err,
+            &seg,
+            HEADER_LEN,
+            "ends inside a commit group of 2 records",
+        );
+    }
+
+    /// A version 1 segment as builds before commit groups wrote it: no group marks.
+    fn v1_segment(dir: &Path, id: u64, payloads: &[&[u8]]) {
+        let mut bytes = header_bytes(id).to_vec();
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        for p in payloads {
+            let len = (p.len() as u32).to_le_bytes();
+            let crc = crc32c::crc32c_append(crc32c::crc32c_append(seed(id), &len), p);
+            bytes.extend_from_slice(&len);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            bytes.extend_from_slice(p);
+        }
+        fs::create_dir_all(dir).unwrap();
+        fs::write(segment_path(dir, id), bytes).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_log_replays_and_is_continued_in_a_version_2_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        v1_segment(tmp.path(), 1, &[b"one", b"two"]);
+        let (mut log, rec, seen) = open(cfg(tmp.path())).unwrap();
+        let mut want = vec![(1, b"one".to_vec()), (2, b"two".to_vec())];
+        assert_eq!((&seen, rec.next_seq, rec.segments), (&want, 3, 2));
+        for p in [b"three", b"four!"] {
+            log.append(p).unwrap();
+            want.push((want.len() as u64 + 1, p.to_vec()));
+        }
+        log.sync().unwrap();
+        drop(log);
+        let segs = segments(tmp.path());
+        assert_eq!(
+            fs::read(&segs[0]).unwrap()[8],
+            1,
+            "the old segment is left as it is"
+        );
+        assert_eq!(&fs::read(&segs[1]).unwrap()[..20], &header_bytes(3));
+        assert_eq!(open(cfg(tmp.path())).unwrap().2, want);
+
+        // An empty version 1 segment becomes version 2 in place.
+        let tmp = tempfile::tempdir().unwrap();
+        v1_segment(tmp.path(), 7, &[]);
+        let (mut log, rec, _) = open(cfg(tmp.path())).unwrap();
+        assert_eq!((rec.next_seq, rec.segments), (7, 1));
+        assert_eq!(
+            fs::read(segment_path(tmp.path(), 7)).unwrap(),
+            header_bytes(7)
+        );
+        log.append(b"seven").unwrap();
+        log.sync().unwrap();
+        drop(log);
+        assert_eq!(open(cfg(tmp.path())).unwrap().2, [(7, b"seven".to_vec())]);
     }
 
     #[test]
