@@ -671,22 +671,7 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
             messages: Some(messages),
             room: _room,
         } => {
-            let now = alerts.iter().map(|a| a.received_at).max().unwrap_or(0);
-            let (mut fresh, mut handled) = (Vec::new(), 0);
-            let mut alerts = alerts.into_iter();
-            for (seq, n) in messages {
-                let part = alerts.by_ref().take(n);
-                if engine.state().consumed(seq) {
-                    part.for_each(drop);
-                    continue; // a redelivery of something already in the log
-                }
-                for alert in part {
-                    engine.handle_alert(alert, &mut batch.facts);
-                    handled += 1;
-                }
-                fresh.push(seq);
-            }
-            let _ = engine.handle(Input::Consumed { now, seqs: &fresh }, &mut batch.facts);
+            let handled = engine.handle_messages(alerts, &messages, &mut batch.facts);
             batch.alerts += handled;
             if let Some(done) = done {
                 batch.replies.push(Done::Alerts(done, handled));

@@ -586,6 +586,35 @@ impl Engine {
         self.settle(start, out);
     }
 
+    /// Handles the alerts of JetStream messages `(stream sequence, alert count)` in order and
+    /// records their sequences in one `StreamConsumed`. A message already in the log, or
+    /// earlier in the same call, is skipped: after a server restart a redelivery can arrive
+    /// beside its original, before either is recorded. Returns the alerts handled.
+    pub fn handle_messages(
+        &mut self,
+        alerts: Vec<Alert>,
+        messages: &[(u64, usize)],
+        out: &mut Vec<Fact>,
+    ) -> usize {
+        let now = alerts.iter().map(|a| a.received_at).max().unwrap_or(0);
+        let (mut fresh, mut handled) = (Vec::new(), 0);
+        let mut alerts = alerts.into_iter();
+        for &(seq, n) in messages {
+            let part = alerts.by_ref().take(n);
+            if self.state.consumed(seq) || fresh.contains(&seq) {
+                part.for_each(drop);
+                continue;
+            }
+            for alert in part {
+                self.handle_alert(alert, out);
+                handled += 1;
+            }
+            fresh.push(seq);
+        }
+        let _ = self.handle(Input::Consumed { now, seqs: &fresh }, out);
+        handled
+    }
+
     /// Applies the facts just decided into `out[start..]`, in order, and coalesces them in
     /// place: a fact moves only when an earlier one absorbed a repeat before it. (Deciding
     /// into a scratch vector and pushing each fact on cost two copies of every fact.)

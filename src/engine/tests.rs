@@ -1263,3 +1263,28 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_redelivered_message_counts_once_even_beside_its_original() {
+    let mut engine = Engine::new(rules());
+    let (a, b) = (alert("Disk", "db", T0), alert("Cpu", "web", T0));
+    let mut out = Vec::new();
+    // Message 5 twice in one chunk (a redelivery after a server restart), then message 6.
+    let alerts = vec![a.clone(), a.clone(), b.clone()];
+    let handled = engine.handle_messages(alerts, &[(5, 1), (5, 1), (6, 1)], &mut out);
+    assert_eq!(handled, 2);
+    let received = out
+        .iter()
+        .filter(|f| matches!(f, Fact::AlertReceived { .. } | Fact::AlertRepeated { .. }))
+        .count();
+    assert_eq!(received, 2, "{out:?}");
+    assert!(
+        out.iter()
+            .any(|f| matches!(f, Fact::StreamConsumed { seqs, .. } if seqs == &[5, 6])),
+        "{out:?}"
+    );
+    // Later, once recorded, a redelivery is skipped whole and records nothing.
+    out.clear();
+    assert_eq!(engine.handle_messages(vec![a], &[(5, 1)], &mut out), 0);
+    assert!(out.is_empty(), "{out:?}");
+}
