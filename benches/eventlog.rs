@@ -322,5 +322,42 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, records, replay_large, append);
+/// Reading a log as a restart does before any fact is decoded: frames, checksums and commit
+/// groups (a group is handed on only once its last record is read). 1M storm facts in
+/// groups of 256, as the writer commits them.
+fn read(c: &mut Criterion) {
+    let facts = storm_facts(2_000);
+    let mut buf = Vec::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) =
+        EventLog::open(LogConfig::new(dir.path()), |_, _| Ok::<(), ()>(())).expect("open log");
+    const RECORDS: usize = 1_000_000;
+    for (i, f) in facts.iter().cycle().take(RECORDS).enumerate() {
+        encode_record(f, &mut buf).expect("encode");
+        log.append(&buf).expect("append");
+        if i % 256 == 255 {
+            log.sync().expect("fsync");
+        }
+    }
+    log.sync().expect("fsync");
+    drop(log);
+    let mut group = c.benchmark_group("log_read");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    group.bench_function("1m_records", |b| {
+        b.iter(|| {
+            let mut bytes = 0usize;
+            let n = EventLog::read(&LogConfig::new(dir.path()), |_, p| {
+                bytes += p.len();
+                Ok::<(), ()>(())
+            })
+            .expect("read");
+            assert_eq!(n as usize, RECORDS);
+            bytes
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, records, replay_large, append, read);
 criterion_main!(benches);

@@ -731,20 +731,21 @@ fn scan_segment<E>(
         version,
         ..Scan::default()
     };
-    // The open group's payloads back to back and where each ends: visited once the group's
-    // last record is read, so an incomplete group is never replayed.
-    let (mut group, mut ends) = (Vec::new(), Vec::new());
-    let mut off = HEADER_LEN;
+    // In the last segment, the open group's payloads back to back in `group[..used]` and
+    // where each ends: visited once the group's last record is read, so an incomplete group
+    // is never replayed. A sealed segment's records are visited at once: groups never span
+    // segments, so one cut short there fails the open anyway. The buffer is reused, so it is
+    // zero-filled only when it grows.
+    let (mut group, mut ends, mut used) = (Vec::new(), Vec::new(), 0);
+    // Records of the open group, and where the next record starts.
+    let (mut pending, mut off) = (0, HEADER_LEN);
     // Where the damage starts and what it is.
     let torn = loop {
         if off == file_len {
-            if ends.is_empty() {
+            if pending == 0 {
                 break None;
             }
-            let reason = format!(
-                "segment ends inside a commit group of {} records",
-                ends.len()
-            );
+            let reason = format!("segment ends inside a commit group of {pending} records");
             break Some((scan.valid_len, reason));
         }
         if file_len - off < FRAME_LEN {
@@ -770,10 +771,13 @@ fn scan_segment<E>(
                 format!("record of {len} bytes extends past end of file"),
             ));
         }
-        let at = group.len();
-        group.resize(at + len as usize, 0);
-        read(&mut r, &mut group[at..])?;
-        if crc32c::crc32c_append(crc32c::crc32c_append(seed, &frame[..4]), &group[at..]) != crc {
+        let at = if last { used } else { 0 };
+        let to = at + len as usize;
+        if group.len() < to {
+            group.resize(to, 0);
+        }
+        read(&mut r, &mut group[at..to])?;
+        if crc32c::crc32c_append(crc32c::crc32c_append(seed, &frame[..4]), &group[at..to]) != crc {
             // A torn final write ends at EOF. A zero-filled tail (an extent the filesystem
             // allocated but never wrote) cannot hold a valid record either: its first record
             // is all zeros and failed, so every later all-zero record fails identically.
@@ -783,20 +787,30 @@ fn scan_segment<E>(
             }
             return Err(corrupt(path, off, "checksum mismatch".into()).into());
         }
-        ends.push(group.len());
         off = end;
+        pending += 1;
+        if !last {
+            visit(id + scan.records, &group[..to]).map_err(OpenError::Visit)?;
+            scan.records += 1;
+        } else {
+            ends.push(to);
+            used = to;
+        }
         if more {
             continue;
         }
-        let mut from = 0;
-        for (seq, &to) in (id + scan.records..).zip(&ends) {
-            visit(seq, &group[from..to]).map_err(OpenError::Visit)?;
-            from = to;
+        if last {
+            let mut from = 0;
+            for (seq, &to) in (id + scan.records..).zip(&ends) {
+                visit(seq, &group[from..to]).map_err(OpenError::Visit)?;
+                from = to;
+            }
+            scan.records += ends.len() as u64;
+            used = 0;
+            ends.clear();
         }
-        scan.records += ends.len() as u64;
+        pending = 0;
         scan.valid_len = end;
-        group.clear();
-        ends.clear();
     };
     if let Some((off, reason)) = torn {
         if !last {
