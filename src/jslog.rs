@@ -8,6 +8,12 @@
 //! is refused, not interleaved) and keeps the sequence gap-free. Any failure stops the log for
 //! good, as a failed fsync does for the file log: a publish whose acknowledgement was lost may
 //! or may not be stored, so retrying could duplicate facts.
+//!
+//! A group is replayed whole or not at all, as in the file log: every message carries
+//! `Incidentd-Group: <first seq>/<facts>`. A writer that dies part way through a group leaves
+//! its first messages in the stream; replay skips them (with a warning) whenever the group is
+//! followed by another or by the end of the stream, so every later start sees the same state.
+//! Messages without the header (from older builds) are groups of one.
 
 use std::time::Duration;
 
@@ -73,6 +79,39 @@ pub struct JetStreamLog {
 
 /// How long one group commit may wait for the servers before the log gives up.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Header naming a message's commit group: `<first seq>/<facts>`.
+const GROUP_HEADER: &str = "Incidentd-Group";
+
+/// The commit group of a stored message: (first seq, facts); none without a valid header.
+fn group_of(msg: &jetstream::Message) -> Option<(u64, u64)> {
+    let value = msg.headers.as_ref()?.get(GROUP_HEADER)?.as_str();
+    let (first, facts) = value.split_once('/')?;
+    Some((first.parse().ok()?, facts.parse().ok()?))
+}
+
+/// Facts of the group being read, handed on once all of them are in.
+#[derive(Default)]
+struct OpenGroup {
+    /// (first seq, facts) from the header.
+    id: (u64, u64),
+    facts: Vec<(u64, Bytes)>,
+}
+
+impl OpenGroup {
+    /// Logs and forgets facts of a group its writer never finished.
+    fn drop_torn(&mut self, stream: &str) {
+        if let (Some(first), Some(last)) = (self.facts.first(), self.facts.last()) {
+            tracing::warn!(
+                stream,
+                first = first.0,
+                last = last.0,
+                of = self.id.1,
+                "skipping an incomplete commit group (its writer stopped part way)"
+            );
+        }
+        self.facts.clear();
+    }
+}
 
 impl JetStreamLog {
     /// Creates the stream if needed and feeds every stored fact, in order, to `visit`
@@ -114,10 +153,20 @@ impl JetStreamLog {
                 .await
                 .map_err(|e| setup(e.to_string()))?;
             let mut expected = 1;
+            let mut group = OpenGroup::default();
+            let mut apply = |seq: u64, payload: &[u8]| {
+                records += 1;
+                visit(seq, payload).map_err(|e| JsLogError::Read {
+                    stream: cfg.stream.clone(),
+                    seq,
+                    message: e.to_string(),
+                })
+            };
             while expected <= last {
+                let at = expected;
                 let read = |message: String| JsLogError::Read {
                     stream: cfg.stream.clone(),
-                    seq: expected,
+                    seq: at,
                     message,
                 };
                 let msg = messages
@@ -131,10 +180,24 @@ impl JetStreamLog {
                         "found {seq}: the stream has gaps (purged or limited?)"
                     )));
                 }
-                visit(seq, &msg.payload).map_err(|e| read(e.to_string()))?;
                 expected += 1;
-                records += 1;
+                let Some(id) = group_of(&msg) else {
+                    group.drop_torn(&cfg.stream);
+                    apply(seq, &msg.payload)?;
+                    continue;
+                };
+                if id != group.id {
+                    group.drop_torn(&cfg.stream);
+                    group.id = id;
+                }
+                group.facts.push((seq, msg.payload.clone()));
+                if group.facts.len() as u64 >= id.1 {
+                    for (seq, payload) in group.facts.drain(..) {
+                        apply(seq, &payload)?;
+                    }
+                }
             }
+            group.drop_torn(&cfg.stream);
         }
         Ok((
             JetStreamLog {
@@ -151,6 +214,7 @@ impl JetStreamLog {
 
     async fn publish_all(&self, first: u64) -> Result<(), String> {
         let mut acks = Vec::with_capacity(self.pending.len());
+        let group = format!("{first}/{}", self.pending.len());
         for (i, payload) in self.pending.iter().enumerate() {
             let seq = first + i as u64;
             let mut headers = HeaderMap::new();
@@ -158,6 +222,7 @@ impl JetStreamLog {
                 "Nats-Expected-Last-Sequence",
                 (seq - 1).to_string().as_str(),
             );
+            headers.insert(GROUP_HEADER, group.as_str());
             let ack = self
                 .js
                 .publish_with_headers(self.subject.clone(), headers, payload.clone())

@@ -3,7 +3,10 @@
 
 mod common;
 
+use async_nats::HeaderMap;
 use common::*;
+use incidentd::engine::facts::encode_record;
+use incidentd::engine::{Fact, IncidentId};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +53,28 @@ async fn facts_live_in_jetstream_and_replay_after_kill_9() {
     let stored = stream.info().await.expect("info").state.messages;
     assert!(stored > 100, "facts stored in the stream: {stored}");
 
-    let d = Incidentd::start_with(&data, &url, Some(&config));
+    // A writer that died part way through a group: two of its three facts are stored. Had
+    // they been replayed, INC-000001 would read acknowledged.
+    let last = stream.info().await.expect("info").state.last_sequence;
+    let torn = Fact::IncidentAcknowledged {
+        at: incidentd::clock::now(),
+        incident: IncidentId(1),
+        by: "torn".into(),
+        comment: None,
+    };
+    let mut payload = Vec::new();
+    encode_record(&torn, &mut payload).expect("encode");
+    for _ in 0..2 {
+        let mut headers = HeaderMap::new();
+        headers.insert("Incidentd-Group", format!("{}/3", last + 1).as_str());
+        js.publish_with_headers("incidentd.facts", headers, payload.clone().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
+    let mut d = Incidentd::start_with(&data, &url, Some(&config));
     assert_eq!(incidents(&c, &d).await, before, "replayed from the stream");
     // And it goes on appending where the stream ends.
     let (status, body) = post_json(
@@ -61,5 +85,14 @@ async fn facts_live_in_jetstream_and_replay_after_kill_9() {
     .await;
     assert_eq!(status, 200, "{body}");
     let after = stream.info().await.expect("info").state.messages;
-    assert!(after > stored);
+    assert!(after > stored + 2);
+    // The torn group now sits between complete ones, and is still skipped.
+    let now = incidents(&c, &d).await;
+    d.kill9();
+    let d = Incidentd::start_with(&data, &url, Some(&config));
+    assert_eq!(incidents(&c, &d).await, now, "replayed past the torn group");
+    assert!(
+        now.iter()
+            .all(|i| i["state"] != "acknowledged" || i["id"] == "INC-000002")
+    );
 }
