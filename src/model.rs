@@ -113,11 +113,32 @@ pub struct Fingerprint(pub u64);
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        f.write_str(self.hex().as_str())
+    }
+}
+
+/// A fingerprint's 16 lowercase hex digits, on the stack: every outbound fact and rendered
+/// alert carries one, and `format!("{:016x}")` costs several times more.
+pub struct Hex([u8; 16]);
+
+impl Hex {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl Fingerprint {
+    /// The fingerprint as written in JSON and the API.
+    pub fn hex(self) -> Hex {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, d) in out.iter_mut().enumerate() {
+            *d = DIGITS[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        Hex(out)
+    }
+
     pub fn parse(s: &str) -> Option<Fingerprint> {
         if s.len() != 16 {
             return None;
@@ -165,7 +186,7 @@ impl Fingerprint {
 
 impl Serialize for Fingerprint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.hex().as_str())
     }
 }
 
@@ -453,6 +474,16 @@ pub fn format_duration(ms: Millis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprint_hex_is_sixteen_lowercase_digits() {
+        for n in [0, 1, 0xabc, 0x0123_4567_89ab_cdef, u64::MAX, 1 << 63] {
+            let fp = Fingerprint(n);
+            assert_eq!(fp.hex().as_str(), format!("{n:016x}"));
+            assert_eq!(fp.to_string(), format!("{n:016x}"));
+            assert_eq!(serde_json::to_string(&fp).unwrap(), format!("\"{n:016x}\""));
+        }
+    }
 
     #[test]
     fn fnv_field_hashes_byte_by_byte() {

@@ -1120,12 +1120,18 @@ impl Publisher {
                 let Some(incident) = incident.or_else(|| fact.incident()) else {
                     continue;
                 };
-                let incident = incident.to_string();
-                let subject = format!("{}.{}.{incident}", out.prefix, fact.kind());
+                let incident = incident.text();
+                let incident = incident.as_str();
+                let kind = fact.kind();
+                let mut subject =
+                    String::with_capacity(out.prefix.len() + kind.len() + incident.len() + 2);
+                for part in [&out.prefix, ".", kind, ".", incident] {
+                    subject.push_str(part);
+                }
                 buf.clear();
                 let message = Outgoing {
                     seq,
-                    incident: &incident,
+                    incident,
                     fact,
                 };
                 if serde_json::to_writer(&mut buf, &message).is_err() {

@@ -22,11 +22,47 @@ pub struct IncidentId(pub u64);
 
 impl fmt::Display for IncidentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "INC-{:06}", self.0)
+        f.write_str(self.text().as_str())
+    }
+}
+
+/// `INC-000042` on the stack: the publisher names an incident in every outbound subject
+/// and message, and `format!` costs several times more.
+pub struct IdText {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl IdText {
+    pub fn as_str(&self) -> &str {
+        // Only "INC-" and ASCII digits are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
 impl IncidentId {
+    /// The id as shown: `INC-` and at least six digits.
+    pub fn text(self) -> IdText {
+        let mut digits = [b'0'; 20];
+        let (mut n, mut i) = (self.0, digits.len());
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let width = (digits.len() - i).max(6);
+        let mut buf = [0u8; 24];
+        buf[..4].copy_from_slice(b"INC-");
+        buf[4..4 + width].copy_from_slice(&digits[digits.len() - width..]);
+        IdText {
+            buf,
+            len: 4 + width,
+        }
+    }
+
     /// Parses `INC-000042` (or a bare number).
     pub fn parse(s: &str) -> Option<IncidentId> {
         let digits = s.strip_prefix("INC-").unwrap_or(s);
@@ -306,6 +342,9 @@ mod tests {
     #[test]
     fn incident_ids() {
         assert_eq!(IncidentId(42).to_string(), "INC-000042");
+        for n in [0, 7, 999_999, 1_000_000, 1_234_567, u64::MAX] {
+            assert_eq!(IncidentId(n).text().as_str(), format!("INC-{n:06}"));
+        }
         assert_eq!(IncidentId::parse("INC-000042"), Some(IncidentId(42)));
     }
 }
