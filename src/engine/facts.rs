@@ -40,26 +40,35 @@ impl IdText {
     }
 }
 
+/// Digits of `n`, at least `width` of them (zero-padded), at the end of `buf`.
+pub(crate) fn digits(buf: &mut [u8; 20], mut n: u64, width: usize) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    while buf.len() - i < width {
+        i -= 1;
+        buf[i] = b'0';
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("")
+}
+
 impl IncidentId {
     /// The id as shown: `INC-` and at least six digits.
     pub fn text(self) -> IdText {
-        let mut digits = [b'0'; 20];
-        let (mut n, mut i) = (self.0, digits.len());
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let width = (digits.len() - i).max(6);
+        let mut scratch = [0u8; 20];
+        let digits = digits(&mut scratch, self.0, 6).as_bytes();
         let mut buf = [0u8; 24];
         buf[..4].copy_from_slice(b"INC-");
-        buf[4..4 + width].copy_from_slice(&digits[digits.len() - width..]);
+        buf[4..4 + digits.len()].copy_from_slice(digits);
         IdText {
             buf,
-            len: 4 + width,
+            len: 4 + digits.len(),
         }
     }
 

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 
+use facts::digits;
 pub use facts::{Fact, IncidentId, IncidentState, Priority};
 pub use shared::SharedStr;
 use shared::{IncidentSet, Names};
@@ -334,24 +335,6 @@ enum Part<'a> {
     N(u64),
     /// As [`format_duration`] writes it.
     Dur(Millis),
-}
-
-/// Digits of `n`, at least `width` of them (zero-padded), at the end of `buf`.
-fn digits(buf: &mut [u8; 20], mut n: u64, width: usize) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    while buf.len() - i < width {
-        i -= 1;
-        buf[i] = b'0';
-    }
-    std::str::from_utf8(&buf[i..]).unwrap_or("")
 }
 
 fn push_part(out: &mut String, part: Part<'_>) {
