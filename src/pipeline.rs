@@ -163,6 +163,14 @@ enum Command {
         now: Millis,
         done: Reply<()>,
     },
+    /// JetStream ingest is about to consume this stream; see [`Pipeline::attach_stream`].
+    AttachStream {
+        stream: String,
+        created: u64,
+        last: u64,
+        now: Millis,
+        done: Reply<()>,
+    },
 }
 
 /// A silence to create (or to replace `replaces` with), as the Alertmanager API posts it.
@@ -427,6 +435,26 @@ impl Pipeline {
     pub async fn expire_silence(&self, id: String, now: Millis) -> Result<(), PipelineError> {
         self.request(|done| Command::ExpireSilence { id, now, done })
             .await
+    }
+
+    /// Records which JetStream stream ingest consumes (name, creation time in ns, last
+    /// sequence) and waits until that is durable, so consumed sequences of a recreated
+    /// stream, or above a tail the server lost, never make new messages look ingested.
+    pub async fn attach_stream(
+        &self,
+        stream: String,
+        created: u64,
+        last: u64,
+        now: Millis,
+    ) -> Result<(), PipelineError> {
+        self.request(|done| Command::AttachStream {
+            stream,
+            created,
+            last,
+            now,
+            done,
+        })
+        .await
     }
 
     pub async fn tick(&self, now: Millis) -> Result<(), PipelineError> {
@@ -706,12 +734,7 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
                     text: comment.unwrap_or_default(),
                 },
             };
-            match engine.handle(input, &mut batch.facts) {
-                Ok(()) => batch.replies.push(Done::Unit(done)),
-                Err(e) => {
-                    let _ = done.send(Err(e.into()));
-                }
-            }
+            unit_reply(engine.handle(input, &mut batch.facts), done, batch);
         }
         Command::Rules { rules, now, done } => {
             engine.load_rules(*rules, now, &mut batch.facts);
@@ -728,12 +751,7 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
                 source: &source,
                 ops: &ops,
             };
-            match engine.handle(input, &mut batch.facts) {
-                Ok(()) => batch.replies.push(Done::Unit(done)),
-                Err(e) => {
-                    let _ = done.send(Err(e.into()));
-                }
-            }
+            unit_reply(engine.handle(input, &mut batch.facts), done, batch);
         }
         Command::LoadCmdb {
             spec,
@@ -775,12 +793,33 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
             }
         }
         Command::ExpireSilence { id, now, done } => {
-            match engine.handle(Input::ExpireSilence { now, id: &id }, &mut batch.facts) {
-                Ok(()) => batch.replies.push(Done::Unit(done)),
-                Err(e) => {
-                    let _ = done.send(Err(e.into()));
-                }
-            }
+            let input = Input::ExpireSilence { now, id: &id };
+            unit_reply(engine.handle(input, &mut batch.facts), done, batch);
+        }
+        Command::AttachStream {
+            stream,
+            created,
+            last,
+            now,
+            done,
+        } => {
+            let input = Input::AttachStream {
+                now,
+                stream: &stream,
+                created,
+                last,
+            };
+            unit_reply(engine.handle(input, &mut batch.facts), done, batch);
+        }
+    }
+}
+
+/// Answers a command once its facts are durable, or at once with the engine's refusal.
+fn unit_reply(decided: Result<(), CommandError>, done: Reply<()>, batch: &mut Batch) {
+    match decided {
+        Ok(()) => batch.replies.push(Done::Unit(done)),
+        Err(e) => {
+            let _ = done.send(Err(e.into()));
         }
     }
 }

@@ -1445,7 +1445,9 @@ impl ReadModel {
                 }
                 None
             }
-            Fact::RulesLoaded { .. } | Fact::StreamConsumed { .. } => None,
+            Fact::RulesLoaded { .. }
+            | Fact::StreamConsumed { .. }
+            | Fact::StreamAttached { .. } => None,
         };
         let id = touched?;
         let inc = self.incidents.get_mut(&id)?;

@@ -242,6 +242,16 @@ pub enum Fact {
     /// JetStream messages (stream sequences) whose alerts are in the log: a redelivery of one
     /// of them is acknowledged without being ingested twice.
     StreamConsumed { at: Millis, seqs: Vec<u64> },
+    /// Ingest (re)attached to JetStream stream `stream`, created at `created` (ns since the
+    /// epoch), whose last sequence was then `last`. Sequences only identify messages within
+    /// one stream: a recreated stream, or a server that lost its tail, reuses them for new
+    /// messages, so consumed sequences of another stream or above `last` are forgotten.
+    StreamAttached {
+        at: Millis,
+        stream: String,
+        created: u64,
+        last: u64,
+    },
     /// The business services the incident hits (CI ids, sorted).
     ImpactChanged {
         at: Millis,
@@ -275,6 +285,7 @@ impl Fact {
             | Fact::IncidentsMerged { at, .. }
             | Fact::ImpactChanged { at, .. }
             | Fact::StreamConsumed { at, .. }
+            | Fact::StreamAttached { at, .. }
             | Fact::SilenceCreated { at, .. }
             | Fact::SilenceExpired { at, .. } => *at,
         }
@@ -338,6 +349,7 @@ impl Fact {
             Fact::IncidentsMerged { .. } => "incidents_merged",
             Fact::ImpactChanged { .. } => "impact_changed",
             Fact::StreamConsumed { .. } => "stream_consumed",
+            Fact::StreamAttached { .. } => "stream_attached",
             Fact::SilenceCreated { .. } => "silence_created",
             Fact::SilenceExpired { .. } => "silence_expired",
         }

@@ -92,6 +92,14 @@ pub enum Input<'a> {
         now: Millis,
         seqs: &'a [u64],
     },
+    /// JetStream ingest is about to consume `stream` (created at `created` ns since the
+    /// epoch; last sequence `last`).
+    AttachStream {
+        now: Millis,
+        stream: &'a str,
+        created: u64,
+        last: u64,
+    },
     /// Create a silence (replacing `replaces`, as Alertmanager's update does).
     Silence {
         now: Millis,
@@ -209,6 +217,11 @@ pub struct State {
 struct Consumed {
     floor: u64,
     above: BTreeSet<u64>,
+    /// The stream these sequences belong to: (name, created in ns). `None` before the first
+    /// [`Fact::StreamAttached`] (logs written before it existed). Snapshots carry it after
+    /// the state ([`snapshot_codec`]), so it is skipped here.
+    #[serde(skip)]
+    stream: Option<(String, u64)>,
 }
 
 impl Consumed {
@@ -225,6 +238,33 @@ impl Consumed {
             self.above.pop_first();
             self.floor += 1;
         }
+    }
+
+    /// Whether attaching to `stream` (created at `created`, last sequence `last`) would
+    /// forget anything or record a new identity.
+    fn attach_changes(&self, stream: &str, created: u64, last: u64) -> bool {
+        let same = self
+            .stream
+            .as_ref()
+            .is_some_and(|(s, c)| s == stream && *c == created);
+        !same || self.floor > last || self.above.last().is_some_and(|&s| s > last)
+    }
+
+    /// Forgets sequences that cannot name messages of this stream: all of them if it is
+    /// another stream (a log from before identities were recorded is taken to be this one),
+    /// and those above its last sequence, which it will assign again.
+    fn attach(&mut self, stream: &str, created: u64, last: u64) {
+        if self
+            .stream
+            .as_ref()
+            .is_some_and(|(s, c)| s != stream || *c != created)
+        {
+            self.floor = 0;
+            self.above.clear();
+        }
+        self.floor = self.floor.min(last);
+        self.above.retain(|&s| s <= last);
+        self.stream = Some((stream.to_string(), created));
     }
 }
 
@@ -843,6 +883,22 @@ impl Engine {
                     out.push(Fact::StreamConsumed {
                         at: now.max(self.state.now),
                         seqs: fresh,
+                    });
+                }
+                Ok(())
+            }
+            Input::AttachStream {
+                now,
+                stream,
+                created,
+                last,
+            } => {
+                if self.state.consumed.attach_changes(stream, created, last) {
+                    out.push(Fact::StreamAttached {
+                        at: now.max(self.state.now),
+                        stream: stream.to_string(),
+                        created,
+                        last,
                     });
                 }
                 Ok(())
@@ -2027,6 +2083,12 @@ impl Engine {
                     s.consumed.insert(seq);
                 }
             }
+            Fact::StreamAttached {
+                stream,
+                created,
+                last,
+                ..
+            } => s.consumed.attach(stream, *created, *last),
         }
     }
 }

@@ -170,6 +170,7 @@ const T_STREAM_CONSUMED: u8 = 19;
 const T_IMPACT_CHANGED: u8 = 20;
 const T_INCIDENT_CLOSED: u8 = 21;
 const T_ALERT_FORGOTTEN: u8 = 22;
+const T_STREAM_ATTACHED: u8 = 23;
 
 const OP_UPSERT_CI: u8 = 0;
 const OP_REMOVE_CI: u8 = 1;
@@ -554,6 +555,17 @@ fn put_fact(buf: &mut Vec<u8>, fact: &Fact) {
                 put_uvar(buf, *s);
             }
         }
+        Fact::StreamAttached {
+            at,
+            stream,
+            created,
+            last,
+        } => {
+            head(buf, T_STREAM_ATTACHED, *at);
+            put_str(buf, stream);
+            put_uvar(buf, *created);
+            put_uvar(buf, *last);
+        }
         Fact::ImpactChanged {
             at,
             incident,
@@ -863,7 +875,7 @@ impl<'a> Reader<'a> {
     fn fact(&mut self) -> R<Fact> {
         let tag_offset = self.pos;
         let tag = self.u8("fact type")?;
-        if tag > T_ALERT_FORGOTTEN {
+        if tag > T_STREAM_ATTACHED {
             return Err(RecordError::Tag {
                 field: "fact type",
                 tag: tag.into(),
@@ -1001,6 +1013,12 @@ impl<'a> Reader<'a> {
                 }
                 Fact::StreamConsumed { at, seqs }
             }
+            T_STREAM_ATTACHED => Fact::StreamAttached {
+                at,
+                stream: self.string("stream")?,
+                created: self.uvar("created")?,
+                last: self.uvar("last")?,
+            },
             T_IMPACT_CHANGED => {
                 let incident = self.incident("incident")?;
                 let n = self.count("services", 1)?;
@@ -1434,6 +1452,14 @@ mod tests {
             (at, text()).prop_map(|(at, id)| Fact::SilenceExpired { at, id }),
             (at, proptest::collection::vec(any::<u64>(), 0..5))
                 .prop_map(|(at, seqs)| Fact::StreamConsumed { at, seqs }),
+            (at, text(), any::<u64>(), any::<u64>()).prop_map(|(at, stream, created, last)| {
+                Fact::StreamAttached {
+                    at,
+                    stream,
+                    created,
+                    last,
+                }
+            }),
             (at, inc(), proptest::collection::vec(text(), 0..4), text()).prop_map(
                 |(at, incident, services, reason)| Fact::ImpactChanged {
                     at,

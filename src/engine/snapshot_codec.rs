@@ -52,15 +52,22 @@ impl de::Error for CodecError {
     }
 }
 
-/// Appends the binary encoding of `state` to `out`.
+/// Appends the binary encoding of `state` to `out`: the `State` value, then the fields added
+/// since the section's format was fixed (the consumed stream's identity), which a section
+/// written before them simply lacks.
 pub fn write_state(state: &State, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    state.serialize(&mut Encoder { out })
+    let mut e = Encoder { out };
+    state.serialize(&mut e)?;
+    state.consumed.stream.serialize(&mut e)
 }
 
 /// Reads what [`write_state`] wrote; the whole of `bytes` must be the state.
 pub fn read_state(bytes: &[u8]) -> Result<State, CodecError> {
     let mut d = Decoder { bytes, pos: 0 };
     let mut state: State = serde::Deserialize::deserialize(&mut d)?;
+    if d.pos < bytes.len() {
+        state.consumed.stream = serde::Deserialize::deserialize(&mut d)?;
+    }
     state.index_closable();
     match bytes.len() - d.pos {
         0 => Ok(state),
@@ -657,8 +664,15 @@ mod tests {
         let mut buf = Vec::new();
         write_state(&state, &mut buf).expect("encode");
         assert_eq!(read_state(&buf).expect("decode"), state);
+        // Every cut fails except the one that leaves exactly the `State` value, which is how
+        // a section written before stream identities looks.
+        let mut legacy = Vec::new();
+        state
+            .serialize(&mut Encoder { out: &mut legacy })
+            .expect("encode");
         for cut in 0..buf.len() {
-            assert!(read_state(&buf[..cut]).is_err(), "cut at {cut}");
+            let read = read_state(&buf[..cut]);
+            assert_eq!(read.is_ok(), cut == legacy.len(), "cut at {cut}");
         }
         let mut long = buf.clone();
         long.push(0);

@@ -1288,3 +1288,70 @@ fn a_redelivered_message_counts_once_even_beside_its_original() {
     assert_eq!(engine.handle_messages(vec![a], &[(5, 1)], &mut out), 0);
     assert!(out.is_empty(), "{out:?}");
 }
+
+#[test]
+fn attaching_to_a_recreated_or_shortened_stream_forgets_the_sequences_it_will_reuse() {
+    fn attach(engine: &mut Engine, created: u64, last: u64) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let input = Input::AttachStream {
+            now: T0,
+            stream: "ALERTS",
+            created,
+            last,
+        };
+        engine.handle(input, &mut out).expect("attach");
+        kinds(&out)
+    }
+    let mut engine = Engine::new(rules());
+    assert_eq!(attach(&mut engine, 100, 0), ["stream_attached"]);
+    let alerts: Vec<Alert> = (0..11).map(|i| alert(&format!("A{i}"), "db", T0)).collect();
+    let messages: Vec<(u64, usize)> = (1..=10).chain([12]).map(|s| (s, 1)).collect();
+    let mut out = Vec::new();
+    assert_eq!(engine.handle_messages(alerts, &messages, &mut out), 11);
+
+    // The same stream, as long as before: nothing to record.
+    assert!(attach(&mut engine, 100, 12).is_empty());
+    // The server lost its tail: 9.. will be assigned again, so they are no longer consumed.
+    assert_eq!(attach(&mut engine, 100, 8), ["stream_attached"]);
+    let consumed = |e: &Engine| {
+        (1..=12)
+            .filter(|&s| e.state().consumed(s))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(consumed(&engine), (1..=8).collect::<Vec<_>>());
+
+    // A snapshot keeps the identity: the same stream again records nothing after a restore.
+    let mut bytes = Vec::new();
+    crate::engine::snapshot_codec::write_state(engine.state(), &mut bytes).expect("encode");
+    let decoded = crate::engine::snapshot_codec::read_state(&bytes).expect("decode");
+    assert_eq!(&decoded, engine.state());
+    let mut restored = Engine::restore(rules(), decoded);
+    assert!(attach(&mut restored, 100, 8).is_empty());
+
+    // Deleted and created again: its message 1 is new.
+    assert_eq!(attach(&mut restored, 200, 0), ["stream_attached"]);
+    assert!(consumed(&restored).is_empty());
+    let mut out = Vec::new();
+    let again = vec![alert("Fresh", "db", T0)];
+    assert_eq!(restored.handle_messages(again, &[(1, 1)], &mut out), 1);
+}
+
+#[test]
+fn a_snapshot_section_written_before_stream_identities_still_reads() {
+    let mut engine = Engine::new(rules());
+    let mut out = Vec::new();
+    engine.handle_messages(vec![alert("A", "db", T0)], &[(1, 1)], &mut out);
+    let bytes = crate::engine::snapshot_codec::to_vec(engine.state()).expect("encode");
+    let decoded = crate::engine::snapshot_codec::read_state(&bytes).expect("decode");
+    assert!(decoded.consumed(1));
+    // Taken to be the stream it was consumed from: its sequences stay consumed.
+    let mut restored = Engine::restore(rules(), decoded);
+    let input = Input::AttachStream {
+        now: T0,
+        stream: "ALERTS",
+        created: 100,
+        last: 1,
+    };
+    restored.handle(input, &mut out).expect("attach");
+    assert!(restored.state().consumed(1));
+}
