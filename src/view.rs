@@ -313,7 +313,9 @@ impl AlertView {
     }
 
     /// Like [`new`](Self::new), taking the strings out of `alert` (left empty), so a string
-    /// seen for the first time is kept without a copy.
+    /// seen for the first time is kept without a copy. The name and the CI stay: the engine
+    /// reads them when it applies the alert's fact, which a replay does after this (they
+    /// mostly repeat, so interning them rarely copies).
     fn from_alert(alert: &mut Alert, at: Millis) -> AlertView {
         let labels = std::mem::take(&mut alert.labels);
         let annotations = std::mem::take(&mut alert.annotations);
@@ -333,8 +335,8 @@ impl AlertView {
             n_labels,
             dedup_key: alert.dedup_key.take().map(Sym::from_string),
             source: Sym::from_string(std::mem::take(&mut alert.source)),
-            name: Sym::from_string(std::mem::take(&mut alert.name)),
-            ci: alert.ci.take().map(Sym::from_string),
+            name: Sym::new(&alert.name),
+            ci: alert.ci.as_deref().map(Sym::new),
             reason: Sym::new(""),
             summary: alert.summary.take().map(Sym::from_string),
             suppressed: None,
@@ -920,8 +922,9 @@ impl PreparedAlert {
         PreparedAlert(Box::new(AlertView::new(alert, at)))
     }
 
-    /// Like [`new`](Self::new), taking the strings out of `alert` (left empty), for a caller
-    /// done with it: a string seen for the first time is kept without a copy.
+    /// Like [`new`](Self::new), taking the strings out of `alert` (left empty but for its
+    /// name and CI, which the engine still reads), for a caller done with the rest: a string
+    /// seen for the first time is kept without a copy.
     pub fn take(alert: &mut Alert, at: Millis) -> PreparedAlert {
         PreparedAlert(Box::new(AlertView::from_alert(alert, at)))
     }

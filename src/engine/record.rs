@@ -1064,8 +1064,9 @@ struct RawBatch {
 /// Decodes log records on a second thread while the caller's consumer applies them, so a
 /// replay costs max(read + decode, apply) instead of the sum. Feed records in order with
 /// [`DecodePipeline::push`]; decoded batches arrive in order on the sink given to
-/// [`DecodePipeline::start`]; [`DecodePipeline::finish`] flushes and reports the first decode
-/// error, named by its sequence. Dropping the pipeline stops the thread.
+/// [`DecodePipeline::start`] (or, passed through a stage of the caller's, to
+/// [`DecodePipeline::start_with`]); [`DecodePipeline::finish`] flushes and reports the first
+/// decode error, named by its sequence. Dropping the pipeline stops the thread.
 pub struct DecodePipeline {
     raw: RawBatch,
     tx: Option<SyncSender<RawBatch>>,
@@ -1074,10 +1075,20 @@ pub struct DecodePipeline {
 
 impl DecodePipeline {
     pub fn start(sink: SyncSender<FactBatch>) -> Result<DecodePipeline, RecordError> {
+        DecodePipeline::start_with(sink, |facts| facts)
+    }
+
+    /// Like [`start`](Self::start), passing each decoded batch through `stage` on the decode
+    /// thread: work that needs only the facts can run there, beside the decoding, instead of
+    /// on the consumer's thread.
+    pub fn start_with<T: Send + 'static>(
+        sink: SyncSender<T>,
+        stage: impl FnMut(FactBatch) -> T + Send + 'static,
+    ) -> Result<DecodePipeline, RecordError> {
         let (tx, rx) = sync_channel::<RawBatch>(REPLAY_DEPTH);
         let decoder = std::thread::Builder::new()
             .name("incidentd-replay-decode".into())
-            .spawn(move || decode_batches(&rx, &sink))
+            .spawn(move || decode_batches(&rx, &sink, stage))
             .map_err(|e| RecordError::Thread(e.to_string()))?;
         Ok(DecodePipeline {
             raw: RawBatch::default(),
@@ -1132,9 +1143,10 @@ impl DecodePipeline {
     }
 }
 
-fn decode_batches(
+fn decode_batches<T>(
     rx: &Receiver<RawBatch>,
-    sink: &SyncSender<FactBatch>,
+    sink: &SyncSender<T>,
+    mut stage: impl FnMut(FactBatch) -> T,
 ) -> Result<(), RecordError> {
     for raw in rx {
         let mut facts = Vec::with_capacity(raw.seqs.len());
@@ -1147,7 +1159,7 @@ fn decode_batches(
             facts.push((seq, fact));
             start = end;
         }
-        if sink.send(facts).is_err() {
+        if sink.send(stage(facts)).is_err() {
             // The consumer stopped; it knows why.
             return Ok(());
         }
