@@ -208,57 +208,71 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Reads one version 2 snapshot file, checking every length and checksum; the two sections
-/// are verified and decoded on two threads.
+/// Reads one version 2 snapshot file, checking every length and checksum. Each section is
+/// read, verified and decoded on a thread of its own, and its bytes are freed as soon as it
+/// is decoded: reading the whole file into one buffer kept the engine state's bytes (a
+/// third of the file) alive until the read model was decoded too.
 fn load(path: &Path, seq: u64) -> Result<Loaded, SnapshotError> {
-    let bytes = fs::read(path).map_err(io(path))?;
-    if bytes.len() < HEADER_LEN || &bytes[0..8] != MAGIC {
+    use std::os::unix::fs::FileExt;
+
+    let file = File::open(path).map_err(io(path))?;
+    let size = file.metadata().map_err(io(path))?.len();
+    let mut head = [0u8; HEADER_LEN];
+    if size < HEADER_LEN as u64 || file.read_exact_at(&mut head, 0).is_err() || &head[0..8] != MAGIC
+    {
         return Err(format_err(path, "not a snapshot (bad magic or too short)"));
     }
-    let version = le_u32(&bytes[8..12]);
+    let version = le_u32(&head[8..12]);
     if version != SNAPSHOT_VERSION {
         return Err(format_err(
             path,
             format!("snapshot version {version}, this build reads {SNAPSHOT_VERSION}"),
         ));
     }
-    if crc32c::crc32c(&bytes[..48]) != le_u32(&bytes[48..52]) {
+    if crc32c::crc32c(&head[..48]) != le_u32(&head[48..52]) {
         return Err(format_err(path, "header checksum mismatch"));
     }
-    let file_seq = le_u64(&bytes[12..20]);
+    let file_seq = le_u64(&head[12..20]);
     if file_seq != seq {
         return Err(format_err(
             path,
             format!("holds sequence {file_seq}, the name says {seq}"),
         ));
     }
-    let (state_len, view_len) = (le_u64(&bytes[20..28]), le_u64(&bytes[28..36]));
-    let body = (bytes.len() - HEADER_LEN) as u64;
+    let (state_len, view_len) = (le_u64(&head[20..28]), le_u64(&head[28..36]));
+    let body = size - HEADER_LEN as u64;
     if state_len.checked_add(view_len) != Some(body) {
         return Err(format_err(
             path,
             format!("sections of {state_len} + {view_len} bytes, file body has {body}"),
         ));
     }
-    // Both fit in the file, so in usize.
-    let split = HEADER_LEN + state_len as usize;
-    let (state_bytes, view_bytes) = (&bytes[HEADER_LEN..split], &bytes[split..]);
-    let (state_crc, view_crc) = (le_u32(&bytes[36..40]), le_u32(&bytes[40..44]));
+    let (state_crc, view_crc) = (le_u32(&head[36..40]), le_u32(&head[40..44]));
+    let section = |offset: u64, len: u64, crc: u32, name: &str| {
+        let len = usize::try_from(len)
+            .map_err(|_| format_err(path, format!("{name} section too large")))?;
+        let mut bytes = vec![0u8; len];
+        file.read_exact_at(&mut bytes, offset).map_err(io(path))?;
+        if crc32c::crc32c(&bytes) != crc {
+            return Err(format_err(
+                path,
+                format!("{name} section checksum mismatch"),
+            ));
+        }
+        Ok(bytes)
+    };
     let (state, view) = both(
         || {
-            if crc32c::crc32c(state_bytes) != state_crc {
-                return Err(format_err(path, "engine state section checksum mismatch"));
-            }
-            snapshot_codec::read_state(state_bytes).map_err(|source| SnapshotError::State {
+            let bytes = section(HEADER_LEN as u64, state_len, state_crc, "engine state")?;
+            snapshot_codec::read_state(&bytes).map_err(|source| SnapshotError::State {
                 path: path.to_path_buf(),
                 source,
             })
         },
         || {
-            if crc32c::crc32c(view_bytes) != view_crc {
-                return Err(format_err(path, "read model section checksum mismatch"));
-            }
-            ReadModel::read_snapshot(view_bytes).map_err(|source| SnapshotError::View {
+            let offset = HEADER_LEN as u64 + state_len;
+            let bytes = section(offset, view_len, view_crc, "read model")?;
+            ReadModel::read_snapshot(&bytes).map_err(|source| SnapshotError::View {
                 path: path.to_path_buf(),
                 source,
             })
