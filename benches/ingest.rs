@@ -1,7 +1,8 @@
 //! Edge costs per alert: decoding each format (one alert per payload, and batches of 100),
 //! building a received alert's read-model view (interning its texts), fingerprints, and rule
 //! matching. Run with `cargo bench --bench ingest`; `DECODE_PROFILE=N` and
-//! `PREPARE_PROFILE=N` run fixed workloads without criterion, for callgrind.
+//! `PREPARE_PROFILE=N` run fixed workloads without criterion, for callgrind, and
+//! `INTERN_SCALE=N` times interning the texts of N alerts at a replay's scale.
 //!
 //! Payloads are realistic single alerts of about 350 bytes; the throughput is per alert.
 
@@ -209,11 +210,54 @@ fn profile(n: usize) {
     eprintln!("profile: {} alerts prepared", profile_prepare(&batches));
 }
 
+/// `INTERN_SCALE=N`: the texts of N storm alerts (12 each: label keys and values that
+/// repeat, 2,560 CIs and their summaries, one `check` value of its own) interned once, in
+/// log order, as a replay of N received alerts does; prints the time per text. At millions
+/// of alerts the interner's table outgrows the caches, which criterion's small batches on a
+/// warm table never show.
+fn intern_scale(n: usize) {
+    let mut texts: Vec<String> = Vec::with_capacity(n * 12);
+    for k in 0..n {
+        let ci = format!("scale-host-{:04}", (k * 7919) % 2560);
+        let name = format!("Check{}", k % 50);
+        let summary = format!("{ci}: {name} is failing on the storm host with a longer text");
+        texts.extend([
+            "check".to_string(),
+            format!("scale-c{k}"),
+            "dc".into(),
+            "dc1".into(),
+            "team".into(),
+            format!("team-{}", k % 7),
+            "env".into(),
+            "prod".into(),
+            "storm".into(),
+            name,
+            ci,
+            summary,
+        ]);
+    }
+    let count = texts.len();
+    let started = std::time::Instant::now();
+    for t in texts {
+        black_box(Sym::from_string(t));
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "intern_scale: {count} texts of {n} alerts in {:.3} s = {:.1} ns per text",
+        took.as_secs_f64(),
+        took.as_nanos() as f64 / count as f64
+    );
+}
+
 /// Building a received alert's read-model view (interning its strings), as the pipeline does
 /// for every new alert.
 fn prepare(c: &mut Criterion) {
     if let Ok(n) = std::env::var("PREPARE_PROFILE") {
         profile(n.parse().unwrap_or(100));
+        return;
+    }
+    if let Ok(n) = std::env::var("INTERN_SCALE") {
+        intern_scale(n.parse().unwrap_or(3_000_000));
         return;
     }
     fill_interner();
