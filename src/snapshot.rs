@@ -218,8 +218,10 @@ fn load(path: &Path, seq: u64) -> Result<Loaded, SnapshotError> {
     let file = File::open(path).map_err(io(path))?;
     let size = file.metadata().map_err(io(path))?.len();
     let mut head = [0u8; HEADER_LEN];
-    if size < HEADER_LEN as u64 || file.read_exact_at(&mut head, 0).is_err() || &head[0..8] != MAGIC
-    {
+    if size >= HEADER_LEN as u64 {
+        file.read_exact_at(&mut head, 0).map_err(io(path))?;
+    }
+    if size < HEADER_LEN as u64 || &head[0..8] != MAGIC {
         return Err(format_err(path, "not a snapshot (bad magic or too short)"));
     }
     let version = le_u32(&head[8..12]);

@@ -240,25 +240,26 @@ impl Consumed {
         }
     }
 
+    /// Whether the recorded stream is `stream` created at `created`; `None` when no stream
+    /// is recorded yet.
+    fn same_stream(&self, stream: &str, created: u64) -> Option<bool> {
+        let (s, c) = self.stream.as_ref()?;
+        Some(s == stream && *c == created)
+    }
+
     /// Whether attaching to `stream` (created at `created`, last sequence `last`) would
     /// forget anything or record a new identity.
     fn attach_changes(&self, stream: &str, created: u64, last: u64) -> bool {
-        let same = self
-            .stream
-            .as_ref()
-            .is_some_and(|(s, c)| s == stream && *c == created);
-        !same || self.floor > last || self.above.last().is_some_and(|&s| s > last)
+        self.same_stream(stream, created) != Some(true)
+            || self.floor > last
+            || self.above.last().is_some_and(|&s| s > last)
     }
 
     /// Forgets sequences that cannot name messages of this stream: all of them if it is
     /// another stream (a log from before identities were recorded is taken to be this one),
     /// and those above its last sequence, which it will assign again.
     fn attach(&mut self, stream: &str, created: u64, last: u64) {
-        if self
-            .stream
-            .as_ref()
-            .is_some_and(|(s, c)| s != stream || *c != created)
-        {
+        if self.same_stream(stream, created) == Some(false) {
             self.floor = 0;
             self.above.clear();
         }
