@@ -18,7 +18,7 @@ use crate::api::{self, AppState};
 use crate::clock;
 use crate::cmdb::CmdbSpec;
 use crate::config::Config;
-use crate::engine::record::{DecodePipeline, FactBatch, REPLAY_DEPTH, RecordError};
+use crate::engine::record::{DecodePipeline, REPLAY_DEPTH, Record, RecordError, decode_record_ref};
 use crate::engine::{Engine, Fact};
 use crate::eventlog::{EventLog, LogConfig, OpenError};
 use crate::ingest::jetstream::JetStreamIngest;
@@ -343,21 +343,22 @@ enum Shown {
 }
 
 impl Shown {
-    /// On the decode thread: builds received alerts' views.
-    fn prepare(batch: FactBatch) -> Vec<Shown> {
-        let mut shown = Vec::with_capacity(batch.len());
-        for (seq, mut fact) in batch {
-            // The facts are durable and the views are their last use but for the engine's.
-            let view = match &mut fact {
-                Fact::AlertReceived { at, alert } => Some(PreparedAlert::take(alert, *at)),
-                _ => None,
-            };
-            shown.push(match view {
-                Some(view) => Shown::Received(seq, fact, view),
-                None => Shown::Fact(seq, fact),
-            });
-        }
-        shown
+    /// On the decode thread: decodes a record, building a received alert's view straight
+    /// from the record's texts (the facts are durable and the views are their last use but
+    /// for the engine's, which reads only the name and CI).
+    fn decode(seq: u64, record: &[u8]) -> Result<Shown, RecordError> {
+        Ok(match decode_record_ref(record)? {
+            Record::Received { at, alert } => {
+                let view = PreparedAlert::borrowed(&alert, at);
+                let alert = alert.skeleton();
+                Shown::Received(seq, Fact::AlertReceived { at, alert }, view)
+            }
+            Record::Fact(Fact::AlertReceived { at, mut alert }) => {
+                let view = PreparedAlert::take(&mut alert, at);
+                Shown::Received(seq, Fact::AlertReceived { at, alert }, view)
+            }
+            Record::Fact(fact) => Shown::Fact(seq, fact),
+        })
     }
 }
 
@@ -397,7 +398,7 @@ impl Replay {
                 view
             })?;
         Ok(Replay {
-            decode: DecodePipeline::start_with(engine_tx, Shown::prepare)?,
+            decode: DecodePipeline::start_with(engine_tx, Shown::decode)?,
             engine,
             view,
         })

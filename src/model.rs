@@ -406,6 +406,73 @@ pub struct Alert {
     pub received_at: Millis,
 }
 
+/// An alert with its texts borrowed (from a log record, say): replay interns them into the
+/// alert's view straight from the record's bytes, where owned copies would be allocated
+/// only to be freed again, since most texts repeat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertRef<'a> {
+    pub fingerprint: Fingerprint,
+    pub source: &'a str,
+    pub name: &'a str,
+    pub ci: Option<&'a str>,
+    pub severity: Severity,
+    pub status: Status,
+    pub summary: Option<&'a str>,
+    /// Sorted by key, each key once, as in [`Alert::labels`].
+    pub labels: Vec<(&'a str, &'a str)>,
+    /// Sorted by key, each key once.
+    pub annotations: Vec<(&'a str, &'a str)>,
+    pub starts_at: Millis,
+    pub ends_at: Option<Millis>,
+    pub dedup_key: Option<&'a str>,
+    pub received_at: Millis,
+}
+
+impl<'a> From<&'a Alert> for AlertRef<'a> {
+    fn from(a: &'a Alert) -> AlertRef<'a> {
+        let pairs = |m: &'a BTreeMap<String, String>| {
+            m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+        };
+        AlertRef {
+            fingerprint: a.fingerprint,
+            source: &a.source,
+            name: &a.name,
+            ci: a.ci.as_deref(),
+            severity: a.severity,
+            status: a.status,
+            summary: a.summary.as_deref(),
+            labels: pairs(&a.labels),
+            annotations: pairs(&a.annotations),
+            starts_at: a.starts_at,
+            ends_at: a.ends_at,
+            dedup_key: a.dedup_key.as_deref(),
+            received_at: a.received_at,
+        }
+    }
+}
+
+impl AlertRef<'_> {
+    /// The owned alert with only the texts the engine reads when it applies the alert's
+    /// fact (name and CI); the rest are left empty, as after `PreparedAlert::take`.
+    pub fn skeleton(&self) -> Alert {
+        Alert {
+            fingerprint: self.fingerprint,
+            source: String::new(),
+            name: self.name.to_owned(),
+            ci: self.ci.map(str::to_owned),
+            severity: self.severity,
+            status: self.status,
+            summary: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+            dedup_key: None,
+            received_at: self.received_at,
+        }
+    }
+}
+
 /// Parses an RFC 3339 timestamp into milliseconds since the epoch.
 pub fn parse_time(s: &str) -> Option<Millis> {
     chrono::DateTime::parse_from_rfc3339(s)

@@ -18,7 +18,9 @@ use serde::{Serialize, Serializer};
 
 use crate::cmdb::Topology;
 use crate::engine::{Fact, IdTable, IncidentId, IncidentState, Priority};
-use crate::model::{Alert, Fingerprint, FingerprintMap, Millis, Severity, Status, format_time};
+use crate::model::{
+    Alert, AlertRef, Fingerprint, FingerprintMap, Millis, Severity, Status, format_time,
+};
 use crate::silence::Silence;
 
 pub use sym::Sym;
@@ -361,12 +363,13 @@ pub struct AlertView {
 }
 
 impl AlertView {
-    fn new(alert: &Alert, at: Millis) -> AlertView {
+    /// Interns the alert's texts (copying only those seen for the first time).
+    fn new(alert: &AlertRef<'_>, at: Millis) -> AlertView {
         let pairs = alert
             .labels
             .iter()
             .chain(&alert.annotations)
-            .map(|(k, v)| (Sym::new(k), Sym::new(v)))
+            .map(|&(k, v)| (Sym::new(k), Sym::new(v)))
             .collect();
         AlertView {
             fingerprint: alert.fingerprint,
@@ -376,12 +379,12 @@ impl AlertView {
             ends_at: alert.ends_at,
             pairs,
             n_labels: u32::try_from(alert.labels.len()).unwrap_or(u32::MAX),
-            dedup_key: alert.dedup_key.as_deref().map(Sym::new),
-            source: Sym::new(&alert.source),
-            name: Sym::new(&alert.name),
-            ci: alert.ci.as_deref().map(Sym::new),
+            dedup_key: alert.dedup_key.map(Sym::new),
+            source: Sym::new(alert.source),
+            name: Sym::new(alert.name),
+            ci: alert.ci.map(Sym::new),
             reason: Sym::new(""),
-            summary: alert.summary.as_deref().map(Sym::new),
+            summary: alert.summary.map(Sym::new),
             suppressed: None,
             suppressed_by: None,
             severity: alert.severity,
@@ -997,6 +1000,11 @@ pub struct PreparedAlert(Box<AlertView>);
 
 impl PreparedAlert {
     pub fn new(alert: &Alert, at: Millis) -> PreparedAlert {
+        PreparedAlert::borrowed(&AlertRef::from(alert), at)
+    }
+
+    /// From an alert whose texts are borrowed (from a log record: replay).
+    pub fn borrowed(alert: &AlertRef<'_>, at: Millis) -> PreparedAlert {
         PreparedAlert(Box::new(AlertView::new(alert, at)))
     }
 
@@ -1177,7 +1185,7 @@ impl ReadModel {
             Fact::AlertReceived { alert, .. } => {
                 self.homes.insert(
                     alert.fingerprint,
-                    Home::Loose(Box::new(AlertView::new(alert, at))),
+                    Home::Loose(Box::new(AlertView::new(&AlertRef::from(alert), at))),
                 );
                 None
             }
