@@ -473,6 +473,33 @@ impl AlertRef<'_> {
     }
 }
 
+impl AlertRef<'_> {
+    /// The owned alert.
+    pub fn to_alert(&self) -> Alert {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        };
+        Alert {
+            fingerprint: self.fingerprint,
+            source: self.source.to_owned(),
+            name: self.name.to_owned(),
+            ci: self.ci.map(str::to_owned),
+            severity: self.severity,
+            status: self.status,
+            summary: self.summary.map(str::to_owned),
+            labels: map(&self.labels),
+            annotations: map(&self.annotations),
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+            dedup_key: self.dedup_key.map(str::to_owned),
+            received_at: self.received_at,
+        }
+    }
+}
+
 /// Parses an RFC 3339 timestamp into milliseconds since the epoch.
 pub fn parse_time(s: &str) -> Option<Millis> {
     chrono::DateTime::parse_from_rfc3339(s)

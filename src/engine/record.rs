@@ -1613,23 +1613,10 @@ mod tests {
 
     fn borrowed(bytes: &[u8]) -> Result<Fact, String> {
         match decode_record_ref(bytes).map_err(|e| e.to_string())? {
-            Record::Received { at, alert } => {
-                let map = |pairs: &[(&str, &str)]| {
-                    pairs
-                        .iter()
-                        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-                        .collect()
-                };
-                let alert = Alert {
-                    source: alert.source.to_owned(),
-                    summary: alert.summary.map(str::to_owned),
-                    labels: map(&alert.labels),
-                    annotations: map(&alert.annotations),
-                    dedup_key: alert.dedup_key.map(str::to_owned),
-                    ..alert.skeleton()
-                };
-                Ok(Fact::AlertReceived { at, alert })
-            }
+            Record::Received { at, alert } => Ok(Fact::AlertReceived {
+                at,
+                alert: alert.to_alert(),
+            }),
             Record::Fact(fact) => Ok(fact),
         }
     }
