@@ -471,9 +471,7 @@ impl AlertRef<'_> {
             received_at: self.received_at,
         }
     }
-}
 
-impl AlertRef<'_> {
     /// The owned alert.
     pub fn to_alert(&self) -> Alert {
         let map = |pairs: &[(&str, &str)]| {
@@ -483,19 +481,12 @@ impl AlertRef<'_> {
                 .collect()
         };
         Alert {
-            fingerprint: self.fingerprint,
             source: self.source.to_owned(),
-            name: self.name.to_owned(),
-            ci: self.ci.map(str::to_owned),
-            severity: self.severity,
-            status: self.status,
             summary: self.summary.map(str::to_owned),
             labels: map(&self.labels),
             annotations: map(&self.annotations),
-            starts_at: self.starts_at,
-            ends_at: self.ends_at,
             dedup_key: self.dedup_key.map(str::to_owned),
-            received_at: self.received_at,
+            ..self.skeleton()
         }
     }
 }
