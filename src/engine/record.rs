@@ -746,17 +746,14 @@ impl<'a> Reader<'a> {
     }
 
     fn map(&mut self, field: &'static str) -> R<BTreeMap<String, String>> {
-        let n = self.count(field, 2)?;
-        let mut m = BTreeMap::new();
-        for _ in 0..n {
-            let k = self.string(field)?;
-            let v = self.string(field)?;
-            m.insert(k, v);
-        }
-        Ok(m)
+        let pairs = self.pairs(field)?;
+        Ok(pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
     }
 
-    /// [`map`](Self::map) borrowed: pairs sorted by key, a repeated key's last value kept.
+    /// A map's entries borrowed: sorted by key, a repeated key's last value kept.
     fn pairs(&mut self, field: &'static str) -> R<Vec<(&'a str, &'a str)>> {
         let n = self.count(field, 2)?;
         let mut pairs = Vec::with_capacity(n);
@@ -764,7 +761,7 @@ impl<'a> Reader<'a> {
             pairs.push((self.str(field)?, self.str(field)?));
         }
         if !pairs.windows(2).all(|w| w[0].0 < w[1].0) {
-            // Not as this encoder writes maps (sorted, unique): read as `map` does.
+            // Not as this encoder writes maps (sorted, unique): sort, the last value wins.
             let mut m = BTreeMap::new();
             for (k, v) in pairs {
                 m.insert(k, v);
@@ -837,24 +834,10 @@ impl<'a> Reader<'a> {
     }
 
     fn alert(&mut self) -> R<Alert> {
-        Ok(Alert {
-            fingerprint: self.fp("alert fingerprint")?,
-            source: self.string("alert source")?,
-            name: self.string("alert name")?,
-            ci: self.opt_string("alert ci")?,
-            severity: self.severity()?,
-            status: self.status()?,
-            summary: self.opt_string("alert summary")?,
-            labels: self.map("alert labels")?,
-            annotations: self.map("alert annotations")?,
-            starts_at: self.ivar("alert starts_at")?,
-            ends_at: self.opt_time("alert ends_at")?,
-            dedup_key: self.opt_string("alert dedup_key")?,
-            received_at: self.ivar("alert received_at")?,
-        })
+        Ok(self.alert_ref()?.to_alert())
     }
 
-    /// [`alert`](Self::alert) with its texts borrowed from the record.
+    /// An alert with its texts borrowed from the record (replay interns them from there).
     fn alert_ref(&mut self) -> R<AlertRef<'a>> {
         Ok(AlertRef {
             fingerprint: self.fp("alert fingerprint")?,
