@@ -212,7 +212,8 @@ fn profile(n: usize) {
 
 /// `INTERN_SCALE=N`: the texts of N storm alerts (12 each: label keys and values that
 /// repeat, 2,560 CIs and their summaries, one `check` value of its own) interned once, in
-/// log order, as a replay of N received alerts does; prints the time per text. At millions
+/// log order, an alert's texts together as a replay of N received alerts does
+/// (`INTERN_ONE=1`: one by one); prints the time per text. At millions
 /// of alerts the interner's table outgrows the caches, which criterion's small batches on a
 /// warm table never show.
 fn intern_scale(n: usize) {
@@ -237,13 +238,26 @@ fn intern_scale(n: usize) {
         ]);
     }
     let count = texts.len();
+    let one_by_one = std::env::var("INTERN_ONE").is_ok_and(|v| v == "1");
     let started = std::time::Instant::now();
-    for t in texts {
-        black_box(Sym::from_string(t));
+    if one_by_one {
+        for t in texts {
+            black_box(Sym::from_string(t));
+        }
+    } else {
+        let (mut alert, mut syms) = (Vec::with_capacity(12), Vec::with_capacity(12));
+        for texts in texts.chunks(12) {
+            alert.clear();
+            alert.extend(texts.iter().map(String::as_str));
+            syms.clear();
+            Sym::many(&alert, &mut syms);
+            black_box(&syms);
+        }
     }
     let took = started.elapsed();
     eprintln!(
-        "intern_scale: {count} texts of {n} alerts in {:.3} s = {:.1} ns per text",
+        "intern_scale ({}): {count} texts of {n} alerts in {:.3} s = {:.1} ns per text",
+        if one_by_one { "one by one" } else { "per alert" },
         took.as_secs_f64(),
         took.as_nanos() as f64 / count as f64
     );

@@ -337,8 +337,9 @@ pub struct Replay {
 // allocation per fact.
 #[allow(clippy::large_enum_variant)]
 enum Shown {
-    /// An `AlertReceived` fact and its view, built from the strings the engine does not read.
-    Received(u64, Fact, PreparedAlert),
+    /// An `AlertReceived` fact and its view, built from the strings the engine does not read
+    /// (taken by the read model, which hands the rest back to be freed).
+    Received(u64, Fact, Option<PreparedAlert>),
     Fact(u64, Fact),
 }
 
@@ -351,16 +352,19 @@ impl Shown {
             Record::Received { at, alert } => {
                 let view = PreparedAlert::borrowed(&alert, at);
                 let alert = alert.skeleton();
-                Shown::Received(seq, Fact::AlertReceived { at, alert }, view)
+                Shown::Received(seq, Fact::AlertReceived { at, alert }, Some(view))
             }
             Record::Fact(Fact::AlertReceived { at, mut alert }) => {
                 let view = PreparedAlert::take(&mut alert, at);
-                Shown::Received(seq, Fact::AlertReceived { at, alert }, view)
+                Shown::Received(seq, Fact::AlertReceived { at, alert }, Some(view))
             }
             Record::Fact(fact) => Shown::Fact(seq, fact),
         })
     }
 }
+
+/// How often (in records) the replay's decode thread frees the facts applied since.
+const SPENT_EVERY: u64 = 256;
 
 impl Replay {
     pub fn start(mut engine: Engine, mut view: ReadModel) -> anyhow::Result<Replay> {
@@ -380,25 +384,39 @@ impl Replay {
                 }
                 engine
             })?;
+        // Applied facts go back to the decode thread to be freed: their strings were
+        // allocated there, and mimalloc frees another thread's block through an atomic list
+        // that both threads then pay for (a quarter of the read-model thread's time).
+        let (spent_tx, spent_rx) = std::sync::mpsc::sync_channel::<Vec<Shown>>(4 * REPLAY_DEPTH);
         let view = std::thread::Builder::new()
             .name("incidentd-replay-view".into())
             .spawn(move || {
-                for batch in view_rx {
-                    for shown in batch {
+                for mut batch in view_rx {
+                    for shown in &mut batch {
                         match shown {
                             Shown::Received(seq, fact, alert) => {
-                                view.apply_received(seq, fact.at(), alert);
+                                if let Some(alert) = alert.take() {
+                                    view.apply_received(*seq, fact.at(), alert);
+                                }
                             }
                             Shown::Fact(seq, fact) => {
-                                view.apply(seq, &fact);
+                                view.apply(*seq, fact);
                             }
                         }
                     }
+                    // Full (the decoder is behind) or gone (it is done): freed here then.
+                    let _ = spent_tx.try_send(batch);
                 }
                 view
             })?;
+        let decode = move |seq: u64, record: &[u8]| {
+            if seq % SPENT_EVERY == 0 {
+                spent_rx.try_iter().for_each(drop);
+            }
+            Shown::decode(seq, record)
+        };
         Ok(Replay {
-            decode: DecodePipeline::start_with(engine_tx, Shown::decode)?,
+            decode: DecodePipeline::start_with(engine_tx, decode)?,
             engine,
             view,
         })

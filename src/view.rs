@@ -10,6 +10,7 @@
 //! reasons repeat across alerts), labels and annotations are one sorted boxed slice per alert,
 //! and timeline entries keep the interned parts of their text and render it when asked.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -54,7 +55,7 @@ mod sym {
     use std::fmt;
     use std::hash::BuildHasher;
     use std::num::NonZeroU32;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
     use std::sync::{LazyLock, Mutex, OnceLock};
 
     /// An interned string: 4 bytes in place of a `String` (24 bytes plus a heap block), and
@@ -108,8 +109,9 @@ mod sym {
 
         /// Makes room for one more symbol, doubling (and refiling every slot) at three
         /// quarters full: a miss then probes ~8 slots of 8 bytes, one or two cache lines.
-        /// (Half full measured slower at 3M alerts: the larger table misses more.)
-        fn reserve(&mut self) {
+        /// (Half full measured slower at 3M alerts: the larger table misses more.) A new
+        /// table is published to `home` for [`prefetch`].
+        fn reserve(&mut self, home: &Home) {
             if (self.len + 1) * 4 <= self.slots.len() * 3 {
                 return;
             }
@@ -123,7 +125,38 @@ mod sym {
                 }
                 self.slots[i] = slot;
             }
+            home.mask.store(mask, Ordering::Relaxed);
+            home.slots.store(self.slots.as_mut_ptr(), Ordering::Relaxed);
         }
+    }
+
+    /// Where a shard's slots are, readable without its lock, for prefetching only: a reader
+    /// may pair a stale pointer with a fresh mask, which a prefetch (a hint that never
+    /// faults) tolerates and a load would not.
+    struct Home {
+        slots: AtomicPtr<u64>,
+        mask: AtomicUsize,
+    }
+
+    /// Asks the CPU to start loading the home slot of the text hashed `h`, so that the
+    /// probes of several texts overlap their cache misses instead of taking them one by one
+    /// (the shard's lock, a locked instruction, would otherwise order them).
+    fn prefetch(h: u64) {
+        let home = &TABLE.homes[(h >> 32) as usize % SHARDS];
+        let slots = home.slots.load(Ordering::Relaxed);
+        if slots.is_null() {
+            return;
+        }
+        let at = slots.wrapping_add(Shard::home(h as u32, home.mask.load(Ordering::Relaxed)));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch only hints at the caches: it reads nothing into the program,
+        // never faults, and any address is allowed.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(at.cast());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = at;
     }
 
     struct Table {
@@ -133,6 +166,8 @@ mod sym {
         len: AtomicU32,
         /// Symbols by the hash of their text.
         shards: Box<[Mutex<Shard>]>,
+        /// Each shard's slots, for [`prefetch`].
+        homes: Box<[Home]>,
         /// Seeded per process: label values are the pushers' choice, collisions must not be.
         hasher: foldhash::fast::RandomState,
     }
@@ -141,6 +176,12 @@ mod sym {
         chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
         len: AtomicU32::new(0),
         shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        homes: (0..SHARDS)
+            .map(|_| Home {
+                slots: AtomicPtr::new(std::ptr::null_mut()),
+                mask: AtomicUsize::new(0),
+            })
+            .collect(),
         hasher: foldhash::fast::RandomState::default(),
     });
 
@@ -178,20 +219,49 @@ mod sym {
 
     /// Finds `text`, or makes it a new symbol, keeping the buffer of an owned `text`.
     fn intern<S: AsRef<str> + Into<Box<str>>>(text_in: S) -> Sym {
-        let s = text_in.as_ref();
-        let h = hash(s);
-        let slot = h as usize % RECENT;
-        let (seen, raw) = RECENTLY.try_with(|r| r[slot].get()).unwrap_or((0, 0));
-        if let Some(sym) = NonZeroU32::new(raw).map(Sym)
-            && seen == h
-            && text(sym) == Some(s)
-        {
-            return sym;
-        }
+        let h = hash(text_in.as_ref());
+        recent(text_in.as_ref(), h).unwrap_or_else(|| intern_missed(text_in, h))
+    }
+
+    /// The symbol of `s` (hashed `h`) if the thread's cache holds it.
+    fn recent(s: &str, h: u64) -> Option<Sym> {
+        let (seen, raw) = RECENTLY
+            .try_with(|r| r[h as usize % RECENT].get())
+            .unwrap_or((0, 0));
+        let sym = NonZeroU32::new(raw).map(Sym)?;
+        (seen == h && text(sym) == Some(s)).then_some(sym)
+    }
+
+    /// [`intern`] after the thread's cache missed: the shared table, then the cache.
+    fn intern_missed<S: AsRef<str> + Into<Box<str>>>(text_in: S, h: u64) -> Sym {
         let sym = intern_shared(text_in, h);
         // Fails only while the thread exits: the next call then takes the shared path.
-        let _ = RECENTLY.try_with(|r| r[slot].set((h, sym.0.get())));
+        let _ = RECENTLY.try_with(|r| r[h as usize % RECENT].set((h, sym.0.get())));
         sym
+    }
+
+    /// Texts interned together by [`Sym::many`]: more go one by one.
+    const BATCH: usize = 32;
+
+    /// Interns `texts` into `out` in order, as [`intern`] would one by one, but first hashes
+    /// them all and prefetches the shared slots of those the thread's cache lacks, so an
+    /// alert's few new or rare texts cost about one cache miss together, not one each.
+    fn many<S: AsRef<str> + Into<Box<str>>>(texts: Vec<S>, out: &mut Vec<Sym>) {
+        let mut rest = texts.into_iter();
+        while !rest.as_slice().is_empty() {
+            let mut found = [(0u64, None::<Sym>); BATCH];
+            for (f, s) in found.iter_mut().zip(rest.as_slice()) {
+                let s = s.as_ref();
+                let h = hash(s);
+                let sym = recent(s, h);
+                if sym.is_none() {
+                    prefetch(h);
+                }
+                *f = (h, sym);
+            }
+            let group = found.iter().zip(rest.by_ref().take(BATCH));
+            out.extend(group.map(|(&(h, sym), s)| sym.unwrap_or_else(|| intern_missed(s, h))));
+        }
     }
 
     /// [`intern`] past the thread's cache: the table all threads share.
@@ -201,7 +271,7 @@ mod sym {
         let shard = &TABLE.shards[(h >> 32) as usize % SHARDS];
         let mut ids = shard.lock().unwrap_or_else(|e| e.into_inner());
         let lo = h as u32;
-        ids.reserve();
+        ids.reserve(&TABLE.homes[(h >> 32) as usize % SHARDS]);
         let free = match ids.find(lo, s) {
             Ok(sym) => return sym,
             Err(free) => free,
@@ -236,6 +306,13 @@ mod sym {
         /// Interns `s`, keeping its buffer if it is new.
         pub fn from_string(s: String) -> Sym {
             intern(s)
+        }
+
+        /// Interns `texts` into `out`, in order: the same symbols as [`Sym::new`] (or
+        /// [`Sym::from_string`]) one by one, with the cache misses of the texts seen rarely
+        /// overlapped.
+        pub fn many<S: AsRef<str> + Into<Box<str>>>(texts: Vec<S>, out: &mut Vec<Sym>) {
+            many(texts, out);
         }
 
         pub fn as_str(self) -> &'static str {
@@ -362,35 +439,79 @@ pub struct AlertView {
     pub flapping: bool,
 }
 
-impl AlertView {
-    /// Interns the alert's texts (copying only those seen for the first time).
-    fn new(alert: &AlertRef<'_>, at: Millis) -> AlertView {
-        let pairs = alert
-            .labels
-            .iter()
-            .chain(&alert.annotations)
-            .map(|&(k, v)| (Sym::new(k), Sym::new(v)))
-            .collect();
+/// Which texts a received alert has, in the order its view interns them together
+/// ([`Sym::many`]): source, name, then CI, summary and dedup key if present, then the label
+/// and annotation pairs, key before value.
+struct Layout {
+    ci: bool,
+    summary: bool,
+    dedup_key: bool,
+    labels: usize,
+    pairs: usize,
+}
+
+impl Layout {
+    fn texts<S>(&self) -> Vec<S> {
+        Vec::with_capacity(5 + 2 * self.pairs)
+    }
+
+    /// The view of a new alert whose texts are `texts`, in this layout.
+    fn view<S: AsRef<str> + Into<Box<str>>>(
+        &self,
+        texts: Vec<S>,
+        fingerprint: Fingerprint,
+        severity: Severity,
+        status: Status,
+        at: Millis,
+        ends_at: Option<Millis>,
+    ) -> AlertView {
+        let mut syms = Vec::with_capacity(texts.len());
+        Sym::many(texts, &mut syms);
+        let mut syms = syms.into_iter();
+        let mut next = || syms.next().unwrap_or_else(|| Sym::new(""));
+        let (source, name) = (next(), next());
+        let mut opt = |present: bool| present.then(&mut next);
+        let (ci, summary, dedup_key) = (opt(self.ci), opt(self.summary), opt(self.dedup_key));
+        let pairs = (0..self.pairs).map(|_| (next(), next())).collect();
         AlertView {
-            fingerprint: alert.fingerprint,
+            fingerprint,
             count: 1,
             first_seen: at,
             last_seen: at,
-            ends_at: alert.ends_at,
+            ends_at,
             pairs,
-            n_labels: u32::try_from(alert.labels.len()).unwrap_or(u32::MAX),
-            dedup_key: alert.dedup_key.map(Sym::new),
-            source: Sym::new(alert.source),
-            name: Sym::new(alert.name),
-            ci: alert.ci.map(Sym::new),
+            n_labels: u32::try_from(self.labels).unwrap_or(u32::MAX),
+            dedup_key,
+            source,
+            name,
+            ci,
             reason: Sym::new(""),
-            summary: alert.summary.map(Sym::new),
+            summary,
             suppressed: None,
             suppressed_by: None,
-            severity: alert.severity,
-            status: alert.status,
+            severity,
+            status,
             flapping: false,
         }
+    }
+}
+
+impl AlertView {
+    /// Interns the alert's texts (copying only those seen for the first time).
+    fn new(alert: &AlertRef<'_>, at: Millis) -> AlertView {
+        let layout = Layout {
+            ci: alert.ci.is_some(),
+            summary: alert.summary.is_some(),
+            dedup_key: alert.dedup_key.is_some(),
+            labels: alert.labels.len(),
+            pairs: alert.labels.len() + alert.annotations.len(),
+        };
+        let mut texts = layout.texts();
+        texts.extend([alert.source, alert.name]);
+        texts.extend([alert.ci, alert.summary, alert.dedup_key].into_iter().flatten());
+        let pairs = alert.labels.iter().chain(&alert.annotations);
+        texts.extend(pairs.flat_map(|&(k, v)| [k, v]));
+        layout.view(texts, alert.fingerprint, alert.severity, alert.status, at, alert.ends_at)
     }
 
     /// Like [`new`](Self::new), taking the strings out of `alert` (left empty), so a string
@@ -400,32 +521,25 @@ impl AlertView {
     fn from_alert(alert: &mut Alert, at: Millis) -> AlertView {
         let labels = std::mem::take(&mut alert.labels);
         let annotations = std::mem::take(&mut alert.annotations);
-        let n_labels = u32::try_from(labels.len()).unwrap_or(u32::MAX);
-        let pairs = labels
-            .into_iter()
-            .chain(annotations)
-            .map(|(k, v)| (Sym::from_string(k), Sym::from_string(v)))
-            .collect();
-        AlertView {
-            fingerprint: alert.fingerprint,
-            count: 1,
-            first_seen: at,
-            last_seen: at,
-            ends_at: alert.ends_at,
-            pairs,
-            n_labels,
-            dedup_key: alert.dedup_key.take().map(Sym::from_string),
-            source: Sym::from_string(std::mem::take(&mut alert.source)),
-            name: Sym::new(&alert.name),
-            ci: alert.ci.as_deref().map(Sym::new),
-            reason: Sym::new(""),
-            summary: alert.summary.take().map(Sym::from_string),
-            suppressed: None,
-            suppressed_by: None,
-            severity: alert.severity,
-            status: alert.status,
-            flapping: false,
-        }
+        let layout = Layout {
+            ci: alert.ci.is_some(),
+            summary: alert.summary.is_some(),
+            dedup_key: alert.dedup_key.is_some(),
+            labels: labels.len(),
+            pairs: labels.len() + annotations.len(),
+        };
+        let mut texts = layout.texts();
+        texts.extend([
+            Cow::Owned(std::mem::take(&mut alert.source)),
+            Cow::Borrowed(alert.name.as_str()),
+        ]);
+        texts.extend(alert.ci.as_deref().map(Cow::Borrowed));
+        texts.extend(alert.summary.take().map(Cow::Owned));
+        texts.extend(alert.dedup_key.take().map(Cow::Owned));
+        let pairs = labels.into_iter().chain(annotations);
+        texts.extend(pairs.flat_map(|(k, v)| [Cow::Owned(k), Cow::Owned(v)]));
+        let (fingerprint, severity, status) = (alert.fingerprint, alert.severity, alert.status);
+        layout.view(texts, fingerprint, severity, status, at, alert.ends_at)
     }
 
     pub fn dedup_key(&self) -> Option<&'static str> {
