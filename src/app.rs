@@ -410,7 +410,7 @@ impl Replay {
                 view
             })?;
         let decode = move |seq: u64, record: &[u8]| {
-            if seq % SPENT_EVERY == 0 {
+            if seq.is_multiple_of(SPENT_EVERY) {
                 spent_rx.try_iter().for_each(drop);
             }
             Shown::decode(seq, record)
