@@ -249,7 +249,8 @@ fn intern_scale(n: usize) {
         for texts in texts.chunks(12) {
             syms.clear();
             // A vector per alert, as the read model's views build.
-            Sym::many(texts.iter().map(String::as_str).collect(), &mut syms);
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            Sym::many(&texts, &mut syms);
             black_box(&syms);
         }
     }

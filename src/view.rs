@@ -10,7 +10,6 @@
 //! reasons repeat across alerts), labels and annotations are one sorted boxed slice per alert,
 //! and timeline entries keep the interned parts of their text and render it when asked.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -246,12 +245,10 @@ mod sym {
     /// Interns `texts` into `out` in order, as [`intern`] would one by one, but first hashes
     /// them all and prefetches the shared slots of those the thread's cache lacks, so an
     /// alert's few new or rare texts cost about one cache miss together, not one each.
-    fn many<S: AsRef<str> + Into<Box<str>>>(texts: Vec<S>, out: &mut Vec<Sym>) {
-        let mut rest = texts.into_iter();
-        while !rest.as_slice().is_empty() {
+    fn many(texts: &[&str], out: &mut Vec<Sym>) {
+        for group in texts.chunks(BATCH) {
             let mut found = [(0u64, None::<Sym>); BATCH];
-            for (f, s) in found.iter_mut().zip(rest.as_slice()) {
-                let s = s.as_ref();
+            for (f, s) in found.iter_mut().zip(group) {
                 let h = hash(s);
                 let sym = recent(s, h);
                 if sym.is_none() {
@@ -259,8 +256,8 @@ mod sym {
                 }
                 *f = (h, sym);
             }
-            let group = found.iter().zip(rest.by_ref().take(BATCH));
-            out.extend(group.map(|(&(h, sym), s)| sym.unwrap_or_else(|| intern_missed(s, h))));
+            let group = found.iter().zip(group);
+            out.extend(group.map(|(&(h, sym), s)| sym.unwrap_or_else(|| intern_missed(*s, h))));
         }
     }
 
@@ -308,10 +305,9 @@ mod sym {
             intern(s)
         }
 
-        /// Interns `texts` into `out`, in order: the same symbols as [`Sym::new`] (or
-        /// [`Sym::from_string`]) one by one, with the cache misses of the texts seen rarely
-        /// overlapped.
-        pub fn many<S: AsRef<str> + Into<Box<str>>>(texts: Vec<S>, out: &mut Vec<Sym>) {
+        /// Interns `texts` into `out`, in order: the same symbols as [`Sym::new`] one by
+        /// one, with the cache misses of the texts seen rarely overlapped.
+        pub fn many(texts: &[&str], out: &mut Vec<Sym>) {
             many(texts, out);
         }
 
@@ -392,7 +388,7 @@ mod sym {
         }
 
         /// Interning together gives what interning one by one gives, in order: texts new and
-        /// known, repeated within one group, owned or borrowed, more than one group's worth.
+        /// known, repeated within one group, more than one group's worth.
         #[test]
         fn interning_together_matches_one_by_one() {
             let known: Vec<String> = (0..40).map(|i| format!("many-known-{i}")).collect();
@@ -400,13 +396,13 @@ mod sym {
             let mut texts: Vec<String> = (0..70).map(|i| format!("many-new-{}", i % 50)).collect();
             texts.extend(known.iter().cloned());
             texts.push(String::new());
-            let mut borrowed = Vec::new();
-            Sym::many(texts.iter().map(String::as_str).collect(), &mut borrowed);
-            let mut owned = Vec::new();
-            Sym::many(texts.clone(), &mut owned);
+            let mut together = Vec::new();
+            Sym::many(
+                &texts.iter().map(String::as_str).collect::<Vec<_>>(),
+                &mut together,
+            );
             let by_one: Vec<Sym> = texts.iter().map(|w| Sym::new(w)).collect();
-            assert_eq!(borrowed, by_one);
-            assert_eq!(owned, by_one);
+            assert_eq!(together, by_one);
             assert_eq!(&by_one[70..110], &one[..]);
             assert_eq!(by_one[0], by_one[50]);
             for (w, s) in texts.iter().zip(&by_one) {
@@ -462,74 +458,13 @@ pub struct AlertView {
     pub flapping: bool,
 }
 
-/// Which texts a received alert has, in the order its view interns them together
-/// ([`Sym::many`]): source, name, then CI, summary and dedup key if present, then the label
-/// and annotation pairs, key before value.
-struct Layout {
-    ci: bool,
-    summary: bool,
-    dedup_key: bool,
-    labels: usize,
-    pairs: usize,
-}
-
-impl Layout {
-    fn texts<S>(&self) -> Vec<S> {
-        Vec::with_capacity(5 + 2 * self.pairs)
-    }
-
-    /// The view of a new alert whose texts are `texts`, in this layout.
-    fn view<S: AsRef<str> + Into<Box<str>>>(
-        &self,
-        texts: Vec<S>,
-        fingerprint: Fingerprint,
-        severity: Severity,
-        status: Status,
-        at: Millis,
-        ends_at: Option<Millis>,
-    ) -> AlertView {
-        let mut syms = Vec::with_capacity(texts.len());
-        Sym::many(texts, &mut syms);
-        let mut syms = syms.into_iter();
-        let mut next = || syms.next().unwrap_or_else(|| Sym::new(""));
-        let (source, name) = (next(), next());
-        let mut opt = |present: bool| present.then(&mut next);
-        let (ci, summary, dedup_key) = (opt(self.ci), opt(self.summary), opt(self.dedup_key));
-        let pairs = (0..self.pairs).map(|_| (next(), next())).collect();
-        AlertView {
-            fingerprint,
-            count: 1,
-            first_seen: at,
-            last_seen: at,
-            ends_at,
-            pairs,
-            n_labels: u32::try_from(self.labels).unwrap_or(u32::MAX),
-            dedup_key,
-            source,
-            name,
-            ci,
-            reason: Sym::new(""),
-            summary,
-            suppressed: None,
-            suppressed_by: None,
-            severity,
-            status,
-            flapping: false,
-        }
-    }
-}
-
 impl AlertView {
-    /// Interns the alert's texts (copying only those seen for the first time).
+    /// Interns the alert's texts (copying only those seen for the first time), all together
+    /// ([`Sym::many`]): a replay's table is far larger than the caches, and an alert's rare
+    /// texts (its own label values, its summary) then miss in it together, not one by one.
     fn new(alert: &AlertRef<'_>, at: Millis) -> AlertView {
-        let layout = Layout {
-            ci: alert.ci.is_some(),
-            summary: alert.summary.is_some(),
-            dedup_key: alert.dedup_key.is_some(),
-            labels: alert.labels.len(),
-            pairs: alert.labels.len() + alert.annotations.len(),
-        };
-        let mut texts = layout.texts();
+        let n_pairs = alert.labels.len() + alert.annotations.len();
+        let mut texts = Vec::with_capacity(2 * n_pairs + 5);
         texts.extend([alert.source, alert.name]);
         texts.extend(
             [alert.ci, alert.summary, alert.dedup_key]
@@ -538,42 +473,70 @@ impl AlertView {
         );
         let pairs = alert.labels.iter().chain(&alert.annotations);
         texts.extend(pairs.flat_map(|&(k, v)| [k, v]));
-        layout.view(
-            texts,
-            alert.fingerprint,
-            alert.severity,
-            alert.status,
-            at,
-            alert.ends_at,
-        )
+        let mut syms = Vec::with_capacity(texts.len());
+        Sym::many(&texts, &mut syms);
+        let mut syms = syms.into_iter();
+        let mut next = || syms.next().unwrap_or_else(|| Sym::new(""));
+        let (source, name) = (next(), next());
+        let mut opt = |text: Option<&str>| text.map(|_| next());
+        let (ci, summary, dedup_key) = (opt(alert.ci), opt(alert.summary), opt(alert.dedup_key));
+        AlertView {
+            fingerprint: alert.fingerprint,
+            count: 1,
+            first_seen: at,
+            last_seen: at,
+            ends_at: alert.ends_at,
+            pairs: (0..n_pairs).map(|_| (next(), next())).collect(),
+            n_labels: u32::try_from(alert.labels.len()).unwrap_or(u32::MAX),
+            dedup_key,
+            source,
+            name,
+            ci,
+            reason: Sym::new(""),
+            summary,
+            suppressed: None,
+            suppressed_by: None,
+            severity: alert.severity,
+            status: alert.status,
+            flapping: false,
+        }
     }
 
     /// Like [`new`](Self::new), taking the strings out of `alert` (left empty), so a string
     /// seen for the first time is kept without a copy. The name and the CI stay: the engine
     /// reads them when it applies the alert's fact, which a replay does after this (they
-    /// mostly repeat, so interning them rarely copies).
+    /// mostly repeat, so interning them rarely copies). One by one: live, the table is
+    /// mostly cached, and the vectors [`new`](Self::new) builds would cost more than they
+    /// save.
     fn from_alert(alert: &mut Alert, at: Millis) -> AlertView {
         let labels = std::mem::take(&mut alert.labels);
         let annotations = std::mem::take(&mut alert.annotations);
-        let layout = Layout {
-            ci: alert.ci.is_some(),
-            summary: alert.summary.is_some(),
-            dedup_key: alert.dedup_key.is_some(),
-            labels: labels.len(),
-            pairs: labels.len() + annotations.len(),
-        };
-        let mut texts = layout.texts();
-        texts.extend([
-            Cow::Owned(std::mem::take(&mut alert.source)),
-            Cow::Borrowed(alert.name.as_str()),
-        ]);
-        texts.extend(alert.ci.as_deref().map(Cow::Borrowed));
-        texts.extend(alert.summary.take().map(Cow::Owned));
-        texts.extend(alert.dedup_key.take().map(Cow::Owned));
-        let pairs = labels.into_iter().chain(annotations);
-        texts.extend(pairs.flat_map(|(k, v)| [Cow::Owned(k), Cow::Owned(v)]));
-        let (fingerprint, severity, status) = (alert.fingerprint, alert.severity, alert.status);
-        layout.view(texts, fingerprint, severity, status, at, alert.ends_at)
+        let n_labels = u32::try_from(labels.len()).unwrap_or(u32::MAX);
+        let pairs = labels
+            .into_iter()
+            .chain(annotations)
+            .map(|(k, v)| (Sym::from_string(k), Sym::from_string(v)))
+            .collect();
+        AlertView {
+            fingerprint: alert.fingerprint,
+            count: 1,
+            first_seen: at,
+            last_seen: at,
+            ends_at: alert.ends_at,
+            pairs,
+            n_labels,
+            dedup_key: alert.dedup_key.take().map(Sym::from_string),
+            source: Sym::from_string(std::mem::take(&mut alert.source)),
+            name: Sym::new(&alert.name),
+            ci: alert.ci.as_deref().map(Sym::new),
+            reason: Sym::new(""),
+            summary: alert.summary.take().map(Sym::from_string),
+            suppressed: None,
+            suppressed_by: None,
+            severity: alert.severity,
+            status: alert.status,
+            flapping: false,
+        }
     }
 
     pub fn dedup_key(&self) -> Option<&'static str> {
