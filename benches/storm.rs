@@ -14,6 +14,7 @@
 //! cargo bench --bench storm -- memory --alerts 1000000
 //! cargo bench --bench storm -- churn --alerts 200000 --rounds 5   # needs close_after
 //! cargo bench --bench storm -- restart --facts 10000000 --restart-snapshot false
+//! cargo bench --bench storm -- restart --facts 10000000 --repeat 5 --compare /tmp/old-incidentd
 //! STORM_LOG=info STORM_KEEP=1 cargo bench --bench storm -- nats ...   # keep incidentd's log
 //! STORM_INCIDENTD=/tmp/old-incidentd cargo bench --bench storm -- nats ...   # another build
 //! ```
@@ -129,6 +130,17 @@ struct Args {
     /// Run the baseline where a mode has one (memory: Alertmanager; churn: never closing).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     baseline: bool,
+    /// `restart`: time the full replay this many times (with `--compare`, each build that
+    /// many times, interleaved) and report the medians: one run says little on a noisy host.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// `restart`: another `incidentd` binary timed on the same log, its runs interleaved with
+    /// this build's, for an A/B of a change (the ratio of the medians is reported).
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// The binary `start_incidentd` runs, when not [`incidentd_binary`].
+    #[arg(skip)]
+    binary: Option<PathBuf>,
     /// `restart`: also restart from a snapshot (written at shutdown; needs about twice the
     /// state's memory while it is written).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -273,7 +285,7 @@ async fn start_incidentd(
     let path = tmp.join("incidentd.toml");
     std::fs::write(&path, config)?;
     let started = Instant::now();
-    let mut cmd = Command::new(incidentd_binary());
+    let mut cmd = Command::new(args.binary.clone().unwrap_or_else(incidentd_binary));
     cmd.arg("serve").arg("--config").arg(&path);
     if let Some(rules) = rules {
         cmd.arg("--rules").arg(rules);
@@ -1986,24 +1998,68 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     let mut out = Vec::new();
     let mut a = args.clone();
     a.snapshot_every = 0; // replay everything: no snapshot written at shutdown either
-    let (d, ready) = start_incidentd(&a, tmp, &data, None, None).await?;
-    let stat = proc_stat(d.proc.pid());
-    drop(d);
-    let mut o = Outcome {
-        label: format!("restart with {written} facts in the log, no snapshot (full replay)"),
-        elapsed: ready,
-        procs: vec![("incidentd".into(), stat)],
-        ..Outcome::default()
-    };
-    o.notes.push(format!(
-        "log {:.1} MB, {} alerts offered to the generator in {:.1} s; start → /readyz 200 in {:.3} s = {:.0} facts/s replayed (includes process start, rules and CMDB load)",
-        log_bytes as f64 / 1e6,
-        i,
-        gen_time.as_secs_f64(),
-        ready.as_secs_f64(),
-        written as f64 / ready.as_secs_f64()
-    ));
-    out.push(o);
+    let mut builds = vec![("this build".to_string(), a.clone(), Vec::new())];
+    if let Some(other) = &args.compare {
+        let mut b = a.clone();
+        b.binary = Some(other.clone());
+        builds.push((other.display().to_string(), b, Vec::new()));
+    }
+    for round in 0..args.repeat.max(1) {
+        // Alternate which build goes first, so neither always follows the other.
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..builds.len()).collect()
+        } else {
+            (0..builds.len()).rev().collect()
+        };
+        for k in order {
+            let (name, a, times) = &mut builds[k];
+            let (d, ready) = start_incidentd(a, tmp, &data, None, None).await?;
+            let stat = proc_stat(d.proc.pid());
+            drop(d);
+            times.push((ready.as_secs_f64(), stat.cpu_s));
+            let mut o = Outcome {
+                label: format!(
+                    "restart with {written} facts in the log, no snapshot (full replay), {name}"
+                ),
+                elapsed: ready,
+                procs: vec![("incidentd".into(), stat)],
+                ..Outcome::default()
+            };
+            o.notes.push(format!(
+                "log {:.1} MB, {} alerts offered to the generator in {:.1} s; start → /readyz 200 in {:.3} s = {:.0} facts/s replayed (includes process start, rules and CMDB load)",
+                log_bytes as f64 / 1e6,
+                i,
+                gen_time.as_secs_f64(),
+                ready.as_secs_f64(),
+                written as f64 / ready.as_secs_f64()
+            ));
+            out.push(o);
+        }
+    }
+    if args.repeat > 1 || builds.len() > 1 {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mut medians = Vec::new();
+        for (name, _, times) in &builds {
+            let wall = median(times.iter().map(|t| t.0).collect());
+            let cpu = median(times.iter().map(|t| t.1).collect());
+            println!(
+                "full replay, {name}: median {wall:.3} s = {:.0} facts/s, CPU median {cpu:.2} s ({} runs)",
+                written as f64 / wall,
+                times.len()
+            );
+            medians.push((wall, cpu));
+        }
+        if let [(wall_a, cpu_a), (wall_b, cpu_b), ..] = medians[..] {
+            println!(
+                "full replay, this build / compared: wall {:.3}, CPU {:.3}",
+                wall_a / wall_b,
+                cpu_a / cpu_b
+            );
+        }
+    }
 
     if !args.restart_snapshot {
         return Ok(out);
