@@ -1926,6 +1926,19 @@ fn fact_fingerprint(payload: &[u8]) -> Option<Fingerprint> {
 
 /// Writes `facts` facts into a fresh log by running the engine over a storm of alerts (a
 /// mix of new alerts and coalesced repeats), then times incidentd's start until `/readyz`.
+/// Starts incidentd on `data` and stops it once ready: start → `/readyz` and its CPU.
+async fn time_start(a: &Args, tmp: &Path, data: &Path, label: String) -> Res<Outcome> {
+    let (d, ready) = start_incidentd(a, tmp, data, None, None).await?;
+    let stat = proc_stat(d.proc.pid());
+    drop(d);
+    Ok(Outcome {
+        label,
+        elapsed: ready,
+        procs: vec![("incidentd".into(), stat)],
+        ..Outcome::default()
+    })
+}
+
 async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     use incidentd::engine::facts::encode_record;
     use incidentd::engine::{Engine, Input};
@@ -2013,18 +2026,12 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
         };
         for k in order {
             let (name, a, times) = &mut builds[k];
-            let (d, ready) = start_incidentd(a, tmp, &data, None, None).await?;
-            let stat = proc_stat(d.proc.pid());
-            drop(d);
-            times.push((ready.as_secs_f64(), stat.cpu_s));
-            let mut o = Outcome {
-                label: format!(
-                    "restart with {written} facts in the log, no snapshot (full replay), {name}"
-                ),
-                elapsed: ready,
-                procs: vec![("incidentd".into(), stat)],
-                ..Outcome::default()
-            };
+            let label = format!(
+                "restart with {written} facts in the log, no snapshot (full replay), {name}"
+            );
+            let mut o = time_start(a, tmp, &data, label).await?;
+            let ready = o.elapsed;
+            times.push((ready.as_secs_f64(), o.procs[0].1.cpu_s));
             o.notes.push(format!(
                 "log {:.1} MB, {} alerts offered to the generator in {:.1} s; start → /readyz 200 in {:.3} s = {:.0} facts/s replayed (includes process start, rules and CMDB load)",
                 log_bytes as f64 / 1e6,
@@ -2097,19 +2104,12 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
                 .unwrap_or(0)
         })
         .unwrap_or(0);
-    let (d, ready) = start_incidentd(&a, tmp, &data, None, None).await?;
-    let stat = proc_stat(d.proc.pid());
-    drop(d);
-    let mut o = Outcome {
-        label: format!("restart with {written} facts in the log, from a snapshot"),
-        elapsed: ready,
-        procs: vec![("incidentd".into(), stat)],
-        ..Outcome::default()
-    };
+    let label = format!("restart with {written} facts in the log, from a snapshot");
+    let mut o = time_start(&a, tmp, &data, label).await?;
     o.notes.push(format!(
         "snapshot {:.1} MB; start → /readyz 200 in {:.3} s",
         snap_bytes as f64 / 1e6,
-        ready.as_secs_f64()
+        o.elapsed.as_secs_f64()
     ));
     out.push(o);
     Ok(out)
