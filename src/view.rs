@@ -1109,7 +1109,7 @@ enum Home {
 /// so that the thread owning the read model, the pipeline's busiest, only files it. Unboxed:
 /// the read model boxes it, so the box is freed (when the alert joins an incident) by the
 /// thread that allocated it; mimalloc frees another thread's block through an atomic list,
-/// which cost a tenth of the replay's read-model thread.
+/// which cost an eighth of the replay's read-model thread.
 pub struct PreparedAlert(AlertView);
 
 impl PreparedAlert {
