@@ -1924,8 +1924,6 @@ fn fact_fingerprint(payload: &[u8]) -> Option<Fingerprint> {
     Fingerprint::parse(std::str::from_utf8(hex).ok()?)
 }
 
-/// Writes `facts` facts into a fresh log by running the engine over a storm of alerts (a
-/// mix of new alerts and coalesced repeats), then times incidentd's start until `/readyz`.
 /// Starts incidentd on `data` and stops it once ready: start → `/readyz` and its CPU.
 async fn time_start(a: &Args, tmp: &Path, data: &Path, label: String) -> Res<Outcome> {
     let (d, ready) = start_incidentd(a, tmp, data, None, None).await?;
@@ -1939,6 +1937,8 @@ async fn time_start(a: &Args, tmp: &Path, data: &Path, label: String) -> Res<Out
     })
 }
 
+/// Writes `facts` facts into a fresh log by running the engine over a storm of alerts (a
+/// mix of new alerts and coalesced repeats), then times incidentd's start until `/readyz`.
 async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     use incidentd::engine::facts::encode_record;
     use incidentd::engine::{Engine, Input};

@@ -141,7 +141,7 @@ mod sym {
     /// probes of several texts overlap their cache misses instead of taking them one by one
     /// (the shard's lock, a locked instruction, would otherwise order them).
     fn prefetch(h: u64) {
-        let home = &TABLE.homes[(h >> 32) as usize % SHARDS];
+        let home = &TABLE.homes[shard_of(h)];
         let slots = home.slots.load(Ordering::Relaxed);
         if slots.is_null() {
             return;
@@ -186,6 +186,12 @@ mod sym {
 
     fn hash(s: &str) -> u64 {
         TABLE.hasher.hash_one(s)
+    }
+
+    /// The shard of a text hashed `h`: the high half picks it, the low half files the text
+    /// within it.
+    fn shard_of(h: u64) -> usize {
+        (h >> 32) as usize % SHARDS
     }
 
     /// The hash a shard files a text under, from the 32 bits it keeps (`h as u32`; the shard
@@ -264,11 +270,10 @@ mod sym {
     /// [`intern`] past the thread's cache: the table all threads share.
     fn intern_shared<S: AsRef<str> + Into<Box<str>>>(text_in: S, h: u64) -> Sym {
         let s = text_in.as_ref();
-        // The high half picks the shard, the low half files the text within it.
-        let shard = &TABLE.shards[(h >> 32) as usize % SHARDS];
+        let shard = &TABLE.shards[shard_of(h)];
         let mut ids = shard.lock().unwrap_or_else(|e| e.into_inner());
         let lo = h as u32;
-        ids.reserve(&TABLE.homes[(h >> 32) as usize % SHARDS]);
+        ids.reserve(&TABLE.homes[shard_of(h)]);
         let free = match ids.find(lo, s) {
             Ok(sym) => return sym,
             Err(free) => free,
