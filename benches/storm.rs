@@ -145,6 +145,10 @@ struct Args {
     /// state's memory while it is written).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     restart_snapshot: bool,
+    /// `nats`: write each probe's send time (ms from the first probe) and latency (µs) to
+    /// this file, one probe per line, to see when a tail happens, not only how long it is.
+    #[arg(long)]
+    latency_trace: Option<PathBuf>,
     /// Print the results as JSON too.
     #[arg(long)]
     json: bool,
@@ -1098,8 +1102,9 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
     probe_client.flush().await?;
     let pending: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let hist = Arc::new(Mutex::new(histogram()));
+    let trace: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
     let watcher = {
-        let (pending, hist) = (pending.clone(), hist.clone());
+        let (pending, hist, trace) = (pending.clone(), hist.clone(), trace.clone());
         tokio::spawn(async move {
             while let Some(m) = facts.next().await {
                 // Every new alert's attach fact arrives here: a byte search, not a JSON parse,
@@ -1117,6 +1122,10 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .record(us.max(1));
+                    trace
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((sent, us));
                 }
             }
         })
@@ -1152,6 +1161,16 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
     watcher.abort();
     let missing = pending.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
     let hist = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(path) = &args.latency_trace {
+        let mut trace = std::mem::take(&mut *trace.lock().unwrap_or_else(|e| e.into_inner()));
+        trace.sort_unstable();
+        let start = trace.first().map_or(t0, |&(sent, _)| sent);
+        let lines: String = trace
+            .iter()
+            .map(|&(sent, us)| format!("{:.3} {us}\n", (sent - start).as_secs_f64() * 1e3))
+            .collect();
+        std::fs::write(path, lines)?;
+    }
     let accepted = c.received - base.received;
     let rejected = c.rejected - base.rejected;
     let shed = c.shed_nats_messages - base.shed_nats_messages;

@@ -243,13 +243,51 @@ impl Fnv1a {
     }
 }
 
-/// Shards of a [`FingerprintMap`].
-const SHARDS: usize = 64;
+/// Shards of a [`FingerprintMap`] (and of the interner's table).
+pub const SHARDS: usize = 64;
 
-/// A hash map keyed by fingerprint, split into 64 shards so that growing it rehashes one
-/// shard at a time. A single table that doubles at 460k alerts stalls its thread for ~100 ms
-/// while it moves every entry, which is every request's latency for that long; a shard
-/// doubles with 1/64 of the entries. Lookups cost one shift more.
+/// The shard of a uniformly spread 64-bit hash, for tables that grow by doubling shard by
+/// shard. Equal shards fill alike and so all double within a few thousand inserts of each
+/// other, which stalls their thread as long as one big table would (seen at 458k alerts:
+/// the engine spent ~0.5 s in 64 rehashes and the page faults of their new tables). Here
+/// shard `i` gets a share of the keys proportional to 2^(i/64), so at any size the shards'
+/// loads are spread evenly over one doubling, and they double one at a time, each at its own
+/// size. Average load (so memory) stays as with equal shards.
+pub fn staggered_shard(hash: u64) -> usize {
+    STAGGER[(hash >> (64 - STAGGER_BITS)) as usize] as usize
+}
+
+const STAGGER_BITS: u32 = 12;
+
+/// `STAGGER[j]` = ⌊64 · log2(1 + j / 4096)⌋: shard `i` takes the fractions from 2^(i/64) − 1
+/// to 2^((i+1)/64) − 1. Built with 32.32 fixed point (powers of 2^(1/64)).
+static STAGGER: [u8; 1 << STAGGER_BITS] = {
+    const ROOT: u64 = 4_341_736_423; // 2^(1/64) · 2^32, rounded
+    let mut bounds = [0usize; SHARDS];
+    let mut r: u64 = 1 << 32;
+    let mut i = 0;
+    while i < SHARDS {
+        bounds[i] = (((r - (1 << 32)) << STAGGER_BITS) >> 32) as usize;
+        r = ((r as u128 * ROOT as u128) >> 32) as u64;
+        i += 1;
+    }
+    let mut table = [0u8; 1 << STAGGER_BITS];
+    let (mut j, mut shard) = (0, 0);
+    while j < table.len() {
+        while shard + 1 < SHARDS && bounds[shard + 1] <= j {
+            shard += 1;
+        }
+        table[j] = shard as u8;
+        j += 1;
+    }
+    table
+};
+
+/// A hash map keyed by fingerprint, split into [`SHARDS`] shards so that growing it rehashes
+/// one shard at a time. A single table that doubles at 460k alerts stalls its thread for
+/// ~100 ms while it moves every entry, which is every request's latency for that long; a
+/// shard doubles with 1/64 to 1/32 of the entries, and never together with the others
+/// ([`staggered_shard`]). Lookups cost one table read more.
 #[derive(Clone)]
 pub struct FingerprintMap<V> {
     shards: Box<[foldhash::HashMap<Fingerprint, V>]>,
@@ -266,7 +304,7 @@ impl<V> FingerprintMap<V> {
 
     /// Fingerprints are hashes already; the multiply spreads the ones that are not (tests).
     fn shard(fp: &Fingerprint) -> usize {
-        (fp.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize
+        staggered_shard(fp.0.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
     pub fn len(&self) -> usize {
@@ -616,6 +654,59 @@ mod tests {
         let mut c = b.clone();
         c.insert(Fingerprint(7), 71);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn staggered_shards_take_growing_shares() {
+        let mut counts = [0usize; SHARDS];
+        for j in 0..1u64 << STAGGER_BITS {
+            counts[staggered_shard(j << (64 - STAGGER_BITS))] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| n > 0),
+            "every shard used: {counts:?}"
+        );
+        // Shard i's share is 2^(i/64) times the first's: the last has about twice the first.
+        let ratio = counts[SHARDS - 1] as f64 / counts[0] as f64;
+        assert!(
+            (1.9..2.1).contains(&ratio),
+            "last/first {ratio}: {counts:?}"
+        );
+        assert!(counts.windows(2).all(|w| w[1] + 2 >= w[0]), "{counts:?}");
+    }
+
+    /// The point of [`staggered_shard`]: while a map grows, its shards double one at a time,
+    /// spread over each doubling, instead of all within a few thousand inserts.
+    #[test]
+    fn fingerprint_map_shards_grow_one_at_a_time() {
+        let mut map = FingerprintMap::new();
+        let caps = |m: &FingerprintMap<()>| m.shards.iter().map(|s| s.capacity()).collect();
+        let mut before: Vec<usize> = caps(&map);
+        let mut growths = Vec::new();
+        let mut h = 0u64;
+        for n in 1..=400_000u64 {
+            h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            map.insert(Fingerprint(h ^ (h >> 29)), ());
+            if n.is_power_of_two() || n % 64 == 0 {
+                let now: Vec<usize> = caps(&map);
+                let grew = now.iter().zip(&before).filter(|(a, b)| a != b).count();
+                growths.extend(std::iter::repeat_n(n, grew));
+                before = now;
+            }
+        }
+        // From 100k to 400k entries every shard doubles twice: 128 growths in all. Equal
+        // shards would do each round within ~5k inserts; these may not bunch up.
+        let late: Vec<u64> = growths.into_iter().filter(|&n| n > 100_000).collect();
+        assert!((120..=136).contains(&late.len()), "{} growths", late.len());
+        let most_in_5k = late
+            .iter()
+            .map(|&n| late.iter().filter(|&&m| m >= n && m < n + 5_000).count())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            most_in_5k <= 8,
+            "{most_in_5k} shards grew within 5k inserts"
+        );
     }
 
     #[test]

@@ -57,6 +57,8 @@ mod sym {
     use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
     use std::sync::{LazyLock, Mutex, OnceLock};
 
+    use crate::model::{SHARDS, staggered_shard};
+
     /// An interned string: 4 bytes in place of a `String` (24 bytes plus a heap block), and
     /// one copy of the text however many alerts carry it.
     #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,7 +69,6 @@ mod sym {
     /// 2^28 strings in all; past that, new strings read as empty rather than fail.
     const CHUNKS: usize = 1 << 12;
     const MAX: u32 = (CHUNK * CHUNKS) as u32;
-    const SHARDS: usize = 64;
 
     /// `CHUNK` texts, each set once.
     type Chunk = Box<[OnceLock<&'static str>]>;
@@ -141,7 +142,7 @@ mod sym {
     /// probes of several texts overlap their cache misses instead of taking them one by one
     /// (the shard's lock, a locked instruction, would otherwise order them).
     fn prefetch(h: u64) {
-        let home = &TABLE.homes[shard_of(h)];
+        let home = &TABLE.homes[staggered_shard(h)];
         let slots = home.slots.load(Ordering::Relaxed);
         if slots.is_null() {
             return;
@@ -163,7 +164,8 @@ mod sym {
         chunks: Box<[OnceLock<Chunk>]>,
         /// Symbols handed out so far.
         len: AtomicU32,
-        /// Symbols by the hash of their text.
+        /// Symbols by the hash of their text: its high half picks the shard
+        /// ([`staggered_shard`], so shards double one at a time), its low half the slot.
         shards: Box<[Mutex<Shard>]>,
         /// Each shard's slots, for [`prefetch`].
         homes: Box<[Home]>,
@@ -186,12 +188,6 @@ mod sym {
 
     fn hash(s: &str) -> u64 {
         TABLE.hasher.hash_one(s)
-    }
-
-    /// The shard of a text hashed `h`: the high half picks it, the low half files the text
-    /// within it.
-    fn shard_of(h: u64) -> usize {
-        (h >> 32) as usize % SHARDS
     }
 
     /// The hash a shard files a text under, from the 32 bits it keeps (`h as u32`; the shard
@@ -270,10 +266,10 @@ mod sym {
     /// [`intern`] past the thread's cache: the table all threads share.
     fn intern_shared<S: AsRef<str> + Into<Box<str>>>(text_in: S, h: u64) -> Sym {
         let s = text_in.as_ref();
-        let shard = &TABLE.shards[shard_of(h)];
+        let shard = &TABLE.shards[staggered_shard(h)];
         let mut ids = shard.lock().unwrap_or_else(|e| e.into_inner());
         let lo = h as u32;
-        ids.reserve(&TABLE.homes[shard_of(h)]);
+        ids.reserve(&TABLE.homes[staggered_shard(h)]);
         let free = match ids.find(lo, s) {
             Ok(sym) => return sym,
             Err(free) => free,
