@@ -66,7 +66,12 @@ fn main() {
         black_box(&equal);
         drop(equal);
         let mut map = FingerprintMap::new();
-        let ours = report("FingerprintMap", &grow(n, |fp, v| drop(map.insert(fp, v))));
+        let ours = report(
+            "FingerprintMap",
+            &grow(n, |fp, v| {
+                map.insert(fp, v);
+            }),
+        );
         black_box(&map);
         ratios.push(ours as f64 / base as f64);
     }
