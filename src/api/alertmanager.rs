@@ -161,7 +161,7 @@ pub async fn get_groups(
                 .alerts
                 .iter()
                 .filter(|a| a.status == Status::Firing && matches(a, &filter))
-                .map(gettable)
+                .map(|a| gettable(a))
                 .collect();
             (!alerts.is_empty()).then(|| {
                 json!({

@@ -330,7 +330,12 @@ async fn alerts(
         .to_lowercase();
         words.iter().all(|w| hay.contains(w.as_str()))
     };
-    let mut rows: Vec<&AlertView> = inc.alerts.iter().filter(|a| matches(a)).collect();
+    let mut rows: Vec<&AlertView> = inc
+        .alerts
+        .iter()
+        .map(|a| &**a)
+        .filter(|a| matches(a))
+        .collect();
     match q.sort.as_deref() {
         None | Some("") | Some("attached") => {}
         Some("severity") => rows.sort_by_key(|a| std::cmp::Reverse(a.severity)),
