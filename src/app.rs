@@ -19,7 +19,7 @@ use crate::clock;
 use crate::cmdb::CmdbSpec;
 use crate::config::Config;
 use crate::engine::record::{DecodePipeline, REPLAY_DEPTH, Record, RecordError, decode_record_ref};
-use crate::engine::{Engine, Fact};
+use crate::engine::{Engine, Fact, TOUCH_AHEAD};
 use crate::eventlog::{EventLog, LogConfig, OpenError};
 use crate::ingest::jetstream::JetStreamIngest;
 use crate::ingest::nats::NatsIngest;
@@ -344,6 +344,11 @@ enum Shown {
 }
 
 impl Shown {
+    fn fact(&self) -> &Fact {
+        let (Shown::Received(_, fact, _) | Shown::Fact(_, fact)) = self;
+        fact
+    }
+
     /// On the decode thread: decodes a record, building a received alert's view straight
     /// from the record's texts (the facts are durable and the views are their last use but
     /// for the engine's, which reads only the name and CI).
@@ -374,9 +379,10 @@ impl Replay {
             .name("incidentd-replay-engine".into())
             .spawn(move || {
                 for batch in engine_rx {
-                    for shown in &batch {
-                        let (Shown::Received(_, fact, _) | Shown::Fact(_, fact)) = shown;
-                        engine.apply(fact);
+                    for window in batch.chunks(TOUCH_AHEAD) {
+                        let fps = window.iter().filter_map(|s| s.fact().fingerprint());
+                        fps.for_each(|fp| engine.touch(&fp));
+                        window.iter().for_each(|s| engine.apply(s.fact()));
                     }
                     if view_tx.send(batch).is_err() {
                         break;
@@ -392,15 +398,20 @@ impl Replay {
             .name("incidentd-replay-view".into())
             .spawn(move || {
                 for mut batch in view_rx {
-                    for shown in &mut batch {
-                        match shown {
-                            Shown::Received(seq, fact, alert) => {
-                                if let Some(alert) = alert.take() {
-                                    view.apply_received(*seq, fact.at(), alert);
+                    for window in batch.chunks_mut(TOUCH_AHEAD) {
+                        for fp in window.iter().filter_map(|s| s.fact().fingerprint()) {
+                            view.touch(&fp);
+                        }
+                        for shown in window {
+                            match shown {
+                                Shown::Received(seq, fact, alert) => {
+                                    if let Some(alert) = alert.take() {
+                                        view.apply_received(*seq, fact.at(), alert);
+                                    }
                                 }
-                            }
-                            Shown::Fact(seq, fact) => {
-                                view.apply(*seq, fact);
+                                Shown::Fact(seq, fact) => {
+                                    view.apply(*seq, fact);
+                                }
                             }
                         }
                     }

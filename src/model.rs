@@ -319,6 +319,13 @@ impl<V> FingerprintMap<V> {
         self.shards[Self::shard(fp)].get(fp)
     }
 
+    /// Looks `fp` up and drops the answer. A few of these in a row, ahead of the changes
+    /// that need the entries, overlap their cache misses (the lookups do not depend on each
+    /// other), where the changes one by one would wait for each miss in turn.
+    pub fn touch(&self, fp: &Fingerprint) {
+        std::hint::black_box(self.get(fp));
+    }
+
     pub fn get_mut(&mut self, fp: &Fingerprint) -> Option<&mut V> {
         self.shards[Self::shard(fp)].get_mut(fp)
     }

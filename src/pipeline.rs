@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::cmdb::{CmdbOp, CmdbSpec};
 use crate::engine::facts::{RecordError, encode_record};
-use crate::engine::{CommandError, Engine, Fact, IncidentId, Input, State};
+use crate::engine::{CommandError, Engine, Fact, IncidentId, Input, State, TOUCH_AHEAD};
 use crate::eventlog::LogError;
 use crate::jslog::FactLog;
 use crate::metrics::Metrics;
@@ -697,9 +697,14 @@ fn run_command(engine: &mut Engine, cmd: Command, batch: &mut Batch) {
             room: _room,
         } => {
             let n = alerts.len();
-            for alert in alerts {
-                // Alerts are never refused by the engine; given up, they move into facts.
-                engine.handle_alert(alert, &mut batch.facts);
+            let mut alerts = alerts.into_iter();
+            while alerts.len() > 0 {
+                let ahead = alerts.as_slice().iter().take(TOUCH_AHEAD);
+                ahead.for_each(|a| engine.touch(&a.fingerprint));
+                for alert in alerts.by_ref().take(TOUCH_AHEAD) {
+                    // Alerts are never refused by the engine; given up, they move into facts.
+                    engine.handle_alert(alert, &mut batch.facts);
+                }
             }
             batch.alerts += n;
             if let Some(done) = done {
@@ -1117,25 +1122,7 @@ impl Publisher {
             let mut view = self.shared.view.write().unwrap_or_else(|e| e.into_inner());
             let mut seqs = seqs.iter();
             for batch in group.iter_mut() {
-                let mut received = batch.received.drain(..).peekable();
-                for (fact, &seq) in batch.facts.iter_mut().zip(&mut seqs) {
-                    let touched_by = match fact {
-                        Fact::AlertReceived { at, alert }
-                            if received
-                                .peek()
-                                .is_some_and(|r| r.fingerprint() == alert.fingerprint) =>
-                        {
-                            if let Some(prepared) = received.next() {
-                                view.apply_received(seq, *at, prepared);
-                            }
-                            None
-                        }
-                        // Not prepared (cannot happen: the writer prepares every received
-                        // alert, in order, before the group gets here).
-                        _ => view.apply_owned(seq, fact),
-                    };
-                    touched.push(touched_by);
-                }
+                show_batch(&mut view, batch, &mut seqs, &mut touched);
             }
             self.shared
                 .metrics
@@ -1209,6 +1196,40 @@ impl Publisher {
                 // Full (or the engine gone): dropped, as before recycling.
                 let _ = self.spare_facts.try_send(facts);
             }
+        }
+    }
+}
+
+/// Applies a durable batch's facts (sequences from `seqs`) to the read model, taking the
+/// views the writer prepared, and notes the incident each changed. The alerts' entries are
+/// looked up a window ahead ([`TOUCH_AHEAD`]).
+fn show_batch(
+    view: &mut ReadModel,
+    batch: &mut Batch,
+    seqs: &mut std::slice::Iter<'_, u64>,
+    touched: &mut Vec<Option<IncidentId>>,
+) {
+    let mut received = batch.received.drain(..).peekable();
+    for window in batch.facts.chunks_mut(TOUCH_AHEAD) {
+        let fps = window.iter().filter_map(Fact::fingerprint);
+        fps.for_each(|fp| view.touch(&fp));
+        for (fact, &seq) in window.iter_mut().zip(&mut *seqs) {
+            let touched_by = match fact {
+                Fact::AlertReceived { at, alert }
+                    if received
+                        .peek()
+                        .is_some_and(|r| r.fingerprint() == alert.fingerprint) =>
+                {
+                    if let Some(prepared) = received.next() {
+                        view.apply_received(seq, *at, prepared);
+                    }
+                    None
+                }
+                // Not prepared (cannot happen: the writer prepares every received alert, in
+                // order, before the group gets here).
+                _ => view.apply_owned(seq, fact),
+            };
+            touched.push(touched_by);
         }
     }
 }

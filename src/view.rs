@@ -1271,6 +1271,12 @@ impl ReadModel {
     }
 
     /// Applies an `AlertReceived` fact (at `at`) whose view was prepared from its alert.
+    /// Brings the alert's entry that a fact about it will change into the cache
+    /// ([`FingerprintMap::touch`]).
+    pub fn touch(&self, fp: &Fingerprint) {
+        self.homes.touch(fp);
+    }
+
     pub fn apply_received(&mut self, seq: u64, at: Millis, alert: PreparedAlert) {
         self.last_seq = self.last_seq.max(seq);
         bump_source(&mut self.sources, alert.0.source.as_str(), at, (1, 1, 0, 0));

@@ -296,6 +296,11 @@ impl State {
     }
 }
 
+/// Alerts (or facts) whose map entries are looked up together before they are handled or
+/// applied: at a storm's scale each lookup is a cache miss, and independent lookups in a
+/// row overlap their misses where handling one alert at a time waits for each in turn.
+pub const TOUCH_AHEAD: usize = 16;
+
 /// The engine: current rules plus the state they act on.
 pub struct Engine {
     rules: Rules,
@@ -547,6 +552,12 @@ impl Engine {
             names: Names::default(),
             lists: Reuse::default(),
         }
+    }
+
+    /// Brings the alert's entry into the cache ahead of a fact or an alert about it
+    /// ([`FingerprintMap::touch`]; see [`TOUCH_AHEAD`]).
+    pub fn touch(&self, fp: &Fingerprint) {
+        self.state.alerts.touch(fp);
     }
 
     pub fn state(&self) -> &State {
