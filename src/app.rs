@@ -349,6 +349,20 @@ impl Shown {
         fact
     }
 
+    /// Applies the fact to the read model, taking a received alert's view.
+    fn show(&mut self, view: &mut ReadModel) {
+        match self {
+            Shown::Received(seq, fact, alert) => {
+                if let Some(alert) = alert.take() {
+                    view.apply_received(*seq, fact.at(), alert);
+                }
+            }
+            Shown::Fact(seq, fact) => {
+                view.apply(*seq, fact);
+            }
+        }
+    }
+
     /// On the decode thread: decodes a record, building a received alert's view straight
     /// from the record's texts (the facts are durable and the views are their last use but
     /// for the engine's, which reads only the name and CI).
@@ -380,9 +394,10 @@ impl Replay {
             .spawn(move || {
                 for batch in engine_rx {
                     for window in batch.chunks(TOUCH_AHEAD) {
-                        let fps = window.iter().filter_map(|s| s.fact().fingerprint());
-                        fps.for_each(|fp| engine.touch(&fp));
-                        window.iter().for_each(|s| engine.apply(s.fact()));
+                        for fp in window.iter().filter_map(|s| s.fact().fingerprint()) {
+                            engine.touch(&fp);
+                        }
+                        window.iter().for_each(|shown| engine.apply(shown.fact()));
                     }
                     if view_tx.send(batch).is_err() {
                         break;
@@ -402,18 +417,7 @@ impl Replay {
                         for fp in window.iter().filter_map(|s| s.fact().fingerprint()) {
                             view.touch(&fp);
                         }
-                        for shown in window {
-                            match shown {
-                                Shown::Received(seq, fact, alert) => {
-                                    if let Some(alert) = alert.take() {
-                                        view.apply_received(*seq, fact.at(), alert);
-                                    }
-                                }
-                                Shown::Fact(seq, fact) => {
-                                    view.apply(*seq, fact);
-                                }
-                            }
-                        }
+                        window.iter_mut().for_each(|shown| shown.show(&mut view));
                     }
                     // Full (the decoder is behind) or gone (it is done): freed here then.
                     let _ = spent_tx.try_send(batch);
