@@ -145,6 +145,12 @@ struct Args {
     /// state's memory while it is written).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     restart_snapshot: bool,
+    /// `nats`: first offer this many distinct alerts (no probes, same rate) and wait until
+    /// they are in, then measure: a service that has been running, not one touching its
+    /// memory for the first time during the measured storm (on some hosts first touch is
+    /// slow, and a 3 s run's p99 is then its first 200 ms).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
     /// `nats`: write each probe's send time (ms from the first probe) and latency (µs) to
     /// this file, one probe per line, to see when a tail happens, not only how long it is.
     #[arg(long)]
@@ -1131,6 +1137,19 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
         })
     };
     let pub_client = async_nats::connect(&url).await?;
+    if args.warmup > 0 {
+        let gen_ = Gen::new(args.cmdb)?;
+        let warm: Vec<Bytes> = (args.alerts..args.alerts + args.warmup)
+            .map(|key| Bytes::from(gen_.native(key, None)))
+            .collect();
+        let before = counters(&d.base).await?;
+        let pacer = Pacer::new(args.rate());
+        publish_all(&pub_client, "alerts.native.storm", &warm, &pacer, |_| {}, 0).await?;
+        wait_settled(&d.base, before, warm.len() as u64, |c| {
+            c.received + c.rejected + c.shed_nats_messages
+        })
+        .await?;
+    }
     let base = counters(&d.base).await?;
     let stages_before = stage_buckets(&d.base).await?;
     let before = (proc_stat(d.proc.pid()), proc_stat(nats.pid()));
@@ -1186,6 +1205,12 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
         },
         args.sample
     )];
+    if args.warmup > 0 {
+        notes.push(format!(
+            "{} distinct warm-up alerts were in before the measured storm",
+            args.warmup
+        ));
+    }
     notes.extend(stage_note(&stages_before, &stage_buckets(&d.base).await?));
     if c.outbound_dropped > base.outbound_dropped {
         notes.push(format!(
