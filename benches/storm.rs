@@ -1095,6 +1095,11 @@ async fn run_raw_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcom
     })
 }
 
+/// Alerts incidentd has settled from NATS: taken in, rejected, or shed undecoded.
+fn nats_settled(c: &Counters) -> u64 {
+    c.received + c.rejected + c.shed_nats_messages
+}
+
 async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
     let (nats, port) = start_nats(tmp).await?;
     let data = tmp.join("data-nats");
@@ -1145,10 +1150,7 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
         let before = counters(&d.base).await?;
         let pacer = Pacer::new(args.rate());
         publish_all(&pub_client, "alerts.native.storm", &warm, &pacer, |_| {}, 0).await?;
-        wait_settled(&d.base, before, warm.len() as u64, |c| {
-            c.received + c.rejected + c.shed_nats_messages
-        })
-        .await?;
+        wait_settled(&d.base, before, warm.len() as u64, nats_settled).await?;
     }
     let base = counters(&d.base).await?;
     let stages_before = stage_buckets(&d.base).await?;
@@ -1171,10 +1173,7 @@ async fn run_nats(args: &Args, tmp: &Path, payloads: &[Bytes]) -> Res<Outcome> {
     )
     .await?;
     let offered = payloads.len() as u64;
-    let (end, c) = wait_settled(&d.base, base, offered, |c| {
-        c.received + c.rejected + c.shed_nats_messages
-    })
-    .await?;
+    let (end, c) = wait_settled(&d.base, base, offered, nats_settled).await?;
     let after = (proc_stat(d.proc.pid()), proc_stat(nats.pid()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     watcher.abort();

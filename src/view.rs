@@ -266,10 +266,12 @@ mod sym {
     /// [`intern`] past the thread's cache: the table all threads share.
     fn intern_shared<S: AsRef<str> + Into<Box<str>>>(text_in: S, h: u64) -> Sym {
         let s = text_in.as_ref();
-        let shard = &TABLE.shards[staggered_shard(h)];
-        let mut ids = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let shard = staggered_shard(h);
+        let mut ids = TABLE.shards[shard]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let lo = h as u32;
-        ids.reserve(&TABLE.homes[staggered_shard(h)]);
+        ids.reserve(&TABLE.homes[shard]);
         let free = match ids.find(lo, s) {
             Ok(sym) => return sym,
             Err(free) => free,
@@ -1113,9 +1115,10 @@ enum Home {
 
 /// A received alert's view, built (its strings interned) before it reaches the read model,
 /// so that the thread owning the read model, the pipeline's busiest, only files it. Unboxed:
-/// the read model boxes it, so the box is freed (when the alert joins an incident) by the
-/// thread that allocated it; mimalloc frees another thread's block through an atomic list,
-/// which cost an eighth of the replay's read-model thread.
+/// the read model boxes it, and the box stays with the alert (it moves into the incident
+/// the alert joins), so it is freed by the read model's thread, which allocated it; mimalloc
+/// frees another thread's block through an atomic list, which cost an eighth of the
+/// replay's read-model thread.
 pub struct PreparedAlert(AlertView);
 
 impl PreparedAlert {
@@ -1270,13 +1273,13 @@ impl ReadModel {
         None
     }
 
-    /// Applies an `AlertReceived` fact (at `at`) whose view was prepared from its alert.
     /// Brings the alert's entry that a fact about it will change into the cache
     /// ([`FingerprintMap::touch`]).
     pub fn touch(&self, fp: &Fingerprint) {
         self.homes.touch(fp);
     }
 
+    /// Applies an `AlertReceived` fact (at `at`) whose view was prepared from its alert.
     pub fn apply_received(&mut self, seq: u64, at: Millis, alert: PreparedAlert) {
         self.last_seq = self.last_seq.max(seq);
         bump_source(&mut self.sources, alert.0.source.as_str(), at, (1, 1, 0, 0));
