@@ -239,7 +239,8 @@ fn replay_large(c: &mut Criterion) {
     // The publisher hands the read model's incidents over encoded; `write` measures the rest
     // (engine state, strings, CMDB, file).
     let view_snap = view.snapshot().expect("view");
-    let path = snapshot::write(dir.path(), seq, engine.state(), &view_snap).expect("snapshot");
+    let path =
+        snapshot::write(dir.path(), seq, engine.state(), || Some(&view_snap)).expect("snapshot");
     let log_bytes: usize = encoded.iter().map(Vec::len).sum();
     println!(
         "snapshot of {} facts: {:.1} MB (log {:.1} MB)",
@@ -251,7 +252,9 @@ fn replay_large(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(seq));
     group.bench_function("write", |b| {
-        b.iter(|| snapshot::write(dir.path(), seq, engine.state(), &view_snap).expect("write"))
+        b.iter(|| {
+            snapshot::write(dir.path(), seq, engine.state(), || Some(&view_snap)).expect("write")
+        })
     });
     // What the publisher stops for (`view_taken`), next to encoding the whole section there
     // as before (`view_whole`), and the engine thread's copy of its state.

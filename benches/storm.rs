@@ -248,6 +248,25 @@ struct Incidentd {
     base: Http,
 }
 
+impl Incidentd {
+    /// Stops incidentd as an operator does (SIGTERM: drain, final fsync and snapshot, exit)
+    /// and returns how long that took (at most 300 s; then it is killed).
+    async fn stop(mut self) -> Res<Duration> {
+        let started = Instant::now();
+        Command::new("kill")
+            .args(["-TERM", &self.proc.pid().to_string()])
+            .status()?;
+        let deadline = started + Duration::from_secs(300);
+        while self.proc.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                return Err("incidentd did not stop within 300 s of SIGTERM".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(started.elapsed())
+    }
+}
+
 /// The crate's release binary, or `STORM_INCIDENTD` (a saved build, to compare two versions
 /// back to back without rebuilding).
 fn incidentd_binary() -> PathBuf {
@@ -1971,11 +1990,15 @@ fn fact_fingerprint(payload: &[u8]) -> Option<Fingerprint> {
 async fn time_start(a: &Args, tmp: &Path, data: &Path, label: String) -> Res<Outcome> {
     let (d, ready) = start_incidentd(a, tmp, data, None, None).await?;
     let stat = proc_stat(d.proc.pid());
-    drop(d);
+    let stop = d.stop().await?;
     Ok(Outcome {
         label,
         elapsed: ready,
         procs: vec![("incidentd".into(), stat)],
+        notes: vec![format!(
+            "then SIGTERM → exit in {:.3} s",
+            stop.as_secs_f64()
+        )],
         ..Outcome::default()
     })
 }
@@ -2118,7 +2141,7 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     let mut a = args.clone();
     a.snapshot_every = 1_000_000_000;
     {
-        let (mut d, _) = start_incidentd(&a, tmp, &data, None, None).await?;
+        let (d, _) = start_incidentd(&a, tmp, &data, None, None).await?;
         // One new fact, so the engine has something to snapshot; SIGTERM then writes the
         // last snapshot before exit.
         let one = format!("[{}]", gen_.native(usize::MAX / 2, None));
@@ -2131,13 +2154,11 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
         if r.status != 200 {
             return Err(format!("posting the last alert: HTTP {}", r.status).into());
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &d.proc.pid().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while d.proc.child.try_wait()?.is_none() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let stop = d.stop().await?;
+        println!(
+            "stop writing the snapshot (SIGTERM → exit): {:.3} s",
+            stop.as_secs_f64()
+        );
     }
     let snap_bytes: u64 = std::fs::read_dir(data.join("snapshots"))
         .map(|rd| {

@@ -245,6 +245,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     }
     tracing::info!("stopped; event log synced");
+    // The read model is millions of small blocks at scale: freeing them one by one took
+    // 0.8 s of a stop at 10M facts, and the process exits next, which returns its memory
+    // at once. Everything durable is written by now.
+    std::mem::forget(shared);
     Ok(())
 }
 

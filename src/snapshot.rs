@@ -18,8 +18,10 @@
 //! slower than replaying the log it covered) are skipped with a warning; the log rebuilds
 //! them.
 
+use std::borrow::Borrow;
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::engine::State;
@@ -125,55 +127,39 @@ fn both<A: Send, B: Send>(
     })
 }
 
-fn header(seq: u64, state: &[u8], view: &[&[u8]]) -> [u8; HEADER_LEN] {
+fn header(seq: u64, state_len: usize, state_crc: u32, view: &[&[u8]]) -> [u8; HEADER_LEN] {
     let view_len: usize = view.iter().map(|p| p.len()).sum();
     let view_crc = view.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p));
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     h[12..20].copy_from_slice(&seq.to_le_bytes());
-    h[20..28].copy_from_slice(&(state.len() as u64).to_le_bytes());
+    h[20..28].copy_from_slice(&(state_len as u64).to_le_bytes());
     h[28..36].copy_from_slice(&(view_len as u64).to_le_bytes());
-    h[36..40].copy_from_slice(&crc32c::crc32c(state).to_le_bytes());
+    h[36..40].copy_from_slice(&state_crc.to_le_bytes());
     h[40..44].copy_from_slice(&view_crc.to_le_bytes());
     let crc = crc32c::crc32c(&h[..48]);
     h[48..52].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// Writes a snapshot durably and removes all but the newest `KEEP`. `view` is the read
-/// model's part, as [`ReadModel::snapshot`] took it.
-pub fn write(
+/// Writes a snapshot durably and removes all but the newest `KEEP`. The engine state is
+/// encoded and written first; only then is `view` asked for the read model's part (as
+/// [`ReadModel::snapshot`] took it; `None` abandons the snapshot), so a caller can encode
+/// the read model on another thread meanwhile.
+pub fn write<V: Borrow<ViewSnapshot>>(
     dir: &Path,
     seq: u64,
     state: &State,
-    view: &ViewSnapshot,
+    view: impl FnOnce() -> Option<V>,
 ) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(file_name(seq));
     let tmp = dir.join(format!("{}.tmp", file_name(seq)));
-    // The read model arrives encoded (its incidents by the publisher, the rest here).
-    let mut state_bytes = Vec::new();
-    snapshot_codec::write_state(state, &mut state_bytes).map_err(|source| {
-        SnapshotError::State {
-            path: tmp.clone(),
-            source,
-        }
-    })?;
-    let view_head = view.head().map_err(|source| SnapshotError::View {
-        path: tmp.clone(),
-        source,
-    })?;
-    let view = [&view_head[..], view.body()];
-    let head = header(seq, &state_bytes, &view);
-    let mut file = File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(&head).map_err(io(&tmp))?;
-    file.write_all(&state_bytes).map_err(io(&tmp))?;
-    for part in view {
-        file.write_all(part).map_err(io(&tmp))?;
+    if let Err(e) = write_tmp(&tmp, seq, state, view) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
     fs::rename(&tmp, &path).map_err(io(&path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -182,6 +168,44 @@ pub fn write(
         let _ = fs::remove_file(old);
     }
     Ok(path)
+}
+
+/// [`write`]'s file, complete and fsynced under its temporary name.
+fn write_tmp<V: Borrow<ViewSnapshot>>(
+    tmp: &Path,
+    seq: u64,
+    state: &State,
+    view: impl FnOnce() -> Option<V>,
+) -> Result<(), SnapshotError> {
+    // Sized for the state at hand so the buffer is never copied into a larger one while it
+    // grows (capacity never written to costs no memory: the pages are not touched).
+    let mut state_bytes =
+        Vec::with_capacity(usize::try_from(state.size()).map_or(0, |n| n.saturating_mul(192)));
+    snapshot_codec::write_state(state, &mut state_bytes).map_err(|source| {
+        SnapshotError::State {
+            path: tmp.to_path_buf(),
+            source,
+        }
+    })?;
+    let mut file = File::create(tmp).map_err(io(tmp))?;
+    // The header needs both sections' lengths and checksums: it goes last, over this.
+    file.write_all(&[0; HEADER_LEN]).map_err(io(tmp))?;
+    file.write_all(&state_bytes).map_err(io(tmp))?;
+    let (state_len, state_crc) = (state_bytes.len(), crc32c::crc32c(&state_bytes));
+    drop(state_bytes);
+    let view = view().ok_or_else(|| format_err(tmp, "the read model was not encoded"))?;
+    let view = view.borrow();
+    let view_head = view.head().map_err(|source| SnapshotError::View {
+        path: tmp.to_path_buf(),
+        source,
+    })?;
+    let parts = [&view_head[..], view.body()];
+    for part in parts {
+        file.write_all(part).map_err(io(tmp))?;
+    }
+    file.write_all_at(&header(seq, state_len, state_crc, &parts), 0)
+        .map_err(io(tmp))?;
+    file.sync_all().map_err(io(tmp))
 }
 
 /// The sequence every kept snapshot covers. Log segments through it may be deleted; deleting
@@ -213,8 +237,6 @@ fn le_u64(b: &[u8]) -> u64 {
 /// is decoded: reading the whole file into one buffer kept the engine state's bytes (a
 /// third of the file) alive until the read model was decoded too.
 fn load(path: &Path, seq: u64) -> Result<Loaded, SnapshotError> {
-    use std::os::unix::fs::FileExt;
-
     let file = File::open(path).map_err(io(path))?;
     let size = file.metadata().map_err(io(path))?.len();
     let mut head = [0u8; HEADER_LEN];
@@ -317,7 +339,7 @@ mod tests {
         state.now = 42;
         state.rules_hash = "abc".into();
         let view = ReadModel::default().snapshot().expect("encode view");
-        let path = write(dir, 7, &state, &view).expect("write");
+        let path = write(dir, 7, &state, || Some(&view)).expect("write");
         let loaded = load_latest(dir).expect("load").expect("a snapshot");
         assert_eq!((loaded.seq, &loaded.state), (7, &state));
 
@@ -336,5 +358,30 @@ mod tests {
             fs::write(&path, &good[..cut]).expect("cut");
             assert!(load(&path, 7).is_err(), "cut at {cut}");
         }
+    }
+
+    /// The read model's part comes after the state is written; when it never comes, the
+    /// half-written file goes and nothing else changes.
+    #[test]
+    fn a_snapshot_without_its_read_model_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let state = State::default();
+        let view = ReadModel::default().snapshot().expect("encode view");
+        write(dir, 3, &state, || Some(&view)).expect("write");
+        let before: Vec<_> = list(dir).expect("list");
+
+        let err = write(dir, 5, &state, || None::<ViewSnapshot>).expect_err("no read model");
+        assert!(
+            err.to_string().contains("read model was not encoded"),
+            "{err}"
+        );
+        let files: Vec<_> = fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(files.len(), 1, "only the earlier snapshot: {files:?}");
+        assert_eq!(list(dir).expect("list"), before);
+        assert_eq!(load_latest(dir).expect("load").expect("kept").seq, 3);
     }
 }

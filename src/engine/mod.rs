@@ -564,6 +564,11 @@ impl Engine {
         &self.state
     }
 
+    /// The state, without a copy, for an engine that is done (the snapshot at shutdown).
+    pub fn into_state(self) -> State {
+        self.state
+    }
+
     /// An engine resuming from a snapshot's state.
     pub fn restore(rules: Rules, mut state: State) -> Engine {
         state.index_closable();
