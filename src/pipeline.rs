@@ -30,6 +30,7 @@ use crate::jslog::FactLog;
 use crate::metrics::Metrics;
 use crate::model::{Alert, Millis};
 use crate::rules::Rules;
+use crate::snapshot::ViewPart;
 use crate::view::{PreparedAlert, ReadModel};
 
 /// Most commands the engine takes into one batch.
@@ -1061,11 +1062,12 @@ impl Publisher {
 
     /// Writes a snapshot of `state` and the read model (both as of the last durable fact) in
     /// the background, so ingest does not wait for it; one at a time. The read model's
-    /// incidents and alerts are encoded here, into one buffer, rather than cloned: encoding
-    /// is a single pass with no per-alert allocations, and the buffer goes back to the
+    /// incidents and alerts are encoded here, into buffers, rather than cloned: encoding
+    /// is a single pass with no per-alert allocations, and the buffers go back to the
     /// system when written, where a clone's many small blocks would stay with the allocator
-    /// (RSS that never comes back). Meanwhile the snapshot's own thread encodes and writes
-    /// the engine state, then takes the read model's part, its strings and CMDB.
+    /// (RSS that never comes back). Meanwhile the snapshot's own thread encodes the engine
+    /// state, then writes the read model's part (its strings and CMDB, then the buffers
+    /// as they are encoded) and the state.
     fn snapshot(&mut self, state: Box<State>, seq: u64) {
         let Some(cfg) = self.snapshots.clone() else {
             return;
@@ -1073,12 +1075,14 @@ impl Publisher {
         if let Some(previous) = self.writing.take() {
             let _ = previous.join();
         }
-        let (view_tx, view_rx) = std_mpsc::sync_channel(1);
+        // Unbounded: the publisher never waits for the disk; the thread writes the pieces as
+        // they come, so they do not all pile up.
+        let (view_tx, view_rx) = std_mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("incidentd-snapshot".into())
             .spawn(move || {
                 let started = Instant::now();
-                match crate::snapshot::write(&cfg.dir, seq, &state, || view_rx.recv().ok()) {
+                match crate::snapshot::write(&cfg.dir, seq, &state, view_rx) {
                     Ok(path) => {
                         tracing::info!(seq, path = %path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written");
                         if cfg.prune_log {
@@ -1101,14 +1105,21 @@ impl Publisher {
             }
         }
         let started = Instant::now();
-        let view = match self.shared.view().snapshot() {
-            Ok(view) => view,
-            // The snapshot thread sees the channel close and abandons the file.
-            Err(e) => {
-                tracing::warn!(error = %e, "snapshot skipped: read model does not encode");
-                return;
-            }
-        };
+        let view = self.shared.view();
+        // A send fails only if the snapshot thread already gave up (it logged why).
+        let _ = view_tx.send(ViewPart::Head(view.snapshot_head()));
+        let mut bytes = 0;
+        let encoded = view.snapshot_body(|piece| {
+            bytes += piece.len();
+            let _ = view_tx.send(ViewPart::Body(piece));
+        });
+        drop(view);
+        if let Err(e) = encoded {
+            // The snapshot thread sees the channel close without `End` and drops the file.
+            tracing::warn!(error = %e, "snapshot skipped: read model does not encode");
+            return;
+        }
+        let _ = view_tx.send(ViewPart::End);
         // The publisher (and so ingest) waits for this: worth seeing next to "snapshot written".
         self.shared
             .metrics
@@ -1116,12 +1127,10 @@ impl Publisher {
             .with_label_values(&["snapshot_encode"])
             .observe(started.elapsed().as_secs_f64());
         tracing::info!(
-            bytes = view.body().len(),
+            bytes,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "read model encoded for a snapshot"
         );
-        // Fails only if the snapshot thread already gave up (it logged why).
-        let _ = view_tx.send(view);
     }
 
     /// After durability: show, count, publish, acknowledge, in that order.

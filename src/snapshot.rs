@@ -18,9 +18,7 @@
 //! slower than replaying the log it covered) are skipped with a warning; the log rebuilds
 //! them.
 
-use std::borrow::Borrow;
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -127,31 +125,38 @@ fn both<A: Send, B: Send>(
     })
 }
 
-fn header(seq: u64, state_len: usize, state_crc: u32, view: &[&[u8]]) -> [u8; HEADER_LEN] {
-    let view_len: usize = view.iter().map(|p| p.len()).sum();
-    let view_crc = view.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p));
+fn header(seq: u64, state: (u64, u32), view: (u64, u32)) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     h[12..20].copy_from_slice(&seq.to_le_bytes());
-    h[20..28].copy_from_slice(&(state_len as u64).to_le_bytes());
-    h[28..36].copy_from_slice(&(view_len as u64).to_le_bytes());
-    h[36..40].copy_from_slice(&state_crc.to_le_bytes());
-    h[40..44].copy_from_slice(&view_crc.to_le_bytes());
+    h[20..28].copy_from_slice(&state.0.to_le_bytes());
+    h[28..36].copy_from_slice(&view.0.to_le_bytes());
+    h[36..40].copy_from_slice(&state.1.to_le_bytes());
+    h[40..44].copy_from_slice(&view.1.to_le_bytes());
     let crc = crc32c::crc32c(&h[..48]);
     h[48..52].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
+/// The read model's part of a snapshot as it is encoded: its small parts
+/// ([`ReadModel::snapshot_head`], or all of it from [`ReadModel::snapshot`]), then any
+/// pieces of its body ([`ReadModel::snapshot_body`]), then `End`. Without `End` the
+/// snapshot is abandoned.
+pub enum ViewPart {
+    Head(ViewSnapshot),
+    Body(Vec<u8>),
+    End,
+}
+
 /// Writes a snapshot durably and removes all but the newest `KEEP`. The engine state is
-/// encoded and written first; only then is `view` asked for the read model's part (as
-/// [`ReadModel::snapshot`] took it; `None` abandons the snapshot), so a caller can encode
-/// the read model on another thread meanwhile.
-pub fn write<V: Borrow<ViewSnapshot>>(
+/// encoded first; then the read model's part is written as `view` yields it, so a caller
+/// can encode the read model on another thread meanwhile, never all of it in memory.
+pub fn write(
     dir: &Path,
     seq: u64,
     state: &State,
-    view: impl FnOnce() -> Option<V>,
+    view: impl IntoIterator<Item = ViewPart>,
 ) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(file_name(seq));
@@ -170,12 +175,15 @@ pub fn write<V: Borrow<ViewSnapshot>>(
     Ok(path)
 }
 
-/// [`write`]'s file, complete and fsynced under its temporary name.
-fn write_tmp<V: Borrow<ViewSnapshot>>(
+/// [`write`]'s file, complete and fsynced under its temporary name. Once the state is
+/// encoded its length says where the read model's part begins, so that part is written in
+/// place as it arrives; the state's bytes follow, and the header, which needs both
+/// sections' lengths and checksums, goes last.
+fn write_tmp(
     tmp: &Path,
     seq: u64,
     state: &State,
-    view: impl FnOnce() -> Option<V>,
+    view: impl IntoIterator<Item = ViewPart>,
 ) -> Result<(), SnapshotError> {
     // Sized for the state at hand so the buffer is never copied into a larger one while it
     // grows (capacity never written to costs no memory: the pages are not touched).
@@ -187,23 +195,38 @@ fn write_tmp<V: Borrow<ViewSnapshot>>(
             source,
         }
     })?;
-    let mut file = File::create(tmp).map_err(io(tmp))?;
-    // The header needs both sections' lengths and checksums: it goes last, over this.
-    file.write_all(&[0; HEADER_LEN]).map_err(io(tmp))?;
-    file.write_all(&state_bytes).map_err(io(tmp))?;
-    let (state_len, state_crc) = (state_bytes.len(), crc32c::crc32c(&state_bytes));
-    drop(state_bytes);
-    let view = view().ok_or_else(|| format_err(tmp, "the read model was not encoded"))?;
-    let view = view.borrow();
-    let view_head = view.head().map_err(|source| SnapshotError::View {
+    let file = File::create(tmp).map_err(io(tmp))?;
+    let start = (HEADER_LEN + state_bytes.len()) as u64;
+    let (mut at, mut crc) = (start, 0);
+    let mut put = |bytes: &[u8]| {
+        crc = crc32c::crc32c_append(crc, bytes);
+        at += bytes.len() as u64;
+        file.write_all_at(bytes, at - bytes.len() as u64)
+            .map_err(io(tmp))
+    };
+    let abandoned = || format_err(tmp, "the read model was not encoded");
+    let mut parts = view.into_iter();
+    let Some(ViewPart::Head(head)) = parts.next() else {
+        return Err(abandoned());
+    };
+    put(&head.head().map_err(|source| SnapshotError::View {
         path: tmp.to_path_buf(),
         source,
-    })?;
-    let parts = [&view_head[..], view.body()];
-    for part in parts {
-        file.write_all(part).map_err(io(tmp))?;
+    })?)?;
+    head.body().iter().try_for_each(|piece| put(piece))?;
+    drop(head);
+    loop {
+        match parts.next() {
+            Some(ViewPart::Body(piece)) => put(&piece)?,
+            Some(ViewPart::End) => break,
+            Some(ViewPart::Head(_)) | None => return Err(abandoned()),
+        }
     }
-    file.write_all_at(&header(seq, state_len, state_crc, &parts), 0)
+    let view = (at - start, crc);
+    file.write_all_at(&state_bytes, HEADER_LEN as u64)
+        .map_err(io(tmp))?;
+    let state = (state_bytes.len() as u64, crc32c::crc32c(&state_bytes));
+    file.write_all_at(&header(seq, state, view), 0)
         .map_err(io(tmp))?;
     file.sync_all().map_err(io(tmp))
 }
@@ -339,7 +362,7 @@ mod tests {
         state.now = 42;
         state.rules_hash = "abc".into();
         let view = ReadModel::default().snapshot().expect("encode view");
-        let path = write(dir, 7, &state, || Some(&view)).expect("write");
+        let path = write(dir, 7, &state, [ViewPart::Head(view), ViewPart::End]).expect("write");
         let loaded = load_latest(dir).expect("load").expect("a snapshot");
         assert_eq!((loaded.seq, &loaded.state), (7, &state));
 
@@ -360,28 +383,45 @@ mod tests {
         }
     }
 
-    /// The read model's part comes after the state is written; when it never comes, the
-    /// half-written file goes and nothing else changes.
+    /// The read model's part comes after the state is written; when it does not come whole,
+    /// the half-written file goes and nothing else changes.
     #[test]
-    fn a_snapshot_without_its_read_model_leaves_nothing_behind() {
+    fn a_snapshot_without_its_whole_read_model_leaves_nothing_behind() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path();
         let state = State::default();
-        let view = ReadModel::default().snapshot().expect("encode view");
-        write(dir, 3, &state, || Some(&view)).expect("write");
+        let view = || ReadModel::default().snapshot().expect("view");
+        write(dir, 3, &state, [ViewPart::Head(view()), ViewPart::End]).expect("write");
         let before: Vec<_> = list(dir).expect("list");
 
-        let err = write(dir, 5, &state, || None::<ViewSnapshot>).expect_err("no read model");
-        assert!(
-            err.to_string().contains("read model was not encoded"),
-            "{err}"
-        );
-        let files: Vec<_> = fs::read_dir(dir)
-            .expect("dir")
-            .map(|e| e.expect("entry").file_name())
-            .collect();
-        assert_eq!(files.len(), 1, "only the earlier snapshot: {files:?}");
-        assert_eq!(list(dir).expect("list"), before);
+        let cut_short = [
+            vec![],
+            vec![ViewPart::Body(vec![1, 2, 3])],
+            vec![ViewPart::Head(view()), ViewPart::Body(vec![0; 10])],
+        ];
+        for (seq, parts) in (4..).zip(cut_short) {
+            let err = write(dir, seq, &state, parts).expect_err("no whole read model");
+            assert!(
+                err.to_string().contains("read model was not encoded"),
+                "{err}"
+            );
+            let files: Vec<_> = fs::read_dir(dir)
+                .expect("dir")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            assert_eq!(files.len(), 1, "only the earlier snapshot: {files:?}");
+            assert_eq!(list(dir).expect("list"), before);
+        }
         assert_eq!(load_latest(dir).expect("load").expect("kept").seq, 3);
+
+        // A body in pieces reads back as the same model as a body in one.
+        let model = ReadModel::default();
+        let mut parts = vec![ViewPart::Head(model.snapshot_head())];
+        model
+            .snapshot_body(|piece| parts.push(ViewPart::Body(piece)))
+            .expect("body");
+        parts.push(ViewPart::End);
+        write(dir, 9, &state, parts).expect("write in pieces");
+        assert_eq!(load_latest(dir).expect("load").expect("newest").seq, 9);
     }
 }

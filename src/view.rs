@@ -2373,7 +2373,7 @@ impl<'a> Dec<'a> {
 
 /// A read model's snapshot, split by what must be encoded while the model stands still and
 /// what need not. The incidents and alert homes change with the next commit group, so
-/// [`ReadModel::snapshot`] encodes them at once; the interned strings (append-only: the
+/// [`ReadModel::snapshot_body`] encodes them at once; the interned strings (append-only: the
 /// first `strings` symbols never change), the CMDB (shared, copied on write) and the small
 /// maps are written by [`ViewSnapshot::head`] on the snapshot thread.
 pub struct ViewSnapshot {
@@ -2383,8 +2383,13 @@ pub struct ViewSnapshot {
     topology: Arc<Topology>,
     silences: BTreeMap<String, Silence>,
     sources: BTreeMap<String, SourceStats>,
-    body: Vec<u8>,
+    /// The incidents and alert homes, in pieces (see [`ReadModel::snapshot_body`]).
+    body: Vec<Vec<u8>>,
 }
+
+/// About how many bytes of a snapshot's body are handed on at a time: the snapshot thread
+/// writes them while the rest is encoded, so the whole body is never in memory at once.
+const BODY_PIECE: usize = 16 << 20;
 
 impl ViewSnapshot {
     /// The section's bytes before [`ViewSnapshot::body`]: header, strings, small parts.
@@ -2415,8 +2420,8 @@ impl ViewSnapshot {
         Ok(out)
     }
 
-    /// The incidents and alert homes, encoded when the snapshot was taken.
-    pub fn body(&self) -> &[u8] {
+    /// The incidents and alert homes, if [`ReadModel::snapshot`] encoded them.
+    pub fn body(&self) -> &[Vec<u8>] {
         &self.body
     }
 }
@@ -2427,19 +2432,58 @@ impl ReadModel {
     /// model. The encoding is this module's own; the snapshot file around it carries the
     /// file version.
     pub fn snapshot(&self) -> Result<ViewSnapshot, ViewSnapshotError> {
-        // Every symbol the views hold was interned before this call.
-        let strings = sym::count();
-        // More than an alert takes (view, timeline entries, home: ~240 bytes at 10M facts):
-        // growing the buffer by doubling would copy it into fresh memory while the publisher
-        // waits, and capacity never written to costs no memory (its pages are not touched).
-        let mut body = Vec::with_capacity(self.homes.len().saturating_mul(320));
-        let mut e = Enc(&mut body);
-        e.len(self.incidents.len())?;
-        for inc in self.incidents.values() {
-            e.incident(inc)?;
+        let mut snap = self.snapshot_head();
+        let mut body = Vec::new();
+        self.snapshot_body(|piece| body.push(piece))?;
+        snap.body = body;
+        Ok(snap)
+    }
+
+    /// A snapshot's small parts, without its body: taken first, they are what the body's
+    /// symbols refer to.
+    pub fn snapshot_head(&self) -> ViewSnapshot {
+        ViewSnapshot {
+            last_seq: self.last_seq,
+            open: self.open as u64,
+            // Every symbol the views hold was interned before this call.
+            strings: sym::count(),
+            topology: self.topology.clone(),
+            silences: self.silences.clone(),
+            sources: self.sources.clone(),
+            body: Vec::new(),
         }
-        e.len(self.homes.len())?;
+    }
+
+    /// Encodes a snapshot's body (the incidents and alert homes), handing it to `piece` in
+    /// pieces of about [`BODY_PIECE`] bytes, so a writer can take each while the next is
+    /// encoded.
+    pub fn snapshot_body(&self, piece: impl FnMut(Vec<u8>)) -> Result<(), ViewSnapshotError> {
+        self.snapshot_body_in(BODY_PIECE, piece)
+    }
+
+    /// [`ReadModel::snapshot_body`] in pieces of about `size` bytes.
+    fn snapshot_body_in(
+        &self,
+        size: usize,
+        mut piece: impl FnMut(Vec<u8>),
+    ) -> Result<(), ViewSnapshotError> {
+        // Room for a piece's last item: growing a buffer by doubling would copy it into
+        // fresh memory while the publisher waits.
+        let fresh = || Vec::with_capacity(size + size / 4);
+        let mut body = fresh();
+        let mut full = |body: &mut Vec<u8>| {
+            if body.len() >= size {
+                piece(std::mem::replace(body, fresh()));
+            }
+        };
+        Enc(&mut body).len(self.incidents.len())?;
+        for inc in self.incidents.values() {
+            Enc(&mut body).incident(inc)?;
+            full(&mut body);
+        }
+        Enc(&mut body).len(self.homes.len())?;
         for (fp, home) in self.homes.iter() {
+            let mut e = Enc(&mut body);
             e.u64(fp.0);
             match home {
                 Home::Loose(view) => {
@@ -2452,23 +2496,19 @@ impl ReadModel {
                     e.u32(*idx);
                 }
             }
+            full(&mut body);
         }
-        Ok(ViewSnapshot {
-            last_seq: self.last_seq,
-            open: self.open as u64,
-            strings,
-            topology: self.topology.clone(),
-            silences: self.silences.clone(),
-            sources: self.sources.clone(),
-            body,
-        })
+        piece(body);
+        Ok(())
     }
 
     /// Appends this read model's whole snapshot section to `out`.
     pub fn write_snapshot(&self, out: &mut Vec<u8>) -> Result<(), ViewSnapshotError> {
         let snap = self.snapshot()?;
         out.extend_from_slice(&snap.head()?);
-        out.extend_from_slice(snap.body());
+        snap.body()
+            .iter()
+            .for_each(|piece| out.extend_from_slice(piece));
         Ok(())
     }
 
@@ -2743,6 +2783,14 @@ mod tests {
         model.write_snapshot(&mut bytes).expect("encode");
         let back = ReadModel::read_snapshot(&bytes).expect("decode");
         assert_tallies(&back);
+        // The body handed on in pieces (a byte each: every item ends one) is the same body.
+        let whole = model.snapshot().expect("snapshot").body().concat();
+        let mut pieces = Vec::new();
+        model
+            .snapshot_body_in(1, |p| pieces.push(p))
+            .expect("pieces");
+        assert!(pieces.len() > 5, "{} pieces", pieces.len());
+        assert_eq!(pieces.concat(), whole);
         assert_eq!(rendered(&back), rendered(&model));
         assert!(
             rendered(&model)["incidents"][0]["timeline"]
