@@ -242,7 +242,7 @@ fn replay_large(c: &mut Criterion) {
         let view = view.snapshot().expect("view");
         [snapshot::ViewPart::Head(view), snapshot::ViewPart::End]
     };
-    let path = snapshot::write(dir.path(), seq, engine.state(), parts()).expect("snapshot");
+    let path = snapshot::write(dir.path(), seq, engine.state(), parts(), drop).expect("snapshot");
     let log_bytes: usize = encoded.iter().map(Vec::len).sum();
     println!(
         "snapshot of {} facts: {:.1} MB (log {:.1} MB)",
@@ -256,7 +256,7 @@ fn replay_large(c: &mut Criterion) {
     group.bench_function("write", |b| {
         b.iter_batched(
             parts,
-            |parts| snapshot::write(dir.path(), seq, engine.state(), parts).expect("write"),
+            |parts| snapshot::write(dir.path(), seq, engine.state(), parts, drop).expect("write"),
             BatchSize::PerIteration,
         )
     });

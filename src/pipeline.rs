@@ -61,6 +61,9 @@ const SHOW_INLINE: usize = 64;
 const SPARE_FACT_VECS: usize = 4;
 /// Larger fact vectors (a CMDB load's, say) are not kept: at most ~4 × 3.7 MB stay idle.
 const SPARE_FACTS_MAX: usize = 16_384;
+/// Written snapshot body pieces (16 MB each) kept for the publisher to fill again while it
+/// encodes the rest: each fresh one costs its page faults, while the publisher holds ingest.
+const SPARE_PIECES: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
@@ -1078,11 +1081,16 @@ impl Publisher {
         // Unbounded: the publisher never waits for the disk; the thread writes the pieces as
         // they come, so they do not all pile up.
         let (view_tx, view_rx) = std_mpsc::channel();
+        // Written pieces come back to be filled again.
+        let (spent_tx, spent_rx) = std_mpsc::sync_channel(SPARE_PIECES);
         let spawned = std::thread::Builder::new()
             .name("incidentd-snapshot".into())
             .spawn(move || {
                 let started = Instant::now();
-                match crate::snapshot::write(&cfg.dir, seq, &state, view_rx) {
+                let spent = |piece| {
+                    let _ = spent_tx.try_send(piece);
+                };
+                match crate::snapshot::write(&cfg.dir, seq, &state, view_rx, spent) {
                     Ok(path) => {
                         tracing::info!(seq, path = %path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written");
                         if cfg.prune_log {
@@ -1112,6 +1120,7 @@ impl Publisher {
         let encoded = view.snapshot_body(|piece| {
             bytes += piece.len();
             let _ = view_tx.send(ViewPart::Body(piece));
+            spent_rx.try_recv().unwrap_or_default()
         });
         drop(view);
         if let Err(e) = encoded {

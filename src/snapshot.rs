@@ -151,17 +151,19 @@ pub enum ViewPart {
 
 /// Writes a snapshot durably and removes all but the newest `KEEP`. The engine state is
 /// encoded first; then the read model's part is written as `view` yields it, so a caller
-/// can encode the read model on another thread meanwhile, never all of it in memory.
+/// can encode the read model on another thread meanwhile, never all of it in memory. Each
+/// body piece, once written, goes to `spent` (to be filled again).
 pub fn write(
     dir: &Path,
     seq: u64,
     state: &State,
     view: impl IntoIterator<Item = ViewPart>,
+    spent: impl FnMut(Vec<u8>),
 ) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(file_name(seq));
     let tmp = dir.join(format!("{}.tmp", file_name(seq)));
-    if let Err(e) = write_tmp(&tmp, seq, state, view) {
+    if let Err(e) = write_tmp(&tmp, seq, state, view, spent) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
@@ -184,6 +186,7 @@ fn write_tmp(
     seq: u64,
     state: &State,
     view: impl IntoIterator<Item = ViewPart>,
+    mut spent: impl FnMut(Vec<u8>),
 ) -> Result<(), SnapshotError> {
     // Sized for the state at hand so the buffer is never copied into a larger one while it
     // grows (capacity never written to costs no memory: the pages are not touched).
@@ -217,7 +220,10 @@ fn write_tmp(
     drop(head);
     loop {
         match parts.next() {
-            Some(ViewPart::Body(piece)) => put(&piece)?,
+            Some(ViewPart::Body(piece)) => {
+                put(&piece)?;
+                spent(piece);
+            }
             Some(ViewPart::End) => break,
             Some(ViewPart::Head(_)) | None => return Err(abandoned()),
         }
@@ -362,7 +368,8 @@ mod tests {
         state.now = 42;
         state.rules_hash = "abc".into();
         let view = ReadModel::default().snapshot().expect("encode view");
-        let path = write(dir, 7, &state, [ViewPart::Head(view), ViewPart::End]).expect("write");
+        let path =
+            write(dir, 7, &state, [ViewPart::Head(view), ViewPart::End], drop).expect("write");
         let loaded = load_latest(dir).expect("load").expect("a snapshot");
         assert_eq!((loaded.seq, &loaded.state), (7, &state));
 
@@ -391,7 +398,14 @@ mod tests {
         let dir = tmp.path();
         let state = State::default();
         let view = || ReadModel::default().snapshot().expect("view");
-        write(dir, 3, &state, [ViewPart::Head(view()), ViewPart::End]).expect("write");
+        write(
+            dir,
+            3,
+            &state,
+            [ViewPart::Head(view()), ViewPart::End],
+            drop,
+        )
+        .expect("write");
         let before: Vec<_> = list(dir).expect("list");
 
         let cut_short = [
@@ -400,7 +414,7 @@ mod tests {
             vec![ViewPart::Head(view()), ViewPart::Body(vec![0; 10])],
         ];
         for (seq, parts) in (4..).zip(cut_short) {
-            let err = write(dir, seq, &state, parts).expect_err("no whole read model");
+            let err = write(dir, seq, &state, parts, drop).expect_err("no whole read model");
             assert!(
                 err.to_string().contains("read model was not encoded"),
                 "{err}"
@@ -418,10 +432,13 @@ mod tests {
         let model = ReadModel::default();
         let mut parts = vec![ViewPart::Head(model.snapshot_head())];
         model
-            .snapshot_body(|piece| parts.push(ViewPart::Body(piece)))
+            .snapshot_body(|piece| {
+                parts.push(ViewPart::Body(piece));
+                Vec::new()
+            })
             .expect("body");
         parts.push(ViewPart::End);
-        write(dir, 9, &state, parts).expect("write in pieces");
+        write(dir, 9, &state, parts, drop).expect("write in pieces");
         assert_eq!(load_latest(dir).expect("load").expect("newest").seq, 9);
     }
 }
