@@ -202,10 +202,10 @@ fn write_tmp(
     let start = (HEADER_LEN + state_bytes.len()) as u64;
     let (mut at, mut crc) = (start, 0);
     let mut put = |bytes: &[u8]| {
+        file.write_all_at(bytes, at).map_err(io(tmp))?;
         crc = crc32c::crc32c_append(crc, bytes);
         at += bytes.len() as u64;
-        file.write_all_at(bytes, at - bytes.len() as u64)
-            .map_err(io(tmp))
+        Ok::<(), SnapshotError>(())
     };
     let abandoned = || format_err(tmp, "the read model was not encoded");
     let mut parts = view.into_iter();
@@ -428,7 +428,7 @@ mod tests {
         }
         assert_eq!(load_latest(dir).expect("load").expect("kept").seq, 3);
 
-        // A body in pieces reads back as the same model as a body in one.
+        // A read model handed over as its head, then its body's pieces, loads too.
         let model = ReadModel::default();
         let mut parts = vec![ViewPart::Head(model.snapshot_head())];
         model
