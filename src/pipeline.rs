@@ -1090,7 +1090,7 @@ impl Publisher {
                 let spent = |piece| {
                     let _ = spent_tx.try_send(piece);
                 };
-                match crate::snapshot::write(&cfg.dir, seq, &state, view_rx, spent) {
+                match crate::snapshot::write(&cfg.dir, seq, state, view_rx, spent) {
                     Ok(path) => {
                         tracing::info!(seq, path = %path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written");
                         if cfg.prune_log {

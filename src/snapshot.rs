@@ -18,6 +18,7 @@
 //! slower than replaying the log it covered) are skipped with a warning; the log rebuilds
 //! them.
 
+use std::borrow::Borrow;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -150,13 +151,14 @@ pub enum ViewPart {
 }
 
 /// Writes a snapshot durably and removes all but the newest `KEEP`. The engine state is
-/// encoded first; then the read model's part is written as `view` yields it, so a caller
-/// can encode the read model on another thread meanwhile, never all of it in memory. Each
-/// body piece, once written, goes to `spent` (to be filled again).
+/// encoded first (and dropped then, if owned); then the read model's part is written as
+/// `view` yields it, so a caller can encode the read model on another thread meanwhile,
+/// never all of it in memory. Each body piece, once written, goes to `spent` (to be filled
+/// again).
 pub fn write(
     dir: &Path,
     seq: u64,
-    state: &State,
+    state: impl Borrow<State>,
     view: impl IntoIterator<Item = ViewPart>,
     spent: impl FnMut(Vec<u8>),
 ) -> Result<PathBuf, SnapshotError> {
@@ -184,20 +186,23 @@ pub fn write(
 fn write_tmp(
     tmp: &Path,
     seq: u64,
-    state: &State,
+    state: impl Borrow<State>,
     view: impl IntoIterator<Item = ViewPart>,
     mut spent: impl FnMut(Vec<u8>),
 ) -> Result<(), SnapshotError> {
     // Sized for the state at hand so the buffer is never copied into a larger one while it
     // grows (capacity never written to costs no memory: the pages are not touched).
+    let size = state.borrow().size();
     let mut state_bytes =
-        Vec::with_capacity(usize::try_from(state.size()).map_or(0, |n| n.saturating_mul(192)));
-    snapshot_codec::write_state(state, &mut state_bytes).map_err(|source| {
+        Vec::with_capacity(usize::try_from(size).map_or(0, |n| n.saturating_mul(192)));
+    snapshot_codec::write_state(state.borrow(), &mut state_bytes).map_err(|source| {
         SnapshotError::State {
             path: tmp.to_path_buf(),
             source,
         }
     })?;
+    // A copy made for the snapshot (all of the engine's state) is not needed any more.
+    drop(state);
     let file = File::create(tmp).map_err(io(tmp))?;
     let start = (HEADER_LEN + state_bytes.len()) as u64;
     let (mut at, mut crc) = (start, 0);
