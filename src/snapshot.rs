@@ -2,7 +2,7 @@
 //! the newest snapshot and applies only the tail of the log instead of all history.
 //!
 //! Written like any file that must survive a crash: a temporary file, fsync, rename, fsync of
-//! the directory. A snapshot that does not load (torn, damaged, unknown version) is skipped
+//! the directory (a temporary file a crash left behind goes when the next snapshot starts). A snapshot that does not load (torn, damaged, unknown version) is skipped
 //! with a warning in favour of an older one or the full log; the log stays the source of truth.
 //!
 //! Version 2 file (`snapshot-<seq>.snap`), all integers little-endian:
@@ -163,6 +163,7 @@ pub fn write(
     spent: impl FnMut(Vec<u8>),
 ) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
+    remove_stale(dir);
     let path = dir.join(file_name(seq));
     let tmp = dir.join(format!("{}.tmp", file_name(seq)));
     if let Err(e) = write_tmp(&tmp, seq, state, view, spent) {
@@ -177,6 +178,21 @@ pub fn write(
         let _ = fs::remove_file(old);
     }
     Ok(path)
+}
+
+/// Removes the temporary files of snapshots a crash interrupted: never renamed, so never
+/// read, but each as large as a snapshot. One snapshot is written at a time, so any found
+/// when the next starts is stale.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.filter_map(|e| Some(e.ok()?.path())) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("snapshot-") && name.ends_with(".tmp") {
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 /// [`write`]'s file, complete and fsynced under its temporary name. Once the state is
@@ -393,6 +409,21 @@ mod tests {
             fs::write(&path, &good[..cut]).expect("cut");
             assert!(load(&path, 7).is_err(), "cut at {cut}");
         }
+    }
+
+    /// A snapshot half written when the process died is removed by the next one.
+    #[test]
+    fn a_crashed_snapshots_temporary_file_goes_with_the_next_snapshot() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let stale = dir.join(format!("{}.tmp", file_name(2)));
+        fs::write(&stale, b"INCDSNAP half of it").expect("stale");
+        fs::write(dir.join("notes.tmp"), b"not ours").expect("other");
+        let view = ReadModel::default().snapshot().expect("view");
+        let parts = [ViewPart::Head(view), ViewPart::End];
+        let path = write(dir, 3, State::default(), parts, drop).expect("write");
+        assert!(!stale.exists(), "the stale temporary file is gone");
+        assert!(path.exists() && dir.join("notes.tmp").exists());
     }
 
     /// The read model's part comes after the state is written; when it does not come whole,
