@@ -2,8 +2,9 @@
 //! the newest snapshot and applies only the tail of the log instead of all history.
 //!
 //! Written like any file that must survive a crash: a temporary file, fsync, rename, fsync of
-//! the directory (a temporary file a crash left behind goes when the next snapshot starts). A snapshot that does not load (torn, damaged, unknown version) is skipped
-//! with a warning in favour of an older one or the full log; the log stays the source of truth.
+//! the directory (a temporary file a crash left behind goes when the next snapshot starts).
+//! A snapshot that does not load (torn, damaged, unknown version) is skipped with a warning
+//! in favour of an older one or the full log; the log stays the source of truth.
 //!
 //! Version 2 file (`snapshot-<seq>.snap`), all integers little-endian:
 //!
