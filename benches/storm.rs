@@ -2140,7 +2140,7 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     // With snapshots: incidentd writes one at shutdown; the next start loads it + the tail.
     let mut a = args.clone();
     a.snapshot_every = 1_000_000_000;
-    {
+    let stop = {
         let (d, _) = start_incidentd(&a, tmp, &data, None, None).await?;
         // One new fact, so the engine has something to snapshot; SIGTERM then writes the
         // last snapshot before exit.
@@ -2154,12 +2154,8 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
         if r.status != 200 {
             return Err(format!("posting the last alert: HTTP {}", r.status).into());
         }
-        let stop = d.stop().await?;
-        println!(
-            "stop writing the snapshot (SIGTERM → exit): {:.3} s",
-            stop.as_secs_f64()
-        );
-    }
+        d.stop().await?
+    };
     let snap_bytes: u64 = std::fs::read_dir(data.join("snapshots"))
         .map(|rd| {
             rd.filter_map(|e| e.ok()?.metadata().ok())
@@ -2171,8 +2167,9 @@ async fn run_restart(args: &Args, tmp: &Path) -> Res<Vec<Outcome>> {
     let label = format!("restart with {written} facts in the log, from a snapshot");
     let mut o = time_start(&a, tmp, &data, label).await?;
     o.notes.push(format!(
-        "snapshot {:.1} MB; start → /readyz 200 in {:.3} s",
+        "snapshot {:.1} MB, written by a SIGTERM → exit in {:.3} s; start → /readyz 200 in {:.3} s",
         snap_bytes as f64 / 1e6,
+        stop.as_secs_f64(),
         o.elapsed.as_secs_f64()
     ));
     out.push(o);

@@ -2134,15 +2134,17 @@ const READ_PIECE: usize = 4 << 20;
 
 impl<R: std::io::Read> Dec<R> {
     fn take(&mut self, n: usize) -> Result<&[u8], ViewSnapshotError> {
-        if self.buf.len() - self.pos < n {
-            self.fill(n)?;
-        }
+        self.ready(n)?;
         let out = &self.buf[self.pos..self.pos + n];
         self.pos += n;
         Ok(out)
     }
-    /// Reads on until `n` undecoded bytes are at hand, dropping the decoded ones.
-    fn fill(&mut self, n: usize) -> Result<(), ViewSnapshotError> {
+    /// Makes sure `n` undecoded bytes are at hand, reading on if need be (and dropping the
+    /// decoded ones).
+    fn ready(&mut self, n: usize) -> Result<(), ViewSnapshotError> {
+        if self.buf.len() - self.pos >= n {
+            return Ok(());
+        }
         let at = self.at();
         let left = self.len - at;
         if n as u64 > left {
@@ -2172,9 +2174,7 @@ impl<R: std::io::Read> Dec<R> {
     /// One of the snapshot's strings, kept for the symbol it is the next of.
     fn string(&mut self) -> Result<(), ViewSnapshotError> {
         let len = self.u32()? as usize;
-        if self.buf.len() - self.pos < len {
-            self.fill(len)?;
-        }
+        self.ready(len)?;
         let Ok(text) = std::str::from_utf8(&self.buf[self.pos..self.pos + len]) else {
             return Err(self.bad("string"));
         };
